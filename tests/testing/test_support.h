@@ -1,0 +1,30 @@
+// Shared test fixtures: temporary directories, paths to the golden cases, small file helpers.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace gsa::testing {
+
+// A fresh directory under the system temp dir, removed (recursively) on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string File(std::string_view name) const { return path_ + "/" + std::string(name); }
+
+ private:
+  std::string path_;
+};
+
+// tests/data/golden/<name> (copied from ../shared/golden so the tests run from a plain clone).
+std::string GoldenDir(std::string_view name);
+std::string TestDataDir();
+
+void WriteFile(const std::string& path, std::string_view bytes);
+std::string ReadFile(const std::string& path);
+
+}  // namespace gsa::testing
