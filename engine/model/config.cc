@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -13,7 +14,7 @@ namespace {
 
 using nlohmann::json;
 
-absl::Status KeyError(std::string_view key, std::string_view rule) {
+absl::Status KeyError(absl::string_view key, absl::string_view rule) {
   return absl::InvalidArgumentError(absl::StrCat("config.json: key \"", key, "\": ", rule));
 }
 
@@ -147,17 +148,17 @@ absl::Status ReadRopeScaling(const json& obj, RopeScaling& out) {
 
 }  // namespace
 
-std::string_view ToString(IndexerActivation a) {
+const char* ToString(IndexerActivation a) {
   return a == IndexerActivation::kRelu ? "relu" : "sigmoid";
 }
-std::string_view ToString(GateActivation a) {
+const char* ToString(GateActivation a) {
   switch (a) {
     case GateActivation::kTanh: return "tanh";
     case GateActivation::kSilu: return "silu";
     default: return "sigmoid";
   }
 }
-std::string_view ToString(AdaptiveKMethod m) {
+const char* ToString(AdaptiveKMethod m) {
   return m == AdaptiveKMethod::kEntropy ? "entropy" : "variance";
 }
 
@@ -293,8 +294,10 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   ss << in.rdbuf();
   auto parsed = ParseModelConfig(ss.str());
   if (!parsed.ok()) {
-    return absl::Status(parsed.status().code(),
-                        absl::StrCat(path, ": ", parsed.status().message()));
+    // Parse errors say "config.json: …"; name the actual file instead.
+    absl::string_view msg = parsed.status().message();
+    absl::ConsumePrefix(&msg, "config.json: ");
+    return absl::Status(parsed.status().code(), absl::StrCat(path, ": ", msg));
   }
   return parsed;
 }

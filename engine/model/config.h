@@ -74,8 +74,8 @@ absl::Status ValidateModelConfig(const ModelConfig& config);
 // Serialises a config to JSON in the reference's key names (round-trips through ParseModelConfig).
 std::string ModelConfigToJson(const ModelConfig& config);
 
-std::string_view ToString(IndexerActivation a);
-std::string_view ToString(GateActivation a);
-std::string_view ToString(AdaptiveKMethod m);
+const char* ToString(IndexerActivation a);
+const char* ToString(GateActivation a);
+const char* ToString(AdaptiveKMethod m);
 
 }  // namespace gsa

@@ -1,6 +1,11 @@
 // SafetensorsWriter: writes one .safetensors file. Tensors are declared first (name, dtype,
-// shape, and a callback that fills their bytes); WriteTo then writes the header and streams each
-// tensor's bytes through a bounded buffer, so multi-GB checkpoints never sit in memory at once.
+// shape, and a callback that fills their bytes); WriteTo then writes the header and streams the
+// tensors one at a time through a reused buffer, so peak memory is the largest tensor, never the
+// whole (possibly multi-GB) checkpoint.
+//
+// The header lists tensors in the order added (after "__metadata__", when any is set), their
+// data_offsets are contiguous, and it is padded with spaces so the data section starts at an
+// 8-byte-aligned file offset. Not thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -28,7 +33,10 @@ class SafetensorsWriter {
   size_t num_tensors() const { return pending_.size(); }
   std::vector<std::string> tensor_names() const;
 
-  // Writes the file and clears the writer. IO errors name the path.
+  // Writes the file and clears the writer, on success or failure (the fill callbacks are not
+  // re-run). IO errors name the path, and a failed write removes the partial file. A duplicate or
+  // reserved ("__metadata__") tensor name, or a negative or overflowing shape, is an
+  // InvalidArgument error naming the tensor, reported here because AddTensor returns nothing.
   absl::Status WriteTo(const std::string& path);
 
  private:
@@ -42,6 +50,7 @@ class SafetensorsWriter {
   std::vector<Pending> pending_;
   std::map<std::string, std::string> metadata_;
   size_t data_bytes_ = 0;
+  absl::Status deferred_error_;  // the first problem AddTensor found, reported by WriteTo
 };
 
 }  // namespace gsa

@@ -27,7 +27,9 @@ struct RandomModelOptions {
   std::string tokenizer_path;   // copied to DIR/tokenizer.model when non-empty
 };
 
-// Creates `dir` if needed and writes the model. Errors name the path.
+// Creates `dir` if needed and writes the model. An earlier checkpoint in `dir` (model.safetensors,
+// its index, model-*-of-*.safetensors shards) is removed first, so the directory never holds two.
+// Errors name the path.
 absl::Status WriteRandomModel(const RandomModelOptions& options, const std::string& dir);
 
 // Named shapes: "gsa-1.7b" (GPU.md's reference shape), "gsa-tiny" (the golden case's shape) and

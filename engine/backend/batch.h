@@ -1,0 +1,62 @@
+// StepBatch: the plain-data description of one engine step that a Backend executes (the
+// scheduler's output, translated). It says which new tokens of which sequences run, where their
+// keys go in the paged cache, and which outputs to keep. Backends know nothing of queues.
+//
+// Layout: the new tokens of all sequences are concatenated in `token_ids` ("rows"); sequence i
+// owns rows [seqs[i].query_start, seqs[i].query_start + seqs[i].num_query), in order. A sequence's
+// new tokens sit at positions context_len - num_query … context_len - 1; positions 0 …
+// context_len - num_query - 1 must already be in the cache (written by earlier steps, or by
+// another sequence that shares those prefix blocks).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/cache/cache_spec.h"
+
+namespace gsa {
+
+enum class AttentionMode {
+  kModelDefault,  // the checkpoint's sparse top-k_t selection (MODEL.md)
+  kDense,         // attention over all s ≤ t (the baseline / gated-only rows, and comparisons)
+};
+
+struct SequenceInBatch {
+  int32_t query_start = 0;            // first row of this sequence in StepBatch::token_ids
+  int32_t num_query = 0;              // new tokens this step, ≥ 1
+  int32_t context_len = 0;            // tokens in the cache after this step, new ones included
+  std::vector<int32_t> block_table;   // [≥ ceil(context_len / block_size)] physical block ids
+  AttentionMode attention = AttentionMode::kModelDefault;
+};
+
+struct StepBatch {
+  std::vector<int32_t> token_ids;     // [num_rows] new tokens of all sequences, concatenated
+  std::vector<SequenceInBatch> seqs;  // [num_seqs]
+  std::vector<int32_t> logits_rows;   // rows whose logits the step returns, in this order
+  bool record_selection = false;      // return each row's selected positions per layer
+
+  int64_t num_rows() const { return static_cast<int64_t>(token_ids.size()); }
+};
+
+struct StepOutput {
+  int64_t vocab_size = 0;
+  std::vector<float> logits;  // [logits_rows.size(), vocab_size]
+  // When record_selection: selections[layer][row] = the positions that row attended to, sorted
+  // descending (all positions ≤ its own when dense or when k_t covers the whole prefix).
+  std::vector<std::vector<std::vector<int32_t>>> selections;
+};
+
+// Checks a batch against the cache shape and vocabulary: rows contiguous and fully covered,
+// token ids in range, block tables long enough with ids in range, no two new tokens writing the
+// same cache slot, logits rows in range. Errors are InvalidArgument naming the sequence or row.
+absl::Status ValidateBatch(const StepBatch& batch, const CacheSpec& cache, int64_t vocab_size);
+
+// Physical cache slot of `position` for a sequence (REQUIRES: the table covers the position).
+inline int64_t SlotOf(const SequenceInBatch& seq, int64_t position, int64_t block_size) {
+  return static_cast<int64_t>(seq.block_table[static_cast<size_t>(position / block_size)]) *
+             block_size +
+         position % block_size;
+}
+
+}  // namespace gsa

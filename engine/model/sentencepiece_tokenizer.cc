@@ -1,0 +1,87 @@
+// The only translation unit that includes sentencepiece (see sentencepiece_impl.h for why it must
+// stay free of Abseil headers, tokenizer.h included).
+#include <sentencepiece_processor.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "engine/model/sentencepiece_impl.h"
+
+namespace gsa::internal {
+
+struct SentencePieceImpl::PrivateTag {};
+
+SentencePieceImpl::SentencePieceImpl(
+    const PrivateTag&, std::unique_ptr<sentencepiece::SentencePieceProcessor> processor)
+    : processor_(std::move(processor)) {}
+
+SentencePieceImpl::~SentencePieceImpl() = default;
+
+std::unique_ptr<SentencePieceImpl> SentencePieceImpl::Load(const std::string& path,
+                                                           LoadError* code, std::string* error) {
+  // Check existence ourselves: sentencepiece reports a missing file and a broken one with codes
+  // that have varied between releases, and callers need to tell the two apart.
+  std::error_code ec;
+  const std::filesystem::file_status st = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(st)) {
+    *code = LoadError::kNotFound;
+    *error = ec ? ec.message() : "no such file";
+    return nullptr;
+  }
+  if (!std::filesystem::is_regular_file(st)) {
+    *code = LoadError::kInvalid;
+    *error = "not a regular file";
+    return nullptr;
+  }
+  auto processor = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  const sentencepiece::util::Status status = processor->Load(path);
+  if (!status.ok()) {
+    *code = status.code() == sentencepiece::util::StatusCode::kNotFound ? LoadError::kNotFound
+                                                                         : LoadError::kInvalid;
+    *error = status.ToString();
+    return nullptr;
+  }
+  // A protobuf parser accepts some garbage as an empty message; a model without pieces is as
+  // unusable as an unparsable one.
+  if (processor->GetPieceSize() <= 0) {
+    *code = LoadError::kInvalid;
+    *error = "the model has no pieces";
+    return nullptr;
+  }
+  *code = LoadError::kNone;
+  error->clear();
+  return std::make_unique<SentencePieceImpl>(PrivateTag{}, std::move(processor));
+}
+
+bool SentencePieceImpl::Encode(std::string_view text, std::vector<int>* ids,
+                               std::string* error) const {
+  const sentencepiece::util::Status status = processor_->Encode(text, ids);
+  if (!status.ok()) {
+    *error = status.ToString();
+    return false;
+  }
+  return true;
+}
+
+bool SentencePieceImpl::Decode(const std::vector<int>& ids, std::string* text,
+                               std::string* error) const {
+  const sentencepiece::util::Status status = processor_->Decode(ids, text);
+  if (!status.ok()) {
+    *error = status.ToString();
+    return false;
+  }
+  return true;
+}
+
+std::string SentencePieceImpl::IdToPiece(int id) const { return processor_->IdToPiece(id); }
+
+int SentencePieceImpl::piece_size() const { return processor_->GetPieceSize(); }
+int SentencePieceImpl::bos_id() const { return processor_->bos_id(); }
+int SentencePieceImpl::eos_id() const { return processor_->eos_id(); }
+
+}  // namespace gsa::internal
