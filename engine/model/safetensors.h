@@ -5,8 +5,10 @@
 // The header is untrusted input. Opening a file checks, before any tensor is exposed: the 8-byte
 // header length fits in the file and is at most kMaxHeaderBytes; the header is a JSON object; every
 // entry has a known dtype, a non-negative shape and [begin, end) data offsets inside the data
-// region whose size equals numel × element size; no two tensors' byte ranges overlap. Any
-// violation is an InvalidArgument error naming the file and the tensor; nothing is half-opened.
+// region whose size equals numel × element size; no two tensors' byte ranges overlap; no name
+// appears twice; "__metadata__", if present, maps strings to strings. Any violation is an
+// InvalidArgument error naming the file and the tensor; nothing is half-opened. A missing file is
+// NotFound.
 #pragma once
 
 #include <cstddef>
@@ -71,8 +73,10 @@ class SafetensorsFile {
 
 // All tensors of a checkpoint directory: `model.safetensors`, or the shards listed by
 // `model.safetensors.index.json` (its "weight_map": tensor name → shard file). A tensor listed in
-// the index must be in the shard the index names; a tensor found in two shards, a shard path that
-// leaves the directory, or a missing shard is an error.
+// the index must be in the shard the index names; a tensor found in two shards, a tensor in a shard
+// but absent from the weight_map, a shard path that leaves the directory (anything but a plain
+// file name), or a missing shard (NotFound) is an error. With no index, `model.safetensors` is
+// opened; with neither, NotFound.
 class Checkpoint {
  public:
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& model_dir);

@@ -156,8 +156,9 @@ absl::Status SafetensorsWriter::WriteTo(const std::string& path) {
   GSA_RETURN_IF_ERROR(out->Write(&header_len, sizeof(header_len)));  // little-endian u64
   GSA_RETURN_IF_ERROR(out->Write(text.data(), text.size()));
 
-  // One buffer, grown to the largest tensor so far and reused: uninitialised on purpose, since
-  // every fill callback overwrites all of its bytes.
+  // One buffer, grown to the largest tensor so far and reused. It is zeroed before each fill so a
+  // callback that writes fewer bytes than asked leaves zeros, never another tensor's (or the
+  // heap's) old contents, and the file stays a deterministic function of the callbacks.
   std::unique_ptr<std::byte[]> buffer;
   size_t capacity = 0;
   for (Pending& p : pending) {
@@ -167,8 +168,8 @@ absl::Status SafetensorsWriter::WriteTo(const std::string& path) {
       buffer = std::make_unique_for_overwrite<std::byte[]>(p.nbytes);
       capacity = p.nbytes;
     }
-    if (p.fill) p.fill(buffer.get(), p.nbytes);
-    else std::memset(buffer.get(), 0, p.nbytes);  // no callback: zeros, never stale bytes
+    std::memset(buffer.get(), 0, p.nbytes);
+    if (p.fill) p.fill(buffer.get(), p.nbytes);  // no callback: the tensor is zeros
     GSA_RETURN_IF_ERROR(out->Write(buffer.get(), p.nbytes));
   }
   return out->Commit();
