@@ -1,0 +1,385 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/util/status_macros.h"
+
+namespace gsa {
+namespace {
+
+double Seconds(Request::Clock::time_point from, Request::Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> backend,
+                                                       std::shared_ptr<const Tokenizer> tokenizer,
+                                                       const EngineOptions& options) {
+  if (backend == nullptr) return absl::InvalidArgumentError("Engine needs a backend");
+  const ModelConfig& c = backend->config();
+  EngineOptions o = options;
+  if (o.block_size <= 0 || o.block_size > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("block_size ", o.block_size, " must be in [1, 4096]"));
+  }
+  if (o.max_model_len == 0) o.max_model_len = c.max_position_embeddings;
+  if (o.max_model_len < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_model_len ", o.max_model_len, " must be positive"));
+  }
+  if (o.max_batched_tokens < 1 || o.max_num_seqs < 1 || o.max_queue < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_batched_tokens (", o.max_batched_tokens, ") and max_num_seqs (", o.max_num_seqs,
+        ") must be positive and max_queue (", o.max_queue, ") non-negative"));
+  }
+  const int64_t num_blocks = o.max_cache_tokens / o.block_size;
+  if (num_blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_cache_tokens ", o.max_cache_tokens,
+                                                   " holds no block of ", o.block_size, " tokens"));
+  }
+  GSA_RETURN_IF_ERROR(backend->AllocateCache(num_blocks, o.block_size));
+  return std::make_unique<Engine>(CreateTag{}, std::move(backend), std::move(tokenizer), o, num_blocks);
+}
+
+Engine::Engine(CreateTag, std::unique_ptr<Backend> backend, std::shared_ptr<const Tokenizer> tokenizer,
+               const EngineOptions& options, int64_t num_blocks)
+    : config_(backend->config()),
+      options_(options),
+      num_blocks_(num_blocks),
+      backend_(std::move(backend)),
+      tokenizer_(std::move(tokenizer)),
+      cache_(num_blocks, options.block_size, options.enable_prefix_caching),
+      scheduler_(SchedulerOptions{options.max_batched_tokens, options.max_num_seqs}, cache_),
+      seed_rng_(std::random_device{}()) {
+  if (config_.eos_token_id) {
+    eos_id_ = static_cast<int32_t>(*config_.eos_token_id);
+  } else if (tokenizer_ && tokenizer_->eos_id()) {
+    eos_id_ = tokenizer_->eos_id();
+  }
+  stats_.cache_blocks_total = num_blocks;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerateRequest g) {
+  if (g.prompt.empty()) {
+    return absl::InvalidArgumentError("prompt is empty; send at least one token");
+  }
+  for (size_t i = 0; i < g.prompt.size(); ++i) {
+    if (g.prompt[i] < 0 || g.prompt[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt token ", i, " has id ", g.prompt[i],
+                                                     ", outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+  }
+  GSA_RETURN_IF_ERROR(ValidateSamplingParams(g.sampling, options_.max_logprobs));
+  GSA_RETURN_IF_ERROR(ValidateStoppingParams(g.stopping, config_.vocab_size));
+  if (g.prompt_logprobs > options_.max_logprobs || g.prompt_logprobs < -1) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt_logprobs ", g.prompt_logprobs,
+                                                   " is outside [0, ", options_.max_logprobs, "]"));
+  }
+  if (!g.stopping.stop.empty() && tokenizer_ == nullptr) {
+    return absl::InvalidArgumentError(
+        "stop strings need a tokenizer, and this model has none; use stop_token_ids instead");
+  }
+  const int64_t total = static_cast<int64_t>(g.prompt.size()) + g.stopping.max_tokens;
+  if (total > options_.max_model_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt (", g.prompt.size(), " tokens) + max_tokens (", g.stopping.max_tokens, ") = ", total,
+        " exceeds max_model_len ", options_.max_model_len, "; shorten the prompt or lower max_tokens"));
+  }
+  if (cache_.BlocksFor(total) > num_blocks_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt + max_tokens = ", total, " tokens needs ", cache_.BlocksFor(total),
+        " cache blocks but the whole cache has ", num_blocks_, " (", num_blocks_ * options_.block_size,
+        " tokens); lower max_tokens or start the server with a larger cache"));
+  }
+
+  auto r = std::make_unique<Request>();
+  r->request_id = std::move(g.request_id);
+  r->prompt = std::move(g.prompt);
+  r->sampling = g.sampling;
+  r->stopping = std::move(g.stopping);
+  r->attention = g.attention.value_or(options_.attention);
+  r->prompt_logprobs = g.prompt_logprobs;
+  r->deadline = g.deadline;
+  r->arrival = Request::Clock::now();
+  if (tokenizer_) {
+    r->detokenizer = std::make_unique<IncrementalDetokenizer>(*tokenizer_, r->prompt);
+  }
+  if (!r->stopping.stop.empty()) r->stop_matcher = std::make_unique<StopMatcher>(r->stopping.stop);
+
+  std::shared_ptr<RequestStream> stream;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) return absl::UnavailableError("engine is shutting down");
+    if (queued_ >= options_.max_queue) {
+      return absl::ResourceExhaustedError(absl::StrCat("the waiting queue is full (", options_.max_queue,
+                                                       " requests); retry later"));
+    }
+    r->id = next_id_++;
+    r->seed = g.sampling.seed.value_or(seed_rng_());
+    stream = std::make_shared<RequestStream>(r->id);
+    r->stream = stream;
+    ++queued_;
+    inbox_.push_back(std::move(r));
+  }
+  cv_.notify_all();
+  return stream;
+}
+
+void Engine::Cancel(uint64_t stream_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancels_.push_back(stream_id);
+  }
+  cv_.notify_all();
+}
+
+EngineStats Engine::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void Engine::Loop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!scheduler_.has_work()) {
+        cv_.wait(lock, [&] { return stop_ || !inbox_.empty() || !cancels_.empty(); });
+      }
+      if (stop_) break;
+    }
+    DrainInbox();
+    ExpireDeadlines();
+    if (scheduler_.has_work()) RunStep();
+    PublishStats();
+  }
+  // Shutting down: end every stream so no consumer waits forever.
+  DrainInbox();
+  std::vector<Request*> all;
+  for (auto& [id, r] : requests_) all.push_back(r.get());
+  for (Request* r : all) Finish(r, FinishReason::kCancelled, "engine shutting down");
+  PublishStats();
+}
+
+void Engine::DrainInbox() {
+  std::deque<std::unique_ptr<Request>> fresh;
+  std::vector<uint64_t> cancels;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fresh.swap(inbox_);
+    cancels.swap(cancels_);
+  }
+  for (auto& r : fresh) {
+    Request* p = r.get();
+    requests_[p->id] = std::move(r);
+    scheduler_.AddWaiting(p);
+  }
+  for (uint64_t id : cancels) {
+    auto it = requests_.find(id);
+    if (it != requests_.end()) Finish(it->second.get(), FinishReason::kCancelled, "cancelled by the client");
+  }
+}
+
+void Engine::ExpireDeadlines() {
+  const auto now = Request::Clock::now();
+  std::vector<Request*> expired;
+  for (auto& [id, r] : requests_) {
+    if (r->deadline && *r->deadline <= now) expired.push_back(r.get());
+  }
+  for (Request* r : expired) Finish(r, FinishReason::kCancelled, "deadline exceeded");
+}
+
+void Engine::RunStep() {
+  SchedulerOutput plan = scheduler_.Schedule();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.preemptions += static_cast<int64_t>(plan.preempted.size());
+  }
+  if (plan.empty()) return;
+
+  // Build the backend's batch: new tokens of each chunk, block tables, and which rows need
+  // logits (the last row of a chunk that samples; every prompt row when prompt logprobs were asked).
+  StepBatch batch;
+  struct Rows {
+    int32_t first_logits = -1;  // index into logits_rows of the chunk's first logits row
+    int32_t num_logits = 0;
+  };
+  std::vector<Rows> rows(plan.chunks.size());
+  for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    const ScheduledChunk& c = plan.chunks[i];
+    Request* r = c.request;
+    if (!r->first_scheduled) r->first_scheduled = Request::Clock::now();
+    SequenceInBatch s;
+    s.query_start = static_cast<int32_t>(batch.token_ids.size());
+    s.num_query = static_cast<int32_t>(c.num_tokens);
+    s.context_len = static_cast<int32_t>(c.start + c.num_tokens);
+    s.block_table = cache_.Table(r->id);
+    s.attention = r->attention;
+    const bool want_prompt = r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent;
+    rows[i].first_logits = static_cast<int32_t>(batch.logits_rows.size());
+    for (int64_t j = 0; j < c.num_tokens; ++j) {
+      const int64_t pos = c.start + j;
+      const bool last = j + 1 == c.num_tokens;
+      const bool prompt_row = want_prompt && pos + 1 < static_cast<int64_t>(r->prompt.size());
+      if (prompt_row || (last && c.samples())) {
+        batch.logits_rows.push_back(s.query_start + static_cast<int32_t>(j));
+        ++rows[i].num_logits;
+      }
+      batch.token_ids.push_back(r->TokenAt(pos));
+    }
+    batch.seqs.push_back(std::move(s));
+  }
+
+  absl::StatusOr<StepOutput> out = backend_->Step(batch);
+  if (!out.ok()) {
+    // The step failed as a whole: its requests fail, the others are untouched.
+    const std::string why = absl::StrCat("backend step failed: ", out.status().ToString());
+    for (const ScheduledChunk& c : plan.chunks) Finish(c.request, FinishReason::kError, why);
+    return;
+  }
+  scheduler_.Computed(plan);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.steps;
+  }
+
+  const int64_t V = out->vocab_size;
+  for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    const ScheduledChunk& c = plan.chunks[i];
+    Request* r = c.request;
+    int32_t li = rows[i].first_logits;
+    // Prompt logprobs: logits at position p score the prompt token at p + 1.
+    if (r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent) {
+      if (r->prompt_logprob_entries.empty()) r->prompt_logprob_entries.emplace_back();  // position 0
+      for (int64_t j = 0; j < c.num_tokens; ++j) {
+        const int64_t pos = c.start + j;
+        if (pos + 1 >= static_cast<int64_t>(r->prompt.size())) break;
+        const float* row = out->logits.data() + static_cast<int64_t>(li++) * V;
+        r->prompt_logprob_entries.push_back(
+            RawLogprobs(row, V, r->prompt[static_cast<size_t>(pos + 1)], r->prompt_logprobs));
+      }
+    }
+    if (!c.samples()) continue;
+    const float* row = out->logits.data() + static_cast<int64_t>(li) * V;
+    const uint64_t step = r->output.size();
+    SampleResult s = sampler_.Sample(row, V, r->sampling, r->seed, r->prompt, r->output, step);
+    EmitToken(r, s.token, std::move(s.logprob));
+  }
+}
+
+void Engine::EmitToken(Request* r, int32_t token, std::optional<TokenLogprob> logprob) {
+  const auto now = Request::Clock::now();
+  if (!r->first_token) r->first_token = now;
+  r->output.push_back(token);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.generated_tokens;
+  }
+
+  GenerationDelta d;
+  d.token_ids.push_back(token);
+  if (logprob) d.logprobs.push_back(std::move(*logprob));
+  if (r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent) {
+    d.prompt_logprobs = std::move(r->prompt_logprob_entries);
+    r->prompt_logprob_entries.clear();
+    r->prompt_logprobs_sent = true;
+  }
+
+  FinishReason reason = FinishReason::kNone;
+  bool stopped_by_string = false;
+  const bool is_stop_token = std::find(r->stopping.stop_token_ids.begin(),
+                                       r->stopping.stop_token_ids.end(), token) !=
+                             r->stopping.stop_token_ids.end();
+  const bool is_eos = eos_id_ && token == *eos_id_ && !r->stopping.ignore_eos;
+  if (is_stop_token) {
+    reason = FinishReason::kStop;
+  } else if (is_eos) {
+    reason = FinishReason::kEos;
+  } else if (r->detokenizer) {
+    // Stop and EOS tokens are not text; everything else streams through the stop matcher.
+    absl::StatusOr<std::string> text = r->detokenizer->Push(token);
+    if (!text.ok()) {
+      r->stream->Push(std::move(d));
+      Finish(r, FinishReason::kError, std::string(text.status().message()));
+      return;
+    }
+    if (r->stop_matcher) {
+      StopMatcher::Result m = r->stop_matcher->Push(*text);
+      d.text = std::move(m.emit);
+      stopped_by_string = m.stopped;
+      if (m.stopped) reason = FinishReason::kStop;
+    } else {
+      d.text = std::move(*text);
+    }
+  }
+  if (reason == FinishReason::kNone &&
+      (static_cast<int64_t>(r->output.size()) >= r->stopping.max_tokens ||
+       r->num_tokens() >= options_.max_model_len)) {
+    reason = FinishReason::kLength;
+  }
+  if (reason != FinishReason::kNone && !stopped_by_string && r->detokenizer) {
+    // Nothing more will come: release what the detokenizer and the stop matcher held back
+    // (a stop string can still complete inside the detokenizer's held bytes).
+    std::string tail = r->detokenizer->Flush();
+    if (r->stop_matcher) {
+      StopMatcher::Result m = r->stop_matcher->Push(tail);
+      d.text += m.emit;
+      if (m.stopped) {
+        reason = FinishReason::kStop;
+      } else {
+        d.text += r->stop_matcher->Flush();
+      }
+    } else {
+      d.text += tail;
+    }
+  }
+  r->stream->Push(std::move(d));
+  if (reason != FinishReason::kNone) Finish(r, reason);
+}
+
+void Engine::Finish(Request* r, FinishReason reason, std::string error) {
+  const auto now = Request::Clock::now();
+  scheduler_.Remove(r);
+  GenerationDelta d;
+  d.finished = true;
+  d.finish_reason = reason;
+  d.error = std::move(error);
+  d.usage.prompt_tokens = static_cast<int64_t>(r->prompt.size());
+  d.usage.completion_tokens = static_cast<int64_t>(r->output.size());
+  d.usage.cached_tokens = r->num_cached;
+  if (r->first_scheduled) d.timings.queued_s = Seconds(r->arrival, *r->first_scheduled);
+  if (r->first_token) d.timings.first_token_s = Seconds(r->arrival, *r->first_token);
+  d.timings.total_s = Seconds(r->arrival, now);
+  r->status = RequestStatus::kFinished;
+  r->stream->Push(std::move(d));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.finished[static_cast<int>(reason)];
+    if (r->admitted_once) {
+      stats_.prompt_tokens += static_cast<int64_t>(r->prompt.size());
+      stats_.prefix_cached_tokens += r->num_cached;
+    }
+  }
+  requests_.erase(r->id);
+}
+
+void Engine::PublishStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.waiting = static_cast<int64_t>(scheduler_.num_waiting() + inbox_.size());
+  stats_.running = static_cast<int64_t>(scheduler_.num_running());
+  stats_.cache_blocks_used = cache_.pool().num_used();
+  stats_.cache_blocks_cached = cache_.pool().num_cached();
+  queued_ = stats_.waiting;
+}
+
+}  // namespace gsa

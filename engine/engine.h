@@ -1,0 +1,145 @@
+// Engine: the continuous-batching loop on its own thread (DESIGN.md, Data flow). It owns the
+// scheduler, the cache manager, the backend and every request's state; other threads only
+// submit requests, cancel them and read their RequestStreams.
+//
+// Each step: take new requests and cancellations from the inbox, expire deadlines, schedule
+// (decodes first, then prefill chunks FCFS under the token budget), run the backend once over the
+// whole batch, sample each finished chunk's next token, detokenize, check stops, and push deltas.
+// A request's tokens and logprobs never depend on what else is in the batch.
+//
+// Thread-safety: Submit, Cancel, Stats and the destructor may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/cache/kv_cache_manager.h"
+#include "engine/model/tokenizer.h"
+#include "engine/sched/request.h"
+#include "engine/sched/request_stream.h"
+#include "engine/sched/scheduler.h"
+
+namespace gsa {
+
+struct EngineOptions {
+  int64_t block_size = 64;
+  int64_t max_model_len = 0;          // 0: the model's max_position_embeddings
+  int64_t max_cache_tokens = 65536;   // cache size in tokens (rounded down to whole blocks)
+  int64_t max_batched_tokens = 2048;
+  int64_t max_num_seqs = 64;
+  int64_t max_queue = 1024;           // waiting requests beyond this are refused at once
+  AttentionMode attention = AttentionMode::kModelDefault;  // for requests that say "default"
+  bool enable_prefix_caching = true;
+  int32_t max_logprobs = 20;
+};
+
+struct GenerateRequest {
+  std::string request_id;
+  std::vector<int32_t> prompt;         // token ids (the server tokenizes text)
+  SamplingParams sampling;
+  StoppingParams stopping;
+  std::optional<AttentionMode> attention;  // unset: the engine's default
+  int32_t prompt_logprobs = -1;        // -1: none; else top-N per prompt position
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+};
+
+// A snapshot of the engine's counters, for metrics.
+struct EngineStats {
+  int64_t waiting = 0;
+  int64_t running = 0;
+  int64_t cache_blocks_total = 0;
+  int64_t cache_blocks_used = 0;
+  int64_t cache_blocks_cached = 0;
+  int64_t preemptions = 0;
+  int64_t prompt_tokens = 0;         // prompt tokens admitted
+  int64_t prefix_cached_tokens = 0;  // of those, served from the prefix cache
+  int64_t generated_tokens = 0;
+  int64_t steps = 0;
+  int64_t finished[6] = {0, 0, 0, 0, 0, 0};  // by FinishReason
+};
+
+class Engine {
+ public:
+  // Allocates the cache on the backend and starts the loop thread. The tokenizer may be null
+  // (token ids only; stop strings then need one and are refused).
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<Backend> backend,
+                                                        std::shared_ptr<const Tokenizer> tokenizer,
+                                                        const EngineOptions& options);
+  // Stops the loop; requests still in flight finish with kCancelled ("engine shutting down").
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Validates and queues a request. InvalidArgument for bad parameters or a request that can
+  // never fit (prompt + max_tokens over max_model_len, or more blocks than the whole cache);
+  // ResourceExhausted when the waiting queue is full.
+  absl::StatusOr<std::shared_ptr<RequestStream>> Submit(GenerateRequest request);
+
+  // Cancels a request by its stream id; its blocks are freed at the next step and its stream
+  // ends with kCancelled. Unknown or finished ids are ignored.
+  void Cancel(uint64_t stream_id);
+
+  EngineStats Stats() const;
+  const ModelConfig& config() const { return config_; }
+  const EngineOptions& options() const { return options_; }
+  int64_t max_model_len() const { return options_.max_model_len; }
+  int64_t num_cache_blocks() const { return num_blocks_; }
+
+ private:
+  struct CreateTag {};
+
+ public:
+  Engine(CreateTag, std::unique_ptr<Backend> backend, std::shared_ptr<const Tokenizer> tokenizer,
+         const EngineOptions& options, int64_t num_blocks);
+
+ private:
+  void Loop();
+  void DrainInbox();
+  void ExpireDeadlines();
+  void RunStep();
+  // Sends the final delta, frees the request's blocks and forgets it.
+  void Finish(Request* r, FinishReason reason, std::string error = "");
+  void EmitToken(Request* r, int32_t token, std::optional<TokenLogprob> logprob);
+  void PublishStats();
+
+  const ModelConfig config_;
+  const EngineOptions options_;
+  const int64_t num_blocks_;
+  std::unique_ptr<Backend> backend_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  std::optional<int32_t> eos_id_;
+
+  // Engine-thread state.
+  KvCacheManager cache_;
+  Scheduler scheduler_;
+  Sampler sampler_;
+  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
+
+  // Inbox, shared with other threads.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Request>> inbox_;  // guarded by mu_
+  std::vector<uint64_t> cancels_;               // guarded by mu_
+  bool stop_ = false;                           // guarded by mu_
+  int64_t queued_ = 0;                          // guarded by mu_: inbox + waiting
+  uint64_t next_id_ = 1;                        // guarded by mu_
+  std::mt19937_64 seed_rng_;                    // guarded by mu_: seeds for unseeded requests
+  EngineStats stats_;                           // guarded by mu_
+
+  std::thread thread_;  // last: started after everything above exists
+};
+
+}  // namespace gsa

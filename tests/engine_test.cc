@@ -1,0 +1,455 @@
+// The engine as a whole, on the CPU backend: many requests at once, each answered as if it
+// were alone; preemption, prefix caching, cancellation and deadlines free every block; stops,
+// EOS, max_tokens and streaming text behave as specified.
+#include "engine/engine.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/model/model_loader.h"
+#include "engine/tools/random_model.h"
+#include "tests/testing/spm_fixture.h"
+#include "tests/testing/test_support.h"
+
+namespace gsa {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+// Everything a stream delivered, gathered.
+struct Collected {
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::vector<std::string> deltas;
+  std::vector<TokenLogprob> logprobs;
+  std::optional<std::vector<std::optional<TokenLogprob>>> prompt_logprobs;
+  GenerationDelta final;
+  bool ok = false;
+};
+
+Collected Drain(RequestStream& s, std::chrono::seconds limit = 120s) {
+  Collected c;
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    auto d = s.Next(100ms);
+    if (!d) continue;
+    c.tokens.insert(c.tokens.end(), d->token_ids.begin(), d->token_ids.end());
+    c.text += d->text;
+    c.deltas.push_back(d->text);
+    for (auto& l : d->logprobs) c.logprobs.push_back(l);
+    if (d->prompt_logprobs) c.prompt_logprobs = d->prompt_logprobs;
+    if (d->finished) {
+      c.final = std::move(*d);
+      c.ok = true;
+      return c;
+    }
+  }
+  ADD_FAILURE() << "stream did not finish in time";
+  return c;
+}
+
+bool ValidUtf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const int n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
+    if (n < 0 || i + static_cast<size_t>(n) >= s.size() + (n == 0 ? 1 : 0)) return false;
+    for (int k = 1; k <= n; ++k) {
+      if ((static_cast<unsigned char>(s[i + static_cast<size_t>(k)]) >> 6) != 2) return false;
+    }
+    i += static_cast<size_t>(n) + 1;
+  }
+  return true;
+}
+
+// A random-weight model with a sentencepiece tokenizer trained on a small corpus, shared by
+// the suite (training takes a moment).
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = std::make_unique<gsa::testing::TempDir>();
+    auto spm = gsa::testing::TrainSentencePieceModel(*dir_, gsa::testing::SpmTestCorpus());
+    ASSERT_TRUE(spm.ok()) << spm.status();
+    spm_path_ = *spm;
+    model_dir_ = dir_->File("model");
+    ASSERT_TRUE(WriteRandomModel(Options(std::nullopt), model_dir_).ok());
+  }
+  static void TearDownTestSuite() { dir_.reset(); }
+
+  static RandomModelOptions Options(std::optional<int64_t> eos) {
+    ModelConfig c;
+    c.d_model = 64;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.d_head = 16;
+    c.n_layers = 2;
+    c.d_ffn = 96;
+    c.vocab_size = 320;
+    c.d_indexer = 16;
+    c.n_indexer_heads = 2;
+    c.k_base = 12;
+    c.k_min = 4;
+    c.k_max = 24;
+    c.use_adaptive_k = true;
+    c.max_position_embeddings = 512;
+    c.eos_token_id = eos;
+    RandomModelOptions o;
+    o.config = c;
+    o.seed = 5;
+    o.init_std = 0.15;  // peaked enough that greedy output is not constant
+    o.tokenizer_path = spm_path_;
+    return o;
+  }
+
+  static std::unique_ptr<Engine> MakeEngine(const std::string& dir, EngineOptions o = {}) {
+    auto m = LoadModel(dir);
+    EXPECT_TRUE(m.ok()) << m.status();
+    auto b = CpuBackend::Create(m->config, m->weights, {2});
+    EXPECT_TRUE(b.ok()) << b.status();
+    if (o.block_size == 64) o.block_size = 8;
+    if (o.max_cache_tokens == 65536) o.max_cache_tokens = 4096;
+    auto e = Engine::Create(std::move(*b), m->tokenizer, o);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return std::move(*e);
+  }
+
+  static GenerateRequest Req(std::vector<int32_t> prompt, int32_t max_tokens, float temperature = 0,
+                             std::optional<uint64_t> seed = std::nullopt) {
+    GenerateRequest r;
+    r.prompt = std::move(prompt);
+    r.stopping.max_tokens = max_tokens;
+    r.stopping.ignore_eos = true;
+    r.sampling.temperature = temperature;
+    r.sampling.seed = seed;
+    r.sampling.return_logprobs = true;
+    r.sampling.logprobs = 3;
+    return r;
+  }
+
+  static std::vector<int32_t> Prompt(int n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<int32_t> p(static_cast<size_t>(n));
+    for (auto& t : p) t = static_cast<int32_t>(3 + rng() % 190);
+    return p;
+  }
+
+  static Collected RunAlone(const std::string& dir, GenerateRequest r, EngineOptions o = {}) {
+    auto e = MakeEngine(dir, o);
+    auto s = e->Submit(std::move(r));
+    EXPECT_TRUE(s.ok()) << s.status();
+    return Drain(**s);
+  }
+
+  static inline std::unique_ptr<gsa::testing::TempDir> dir_;
+  static inline std::string model_dir_;
+  static inline std::string spm_path_;
+};
+
+void ExpectSameGeneration(const Collected& a, const Collected& b, const std::string& what) {
+  EXPECT_EQ(a.tokens, b.tokens) << what;
+  EXPECT_EQ(a.text, b.text) << what;
+  ASSERT_EQ(a.logprobs.size(), b.logprobs.size()) << what;
+  for (size_t i = 0; i < a.logprobs.size(); ++i) {
+    EXPECT_EQ(a.logprobs[i].token_id, b.logprobs[i].token_id) << what;
+    EXPECT_EQ(a.logprobs[i].logprob, b.logprobs[i].logprob) << what << " token " << i;
+    EXPECT_EQ(a.logprobs[i].top, b.logprobs[i].top) << what << " token " << i;
+  }
+}
+
+TEST_F(EngineTest, RequestsGetTheSameTokensAndLogprobsAloneAndAmongEightOthers) {
+  // The target and 8 others of different lengths and sampling settings, in three arrival orders.
+  std::vector<GenerateRequest> reqs;
+  reqs.push_back(Req(Prompt(37, 1), 24));                  // greedy target
+  reqs.push_back(Req(Prompt(21, 2), 24, 0.8f, 1234));      // seeded target
+  for (int i = 0; i < 7; ++i) {
+    reqs.push_back(Req(Prompt(5 + 13 * i, 10 + i), 8 + 3 * i, i % 2 ? 0.7f : 0.0f, 99 + i));
+  }
+  std::vector<Collected> alone;
+  for (const auto& r : reqs) alone.push_back(RunAlone(model_dir_, r));
+  EXPECT_GT(std::set<int32_t>(alone[0].tokens.begin(), alone[0].tokens.end()).size(), 3u)
+      << "greedy output is degenerate; the test would prove little";
+
+  for (uint32_t order_seed : {1u, 2u, 3u}) {
+    std::vector<size_t> order(reqs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), std::mt19937(order_seed));
+    EngineOptions o;
+    o.max_batched_tokens = 48;  // forces chunked prefill mixed with decodes
+    auto e = MakeEngine(model_dir_, o);
+    std::vector<std::shared_ptr<RequestStream>> streams(reqs.size());
+    for (size_t i : order) {
+      auto s = e->Submit(reqs[i]);
+      ASSERT_TRUE(s.ok()) << s.status();
+      streams[i] = *s;
+      if (i % 3 == 0) std::this_thread::sleep_for(2ms);  // staggered arrivals
+    }
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      Collected c = Drain(*streams[i]);
+      ExpectSameGeneration(c, alone[i], absl::StrCat("request ", i, " order ", order_seed));
+      EXPECT_EQ(c.final.finish_reason, FinishReason::kLength);
+    }
+  }
+}
+
+TEST_F(EngineTest, PreemptionUnderASmallCacheKeepsEveryOutputIdentical) {
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < 16; ++i) reqs.push_back(Req(Prompt(10 + i, 40 + i), 20, i % 3 ? 0.9f : 0.f, 7 + i));
+  std::vector<Collected> alone;
+  for (const auto& r : reqs) alone.push_back(RunAlone(model_dir_, r));
+
+  EngineOptions o;
+  o.max_cache_tokens = 8 * 12;  // 12 blocks of 8: room for about 2 requests at a time
+  o.max_batched_tokens = 64;
+  auto e = MakeEngine(model_dir_, o);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const auto& r : reqs) {
+    auto s = e->Submit(r);
+    ASSERT_TRUE(s.ok()) << s.status();
+    streams.push_back(*s);
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ExpectSameGeneration(Drain(*streams[i]), alone[i], absl::StrCat("request ", i));
+  }
+  // Stats are published at the end of the step that sent the last delta.
+  for (int i = 0; i < 100 && e->Stats().running != 0; ++i) std::this_thread::sleep_for(10ms);
+  EngineStats st = e->Stats();
+  EXPECT_GT(st.preemptions, 0) << "the cache was large enough that nothing was preempted";
+  EXPECT_EQ(st.cache_blocks_used, 0) << "blocks leaked";
+  EXPECT_EQ(st.running, 0);
+  EXPECT_EQ(st.waiting, 0);
+}
+
+TEST_F(EngineTest, SecondIdenticalLongPromptIsServedFromThePrefixCache) {
+  auto e = MakeEngine(model_dir_);
+  const std::vector<int32_t> prompt = Prompt(101, 77);
+  auto s1 = e->Submit(Req(prompt, 12));
+  ASSERT_TRUE(s1.ok());
+  Collected first = Drain(**s1);
+  auto s2 = e->Submit(Req(prompt, 12));
+  ASSERT_TRUE(s2.ok());
+  Collected second = Drain(**s2);
+  EXPECT_EQ(first.final.usage.cached_tokens, 0);
+  EXPECT_EQ(second.final.usage.cached_tokens, 96);  // 12 full blocks of 8; the rest recomputed
+  EXPECT_EQ(second.final.usage.prompt_tokens, 101);
+  ExpectSameGeneration(second, first, "cached prefix");
+  // A dense request never shares blocks with a sparse one.
+  GenerateRequest dense = Req(prompt, 4);
+  dense.attention = AttentionMode::kDense;
+  auto s3 = e->Submit(dense);
+  ASSERT_TRUE(s3.ok());
+  EXPECT_EQ(Drain(**s3).final.usage.cached_tokens, 0);
+  EXPECT_GE(e->Stats().prefix_cached_tokens, 96);
+}
+
+TEST_F(EngineTest, CancellingMidStreamFreesEveryBlock) {
+  auto e = MakeEngine(model_dir_);
+  auto s = e->Submit(Req(Prompt(30, 4), 400));
+  ASSERT_TRUE(s.ok());
+  int got = 0;
+  while (got < 3) {
+    auto d = (*s)->Next(5s);
+    ASSERT_TRUE(d.has_value());
+    ASSERT_FALSE(d->finished);
+    got += static_cast<int>(d->token_ids.size());
+  }
+  e->Cancel((*s)->id());
+  Collected rest = Drain(**s);
+  EXPECT_EQ(rest.final.finish_reason, FinishReason::kCancelled);
+  EXPECT_LT(rest.final.usage.completion_tokens, 400);
+  for (int i = 0; i < 100 && e->Stats().cache_blocks_used != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e->Stats().cache_blocks_used, 0);
+}
+
+TEST_F(EngineTest, APassedDeadlineEndsTheRequestAndFreesItsBlocks) {
+  auto e = MakeEngine(model_dir_);
+  GenerateRequest r = Req(Prompt(30, 4), 400);
+  r.deadline = std::chrono::steady_clock::now() + 30ms;
+  auto s = e->Submit(r);
+  ASSERT_TRUE(s.ok());
+  Collected c = Drain(**s);
+  EXPECT_EQ(c.final.finish_reason, FinishReason::kCancelled);
+  EXPECT_THAT(c.final.error, HasSubstr("deadline"));
+  for (int i = 0; i < 100 && e->Stats().cache_blocks_used != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e->Stats().cache_blocks_used, 0);
+}
+
+TEST_F(EngineTest, MaxTokensEndsWithLength) {
+  Collected c = RunAlone(model_dir_, Req(Prompt(9, 8), 7));
+  EXPECT_EQ(c.tokens.size(), 7u);
+  EXPECT_EQ(c.final.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(c.final.usage.completion_tokens, 7);
+  EXPECT_EQ(c.final.usage.prompt_tokens, 9);
+  EXPECT_GT(c.final.timings.total_s, 0);
+  EXPECT_LE(c.final.timings.first_token_s, c.final.timings.total_s);
+}
+
+TEST_F(EngineTest, EosAndStopTokenIdsEndGenerationAndIgnoreEosDoesNot) {
+  const std::vector<int32_t> prompt = Prompt(12, 9);
+  const Collected free_run = RunAlone(model_dir_, Req(prompt, 16));
+  ASSERT_EQ(free_run.tokens.size(), 16u);
+  const int32_t target = free_run.tokens[5];
+  const size_t first = static_cast<size_t>(
+      std::find(free_run.tokens.begin(), free_run.tokens.end(), target) - free_run.tokens.begin());
+
+  // The same weights with that token as EOS.
+  gsa::testing::TempDir eos_dir;
+  ASSERT_TRUE(WriteRandomModel(Options(target), eos_dir.path()).ok());
+  GenerateRequest r = Req(prompt, 16);
+  r.stopping.ignore_eos = false;
+  Collected eos = RunAlone(eos_dir.path(), r);
+  EXPECT_EQ(eos.final.finish_reason, FinishReason::kEos);
+  EXPECT_EQ(eos.tokens, std::vector<int32_t>(free_run.tokens.begin(), free_run.tokens.begin() + first + 1));
+  r.stopping.ignore_eos = true;
+  EXPECT_EQ(RunAlone(eos_dir.path(), r).tokens, free_run.tokens);
+
+  GenerateRequest st = Req(prompt, 16);
+  st.stopping.stop_token_ids = {target};
+  Collected stopped = RunAlone(model_dir_, st);
+  EXPECT_EQ(stopped.final.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(stopped.tokens.size(), first + 1);
+}
+
+TEST_F(EngineTest, StopStringsAcrossTokenBoundariesAreMatchedAndNeverEmitted) {
+  const std::vector<int32_t> prompt = Prompt(15, 12);
+  const Collected free_run = RunAlone(model_dir_, Req(prompt, 40));
+  // Find two consecutive non-empty deltas and build a stop string spanning their boundary.
+  std::string stop;
+  size_t cut = 0;
+  std::string before;
+  for (size_t i = 0; i + 1 < free_run.deltas.size(); ++i) {
+    const std::string& a = free_run.deltas[i];
+    const std::string& b = free_run.deltas[i + 1];
+    before += a;
+    if (i < 2 || a.empty() || b.empty()) continue;
+    // Last character of a and first character of b (whole UTF-8 characters).
+    size_t ai = a.size() - 1;
+    while (ai > 0 && (static_cast<unsigned char>(a[ai]) >> 6) == 2) --ai;
+    size_t bl = 1;
+    while (bl < b.size() && (static_cast<unsigned char>(b[bl]) >> 6) == 2) ++bl;
+    stop = a.substr(ai) + b.substr(0, bl);
+    cut = before.size() - (a.size() - ai);
+    break;
+  }
+  ASSERT_FALSE(stop.empty()) << "no two consecutive text deltas in: " << free_run.text;
+  const size_t earliest = free_run.text.find(stop);
+  ASSERT_LE(earliest, cut);
+  GenerateRequest r = Req(prompt, 40);
+  r.stopping.stop = {stop, "a-stop-string-that-never-occurs"};
+  Collected c = RunAlone(model_dir_, r);
+  EXPECT_EQ(c.final.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(c.text, free_run.text.substr(0, earliest)) << "stop string " << stop;
+  EXPECT_EQ(c.text.find(stop), std::string::npos);
+  for (const std::string& d : c.deltas) EXPECT_TRUE(ValidUtf8(d));
+}
+
+TEST_F(EngineTest, StreamedTextIsValidUtf8AndEqualsTheDecodedTokens) {
+  auto m = LoadModel(model_dir_);
+  ASSERT_TRUE(m.ok());
+  for (uint32_t seed : {1u, 2u, 3u}) {
+    Collected c = RunAlone(model_dir_, Req(Prompt(8, seed), 48, 1.0f, seed));
+    for (const std::string& d : c.deltas) EXPECT_TRUE(ValidUtf8(d)) << "delta of seed " << seed;
+    auto full = m->tokenizer->Decode(c.tokens);
+    ASSERT_TRUE(full.ok());
+    // Whole-sequence decoding may render a held incomplete tail differently; the stream never
+    // emits invalid bytes, so compare where the full decode is itself valid UTF-8.
+    if (ValidUtf8(*full)) {
+      EXPECT_EQ(c.text, *full) << "seed " << seed;
+    }
+  }
+}
+
+TEST_F(EngineTest, RefusesRequestsThatCanNeverRunWithClearErrors) {
+  EngineOptions o;
+  o.max_model_len = 100;
+  o.max_cache_tokens = 8 * 10;
+  auto e = MakeEngine(model_dir_, o);
+  auto expect = [&](GenerateRequest r, absl::StatusCode code, const std::string& text) {
+    auto s = e->Submit(std::move(r));
+    EXPECT_EQ(s.status().code(), code) << text;
+    EXPECT_THAT(s.status().message(), HasSubstr(text));
+  };
+  expect(Req({}, 4), absl::StatusCode::kInvalidArgument, "prompt is empty");
+  expect(Req({1, 2, 320}, 4), absl::StatusCode::kInvalidArgument, "has id 320, outside the vocabulary");
+  expect(Req(Prompt(90, 1), 20), absl::StatusCode::kInvalidArgument, "exceeds max_model_len 100");
+  expect(Req(Prompt(70, 1), 20), absl::StatusCode::kInvalidArgument, "the whole cache has 10");
+  GenerateRequest bad = Req(Prompt(5, 1), 4);
+  bad.sampling.top_p = 1.5f;
+  expect(bad, absl::StatusCode::kInvalidArgument, "top_p");
+  GenerateRequest bad_pl = Req(Prompt(5, 1), 4);
+  bad_pl.prompt_logprobs = 1000;
+  expect(bad_pl, absl::StatusCode::kInvalidArgument, "prompt_logprobs");
+  // The engine still serves good requests afterwards.
+  auto ok = e->Submit(Req(Prompt(5, 1), 4));
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(Drain(**ok).final.finish_reason, FinishReason::kLength);
+}
+
+TEST_F(EngineTest, FullQueueRefusesWithResourceExhaustedAndServesTheRest) {
+  EngineOptions o;
+  o.max_queue = 1;
+  o.max_num_seqs = 1;
+  auto e = MakeEngine(model_dir_, o);
+  std::vector<std::shared_ptr<RequestStream>> accepted;
+  int refused = 0;
+  for (int i = 0; i < 6; ++i) {
+    auto s = e->Submit(Req(Prompt(20, 30 + i), 60));
+    if (s.ok()) {
+      accepted.push_back(*s);
+    } else {
+      EXPECT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted);
+      EXPECT_THAT(s.status().message(), HasSubstr("queue is full"));
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 0);
+  for (auto& s : accepted) EXPECT_EQ(Drain(*s).final.finish_reason, FinishReason::kLength);
+}
+
+TEST_F(EngineTest, PromptLogprobsMatchTheGoldenLogSoftmax) {
+  const std::string dir = gsa::testing::GoldenDir("gsa-tiny");
+  auto golden = SafetensorsFile::Open(dir + "/golden.safetensors");
+  ASSERT_TRUE(golden.ok());
+  const TensorView* ids = (*golden)->Find("input_ids");
+  const TensorView* logits = (*golden)->Find("logits");
+  std::vector<int32_t> prompt;
+  for (int64_t t = 0; t < ids->shape[0]; ++t) {
+    int64_t v;
+    std::memcpy(&v, ids->data + t * 8, 8);
+    prompt.push_back(static_cast<int32_t>(v));
+  }
+  std::vector<float> gl(static_cast<size_t>(logits->numel()));
+  ASSERT_TRUE(ConvertToFloat(*logits, gl.data()).ok());
+  const int64_t V = logits->shape[1];
+
+  EngineOptions o;
+  o.max_batched_tokens = 16;  // prompt logprobs gathered across chunks
+  GenerateRequest r = Req(prompt, 1);
+  r.prompt_logprobs = 2;
+  Collected c = RunAlone(dir, r, o);
+  ASSERT_TRUE(c.prompt_logprobs.has_value());
+  ASSERT_EQ(c.prompt_logprobs->size(), prompt.size());
+  EXPECT_FALSE((*c.prompt_logprobs)[0].has_value());
+  for (size_t p = 1; p < prompt.size(); ++p) {
+    const float* row = gl.data() + (p - 1) * V;
+    double mx = row[0], z = 0;
+    for (int64_t v = 0; v < V; ++v) mx = std::max<double>(mx, row[v]);
+    for (int64_t v = 0; v < V; ++v) z += std::exp(row[v] - mx);
+    const double want = row[prompt[p]] - mx - std::log(z);
+    ASSERT_TRUE((*c.prompt_logprobs)[p].has_value());
+    EXPECT_EQ((*c.prompt_logprobs)[p]->token_id, prompt[p]);
+    EXPECT_NEAR((*c.prompt_logprobs)[p]->logprob, want, 1e-4) << "position " << p;
+    EXPECT_EQ((*c.prompt_logprobs)[p]->top.size(), 2u);
+  }
+}
+
+}  // namespace
+}  // namespace gsa
