@@ -311,8 +311,9 @@ TEST_F(DetokenizerTest, UnfinishedCharacterNeverShowsAsReplacementWhileItCanComp
       } else {
         uint32_t cp;
         do {
-          cp = kind == 1 ? 0x80 + rng() % 0x780 : kind == 2 ? 0x800 + rng() % 0xF800
-                                                          : 0x10000 + rng() % 0x100000;
+          cp = kind == 1   ? 0x80 + rng() % 0x780
+               : kind == 2 ? 0x800 + rng() % 0xF800
+                           : 0x10000 + rng() % 0x100000;
         } while (cp >= 0xD800 && cp <= 0xDFFF);
         const std::vector<int32_t> bytes = ByteIds(Utf8Of(cp));
         gen.insert(gen.end(), bytes.begin(), bytes.end());
@@ -363,8 +364,9 @@ TEST_F(DetokenizerTest, PromptEndingInsideACharacterLetsTheOutputFinishIt) {
 
 TEST_F(DetokenizerTest, StreamedEncodedTextEqualsItsDecoding) {
   for (const std::string text :
-       {"Hello world, the cat reads a book.", "it costs 5€ in 日本 🙂", "naïve café — 東京 🦀!",
-        "€€€ 🙂🙂 日本日本", "  two  spaces, then\ttabs\nand newlines", "🦀", "é"}) {
+       {"Hello world, the cat reads a book.", "it costs 5€ in 日本 🙂",
+        "naïve café — 東京 🦀!", "€€€ 🙂🙂 日本日本",
+        "  two  spaces, then\ttabs\nand newlines", "🦀", "é"}) {
     SCOPED_TRACE(text);
     const std::vector<int32_t> ids = Encode(text);
     ASSERT_EQ(Decode(ids), text);
@@ -397,9 +399,15 @@ TEST_F(DetokenizerTest, StreamedRandomIdsEqualTheirDecoding) {
     const size_t n = rng() % 40;
     for (size_t i = 0; i < n; ++i) {
       switch (rng() % 5) {
-        case 0: gen.push_back(static_cast<int32_t>(rng() % 3)); break;  // unk, bos, eos
-        case 1: gen.push_back(text_ids[rng() % text_ids.size()]); break;
-        default: gen.push_back(static_cast<int32_t>(rng() % vocab)); break;
+        case 0:
+          gen.push_back(static_cast<int32_t>(rng() % 3));
+          break;  // unk, bos, eos
+        case 1:
+          gen.push_back(text_ids[rng() % text_ids.size()]);
+          break;
+        default:
+          gen.push_back(static_cast<int32_t>(rng() % vocab));
+          break;
       }
     }
     ExpectStreamMatchesDecode(prompt, gen);
@@ -412,7 +420,8 @@ TEST_F(DetokenizerTest, StreamedRandomIdsEqualTheirDecoding) {
 TEST_F(DetokenizerTest, DecodesOnlyASmallWindowPerToken) {
   // A long prompt and a long output: the ids per Decode stay bounded (O(window), not O(length)).
   std::string long_text;
-  for (int i = 0; i < 200; ++i) absl::StrAppend(&long_text, "the cat reads a book € 日本 🙂 ");
+  for (int i = 0; i < 200; ++i)
+    absl::StrAppend(&long_text, "the cat reads a book € 日本 🙂 ");
   const std::vector<int32_t> ids = Encode(long_text);
   ASSERT_GT(ids.size(), 2000u);
   const CountingTokenizer counting(tok());

@@ -327,10 +327,10 @@ TEST(Sampler, FilteringMatchesAFullSortReference) {
 // last token of the cut, so each filter's exact cut point is visible in one call.
 TEST(Sampler, EachFilterCutsAtExactlyTheRightToken) {
   uint64_t seed = 0;
-  while (SamplingUniform(seed, 0) < 0.99995) ++seed;
+  while (SamplingUniform(seed, 0) < 0.99999) ++seed;  // 1 - u below any token's share
   const int64_t v = 3000;
   std::vector<float> logits(v);
-  for (int64_t i = 0; i < v; ++i) logits[i] = -0.002f * static_cast<float>(i);
+  for (int64_t i = 0; i < v; ++i) logits[i] = -0.0005f * static_cast<float>(i);
   std::vector<double> w(v);  // weights at temperature 1, relative to token 0
   for (int64_t i = 0; i < v; ++i) w[i] = std::exp(static_cast<double>(logits[i]) - logits[0]);
   double total = 0.0;
@@ -353,7 +353,7 @@ TEST(Sampler, EachFilterCutsAtExactlyTheRightToken) {
     }
     EXPECT_EQ(s.Sample(logits.data(), v, p, seed, {}, {}, 0).token, last) << "top_p " << p.top_p;
   }
-  for (const float min_p : {0.5f, 0.01f, 0.3f}) {
+  for (const float min_p : {0.5f, 0.9f, 0.3f, 0.99f}) {
     SamplingParams p;
     p.min_p = min_p;
     int32_t last = 0;

@@ -59,11 +59,20 @@ bool IsIncompleteCharacter(const int* bytes, size_t n) {
     int low = 0x80;
     int high = 0xBF;
     switch (bytes[0]) {
-      case 0xE0: low = 0xA0; break;
-      case 0xED: high = 0x9F; break;
-      case 0xF0: low = 0x90; break;
-      case 0xF4: high = 0x8F; break;
-      default: break;
+      case 0xE0:
+        low = 0xA0;
+        break;
+      case 0xED:
+        high = 0x9F;
+        break;
+      case 0xF0:
+        low = 0x90;
+        break;
+      case 0xF4:
+        high = 0x8F;
+        break;
+      default:
+        break;
     }
     if (bytes[1] < low || bytes[1] > high) return false;
   }
@@ -130,7 +139,7 @@ absl::StatusOr<std::string> IncrementalDetokenizer::DecodeWindow(size_t begin, s
                                                                  bool anchored) const {
   std::vector<int32_t> ids;
   ids.reserve((anchored ? anchor_ids_.size() : 0) + (end - begin));
-  if (anchored) ids = anchor_ids_;
+  if (anchored) ids.insert(ids.end(), anchor_ids_.begin(), anchor_ids_.end());
   ids.insert(ids.end(), tokens_.begin() + static_cast<std::ptrdiff_t>(begin),
              tokens_.begin() + static_cast<std::ptrdiff_t>(end));
   absl::StatusOr<std::string> text = tokenizer_->Decode(ids);
@@ -188,10 +197,10 @@ absl::StatusOr<std::string> IncrementalDetokenizer::Push(int32_t token) {
 
   absl::StatusOr<std::string> text = DecodeWindow(prefix_offset_, stable_end, text_before_prefix_);
   if (text.ok() && !std::string_view(*text).starts_with(prefix_text_)) {
-    text = absl::InternalError(absl::StrCat(
-        "detokenizer: after token ", token, " the text of tokens [", prefix_offset_, ", ",
-        stable_end, ") \"", *text, "\" does not extend that of [", prefix_offset_, ", ",
-        read_offset_, ") \"", prefix_text_, "\""));
+    text = absl::InternalError(
+        absl::StrCat("detokenizer: after token ", token, " the text of tokens [", prefix_offset_,
+                     ", ", stable_end, ") \"", *text, "\" does not extend that of [",
+                     prefix_offset_, ", ", read_offset_, ") \"", prefix_text_, "\""));
   }
   if (!text.ok()) {
     tokens_.pop_back();
@@ -203,8 +212,8 @@ absl::StatusOr<std::string> IncrementalDetokenizer::Push(int32_t token) {
   // The chunk just emitted becomes the next window's context. Its text read on its own equals
   // `delta`: it starts on a character boundary and, when the text before it is non-empty, is
   // decoded behind the anchor. While nothing visible precedes it, the window stays at token 0.
-  pending_bytes_.erase(pending_bytes_.begin(),
-                       pending_bytes_.begin() + static_cast<std::ptrdiff_t>(stable_end - read_offset_));
+  const auto emitted = static_cast<std::ptrdiff_t>(stable_end - read_offset_);
+  pending_bytes_.erase(pending_bytes_.begin(), pending_bytes_.begin() + emitted);
   if (text_before_prefix_ || !prefix_text_.empty()) {
     text_before_prefix_ = true;
     prefix_offset_ = read_offset_;

@@ -93,8 +93,8 @@ class IncrementalDetokenizer {
   std::vector<int32_t> anchor_ids_;
   std::string anchor_text_;
 
-  size_t prefix_offset_ = 0;  // window start; 0 while the text before it would be empty
-  size_t read_offset_ = 0;    // everything before this has been emitted
+  size_t prefix_offset_ = 0;         // window start; 0 while the text before it would be empty
+  size_t read_offset_ = 0;           // everything before this has been emitted
   bool text_before_prefix_ = false;  // T(tokens_[0, prefix_offset_)) is non-empty
   std::string prefix_text_;          // DecodeWindow(prefix_offset_, read_offset_)
   // For tokens_[read_offset_, end): the byte value of a byte-fallback piece, else -1.

@@ -53,8 +53,7 @@ StopMatcher::Result StopMatcher::Push(std::string_view new_text) {
   // Hold back the longest suffix that a later piece could complete into a stop string.
   const std::string_view text(held_);
   size_t hold = 0;
-  for (size_t n = std::min(text.size(), max_stop_size_ == 0 ? 0 : max_stop_size_ - 1); n > 0;
-       --n) {
+  for (size_t n = std::min(text.size(), max_stop_size_ == 0 ? 0 : max_stop_size_ - 1); n > 0; --n) {
     const std::string_view suffix = text.substr(text.size() - n);
     const bool is_prefix = std::any_of(stops_.begin(), stops_.end(), [&](const std::string& s) {
       return std::string_view(s).starts_with(suffix);

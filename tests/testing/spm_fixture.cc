@@ -13,9 +13,9 @@ namespace gsa::testing {
 std::string SpmTestCorpus() {
   const std::vector<std::string> subjects = {"the cat",   "a dog",     "my friend", "the server",
                                              "the model", "the river", "a bird",    "hello world"};
-  const std::vector<std::string> verbs = {"runs to", "jumps over", "reads", "writes",
+  const std::vector<std::string> verbs = {"runs to", "jumps over", "reads",  "writes",
                                           "sees",    "likes",      "builds", "watches"};
-  const std::vector<std::string> objects = {"the fence", "a book",     "the code", "fresh bread",
+  const std::vector<std::string> objects = {"the fence", "a book",       "the code", "fresh bread",
                                             "the world", "a tiny token", "the moon", "old letters"};
   // A fixed linear congruential walk: the corpus (and so the model) is the same everywhere.
   uint32_t state = 2024;
@@ -25,9 +25,8 @@ std::string SpmTestCorpus() {
   };
   std::string corpus;
   for (int i = 0; i < 600; ++i) {
-    absl::StrAppend(&corpus, "Hello world, ", pick(subjects), " ", pick(verbs), " ",
-                    pick(objects), ". ", pick(subjects), " ", pick(verbs), " ", pick(objects),
-                    ".\n");
+    absl::StrAppend(&corpus, "Hello world, ", pick(subjects), " ", pick(verbs), " ", pick(objects),
+                    ". ", pick(subjects), " ", pick(verbs), " ", pick(objects), ".\n");
   }
   // Rare enough to fall outside the character coverage: these go through byte fallback.
   absl::StrAppend(&corpus, "it costs 5€ in 日本 🙂\n");
@@ -44,12 +43,12 @@ absl::StatusOr<std::string> TrainSentencePieceModel(const TempDir& dir, const st
   const std::string input = dir.File("corpus.txt");
   WriteFile(input, corpus);
   const std::string log = dir.File("spm_train.log");
-  const std::string command = absl::StrCat(
-      "spm_train --input=", input, " --model_prefix=", dir.File("spm"),
-      " --vocab_size=", options.vocab_size, " --model_type=", options.model_type,
-      " --byte_fallback=true --character_coverage=", options.character_coverage,
-      " --normalization_rule_name=identity --remove_extra_whitespaces=false",
-      " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 > ", log, " 2>&1");
+  const std::string command =
+      absl::StrCat("spm_train --input=", input, " --model_prefix=", dir.File("spm"),
+                   " --vocab_size=", options.vocab_size, " --model_type=", options.model_type,
+                   " --byte_fallback=true --character_coverage=", options.character_coverage,
+                   " --normalization_rule_name=identity --remove_extra_whitespaces=false",
+                   " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 > ", log, " 2>&1");
   if (std::system(command.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("spm_train failed: ", command, "\n", ReadFile(log)));
   }
