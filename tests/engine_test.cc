@@ -203,6 +203,7 @@ TEST_F(EngineTest, RequestsGetTheSameTokensAndLogprobsAloneAndAmongEightOthers) 
 TEST_F(EngineTest, PreemptionUnderASmallCacheKeepsEveryOutputIdentical) {
   std::vector<GenerateRequest> reqs;
   for (int i = 0; i < 16; ++i) reqs.push_back(Req(Prompt(10 + i, 40 + i), 20, i % 3 ? 0.9f : 0.f, 7 + i));
+  for (int i : {5, 15}) reqs[static_cast<size_t>(i)].prompt_logprobs = 2;  // collected across a preemption too
   std::vector<Collected> alone;
   for (const auto& r : reqs) alone.push_back(RunAlone(model_dir_, r));
 
@@ -217,7 +218,15 @@ TEST_F(EngineTest, PreemptionUnderASmallCacheKeepsEveryOutputIdentical) {
     streams.push_back(*s);
   }
   for (size_t i = 0; i < reqs.size(); ++i) {
-    ExpectSameGeneration(Drain(*streams[i]), alone[i], absl::StrCat("request ", i));
+    const Collected c = Drain(*streams[i]);
+    ExpectSameGeneration(c, alone[i], absl::StrCat("request ", i));
+    ASSERT_EQ(c.prompt_logprobs.has_value(), alone[i].prompt_logprobs.has_value());
+    if (c.prompt_logprobs) {
+      ASSERT_EQ(c.prompt_logprobs->size(), reqs[i].prompt.size());
+      for (size_t p = 1; p < c.prompt_logprobs->size(); ++p) {
+        EXPECT_EQ((*c.prompt_logprobs)[p]->logprob, (*alone[i].prompt_logprobs)[p]->logprob);
+      }
+    }
   }
   // Stats are published at the end of the step that sent the last delta.
   for (int i = 0; i < 100 && e->Stats().running != 0; ++i) std::this_thread::sleep_for(10ms);

@@ -24,6 +24,8 @@ void Scheduler::Preempt(Request* r) {
   r->num_computed = 0;
   r->status = RequestStatus::kWaiting;
   ++r->num_preemptions;
+  // Prompt logprobs not yet sent are collected again by the recompute.
+  if (!r->prompt_logprobs_sent) r->prompt_logprob_entries.clear();
   waiting_.push_front(r);
 }
 
