@@ -13,17 +13,26 @@
 #include "engine/model/sentencepiece_impl.h"
 
 namespace gsa::internal {
+namespace {
 
-struct SentencePieceImpl::PrivateTag {};
+class SentencePieceProcessorImpl final : public SentencePieceImpl {
+ public:
+  explicit SentencePieceProcessorImpl(std::unique_ptr<sentencepiece::SentencePieceProcessor> p)
+      : processor_(std::move(p)) {}
+  bool Encode(std::string_view text, std::vector<int>* ids, std::string* error) const override;
+  bool Decode(const std::vector<int>& ids, std::string* text, std::string* error) const override;
+  std::string IdToPiece(int id) const override;
+  int piece_size() const override;
+  int bos_id() const override;
+  int eos_id() const override;
 
-SentencePieceImpl::SentencePieceImpl(
-    const PrivateTag&, std::unique_ptr<sentencepiece::SentencePieceProcessor> processor)
-    : processor_(std::move(processor)) {}
+ private:
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+};
 
-SentencePieceImpl::~SentencePieceImpl() = default;
-
-std::unique_ptr<SentencePieceImpl> SentencePieceImpl::Load(const std::string& path,
-                                                           LoadError* code, std::string* error) {
+std::unique_ptr<SentencePieceImpl> Load(const std::string& path, SentencePieceImpl::LoadError* code,
+                                        std::string* error) {
+  using LoadError = SentencePieceImpl::LoadError;
   // Check existence ourselves: sentencepiece reports a missing file and a broken one with codes
   // that have varied between releases, and callers need to tell the two apart.
   std::error_code ec;
@@ -55,10 +64,10 @@ std::unique_ptr<SentencePieceImpl> SentencePieceImpl::Load(const std::string& pa
   }
   *code = LoadError::kNone;
   error->clear();
-  return std::make_unique<SentencePieceImpl>(PrivateTag{}, std::move(processor));
+  return std::make_unique<SentencePieceProcessorImpl>(std::move(processor));
 }
 
-bool SentencePieceImpl::Encode(std::string_view text, std::vector<int>* ids,
+bool SentencePieceProcessorImpl::Encode(std::string_view text, std::vector<int>* ids,
                                std::string* error) const {
   const sentencepiece::util::Status status = processor_->Encode(text, ids);
   if (!status.ok()) {
@@ -68,7 +77,7 @@ bool SentencePieceImpl::Encode(std::string_view text, std::vector<int>* ids,
   return true;
 }
 
-bool SentencePieceImpl::Decode(const std::vector<int>& ids, std::string* text,
+bool SentencePieceProcessorImpl::Decode(const std::vector<int>& ids, std::string* text,
                                std::string* error) const {
   const sentencepiece::util::Status status = processor_->Decode(ids, text);
   if (!status.ok()) {
@@ -78,10 +87,21 @@ bool SentencePieceImpl::Decode(const std::vector<int>& ids, std::string* text,
   return true;
 }
 
-std::string SentencePieceImpl::IdToPiece(int id) const { return processor_->IdToPiece(id); }
+std::string SentencePieceProcessorImpl::IdToPiece(int id) const { return processor_->IdToPiece(id); }
 
-int SentencePieceImpl::piece_size() const { return processor_->GetPieceSize(); }
-int SentencePieceImpl::bos_id() const { return processor_->bos_id(); }
-int SentencePieceImpl::eos_id() const { return processor_->eos_id(); }
+int SentencePieceProcessorImpl::piece_size() const { return processor_->GetPieceSize(); }
+int SentencePieceProcessorImpl::bos_id() const { return processor_->bos_id(); }
+int SentencePieceProcessorImpl::eos_id() const { return processor_->eos_id(); }
 
+}  // namespace
 }  // namespace gsa::internal
+
+// The module's entry point. The pointer crosses a C boundary, so ownership passes by release();
+// the caller wraps it in a unique_ptr at once (the virtual destructor runs this module's code).
+extern "C" __attribute__((visibility("default"))) gsa::internal::SentencePieceImpl* gsa_spm_load(
+    const char* path, int* code, std::string* error) {
+  gsa::internal::SentencePieceImpl::LoadError c = gsa::internal::SentencePieceImpl::LoadError::kNone;
+  std::unique_ptr<gsa::internal::SentencePieceImpl> impl = gsa::internal::Load(path, &c, error);
+  *code = static_cast<int>(c);
+  return impl.release();
+}

@@ -81,9 +81,11 @@ class SentencePieceTokenizer final : public Tokenizer {
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path) {
   internal::SentencePieceImpl::LoadError code = internal::SentencePieceImpl::LoadError::kNone;
   std::string error;
-  std::unique_ptr<internal::SentencePieceImpl> impl =
-      internal::SentencePieceImpl::Load(path, &code, &error);
+  std::unique_ptr<internal::SentencePieceImpl> impl = internal::LoadSentencePiece(path, &code, &error);
   if (impl == nullptr) {
+    if (code == internal::SentencePieceImpl::LoadError::kModule) {
+      return absl::FailedPreconditionError(absl::StrCat("cannot load tokenizer ", path, ": ", error));
+    }
     if (code == internal::SentencePieceImpl::LoadError::kNotFound) {
       return absl::NotFoundError(
           absl::StrCat("tokenizer model ", path, " not found (", error, ")"));

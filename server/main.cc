@@ -1,0 +1,54 @@
+// gsa-server: loads a model, starts the engine and serves gRPC until SIGTERM or SIGINT, then
+// drains: stops accepting, lets in-flight requests finish within --drain-timeout, exits 0.
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "server/server.h"
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  absl::StatusOr<gsa::ServerOptions> options = gsa::ParseServerFlags(args);
+  if (!options.ok()) {
+    if (absl::IsCancelled(options.status())) {
+      std::cout << gsa::ServerUsage();
+      return 0;
+    }
+    std::cerr << "gsa-server: " << options.status().message() << "\n";
+    return 2;
+  }
+  if (options->model_dir.empty()) options->model_dir = GSA_DEFAULT_MODEL_DIR;
+
+  // Block the stop signals in every thread (gRPC's included) and wait for them here.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  std::cerr << "gsa-server: loading " << options->model_dir << "\n";
+  absl::StatusOr<std::unique_ptr<gsa::GsaServer>> server = gsa::GsaServer::Start(*options);
+  if (!server.ok()) {
+    std::cerr << "gsa-server: " << server.status().message() << "\n";
+    return 1;
+  }
+  const gsa::Engine& engine = (*server)->engine();
+  std::cerr << "gsa-server: cache holds " << engine.num_cache_blocks() * engine.options().block_size
+            << " tokens (" << engine.num_cache_blocks() << " blocks of " << engine.options().block_size
+            << "), max_model_len " << engine.max_model_len() << "\n";
+  // The one line scripts parse: the address actually bound (port 0 picks one).
+  std::printf("gsa-server: listening on %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::cerr << "gsa-server: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining "
+            << (*server)->in_flight() << " in-flight request(s) (up to " << options->drain_timeout_s
+            << " s)\n";
+  const bool clean = (*server)->Drain(options->drain_timeout_s);
+  std::cerr << "gsa-server: " << (clean ? "drained, exiting" : "drain timeout, cancelled the rest")
+            << "\n";
+  return 0;
+}

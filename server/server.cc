@@ -1,0 +1,122 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/model/model_loader.h"
+#include "server/generation_service.h"
+
+namespace gsa {
+
+struct GsaServer::Impl {
+  ServerOptions options;
+  std::unique_ptr<LoadedModel> model;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<GenerationService> service;
+  std::unique_ptr<grpc::Server> server;
+};
+
+GsaServer::GsaServer(CreateTag, std::unique_ptr<Impl> impl, int port) : impl_(std::move(impl)), port_(port) {}
+
+GsaServer::~GsaServer() {
+  if (impl_ && impl_->server) {
+    impl_->service->SetDraining();
+    impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  }
+}
+
+std::string GsaServer::address() const { return absl::StrCat(impl_->options.host, ":", port_); }
+Engine& GsaServer::engine() { return *impl_->engine; }
+int64_t GsaServer::in_flight() const { return impl_->service->in_flight(); }
+
+namespace {
+
+// Runs one tiny greedy request end to end so that the first real request does not pay for
+// first-touch costs, and so that a broken backend is found before health says SERVING.
+absl::Status WarmUp(Engine& engine) {
+  GenerateRequest r;
+  r.request_id = "warmup";
+  r.prompt = {0};
+  r.sampling.temperature = 0;
+  r.stopping.max_tokens = 1;
+  r.stopping.ignore_eos = true;
+  auto stream = engine.Submit(std::move(r));
+  if (!stream.ok()) return stream.status();
+  for (int i = 0; i < 600; ++i) {
+    auto d = (*stream)->Next(std::chrono::milliseconds(100));
+    if (d && d->finished) {
+      if (d->finish_reason == FinishReason::kError) return absl::InternalError(d->error);
+      return absl::OkStatus();
+    }
+  }
+  return absl::DeadlineExceededError("warm-up request did not finish within 60 s");
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GsaServer>> GsaServer::Start(const ServerOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  if (options.backend == "cuda") {
+    return absl::UnimplementedError(
+        "--backend cuda: this build has no CUDA backend yet; use --backend cpu (or auto)");
+  }
+  if (options.backend != "auto" && options.backend != "cpu") {
+    return absl::InvalidArgumentError(absl::StrCat("--backend ", options.backend,
+                                                   ": expected auto, cpu or cuda"));
+  }
+  absl::StatusOr<LoadedModel> model = LoadModel(options.model_dir);
+  if (!model.ok()) return model.status();
+  impl->model = std::make_unique<LoadedModel>(std::move(*model));
+  absl::StatusOr<std::unique_ptr<CpuBackend>> backend =
+      CpuBackend::Create(impl->model->config, impl->model->weights, {options.cpu_threads});
+  if (!backend.ok()) return backend.status();
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(std::move(*backend), impl->model->tokenizer, options.engine);
+  if (!engine.ok()) return engine.status();
+  impl->engine = std::move(*engine);
+  impl->service = std::make_unique<GenerationService>(*impl->model, *impl->engine, "cpu");
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port), grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  impl->server = builder.BuildAndStart();
+  if (!impl->server || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":", options.port,
+                                               " (in use, or not an address of this machine); "
+                                               "choose another --host/--port, or --port 0"));
+  }
+  grpc::HealthCheckServiceInterface* health = impl->server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  if (absl::Status w = WarmUp(*impl->engine); !w.ok()) {
+    impl->server->Shutdown();
+    return absl::Status(w.code(), absl::StrCat("warm-up failed: ", w.message()));
+  }
+  health->SetServingStatus(true);
+  return std::make_unique<GsaServer>(CreateTag{}, std::move(impl), port);
+}
+
+bool GsaServer::Drain(double timeout_s) {
+  impl_->service->SetDraining();
+  impl_->server->GetHealthCheckService()->SetServingStatus(false);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (impl_->service->in_flight() > 0 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const bool done = impl_->service->in_flight() == 0;
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  return done;
+}
+
+}  // namespace gsa
