@@ -58,18 +58,7 @@ Collected Drain(RequestStream& s, std::chrono::seconds limit = 120s) {
   return c;
 }
 
-bool ValidUtf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const int n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
-    if (n < 0 || i + static_cast<size_t>(n) >= s.size() + (n == 0 ? 1 : 0)) return false;
-    for (int k = 1; k <= n; ++k) {
-      if ((static_cast<unsigned char>(s[i + static_cast<size_t>(k)]) >> 6) != 2) return false;
-    }
-    i += static_cast<size_t>(n) + 1;
-  }
-  return true;
-}
+using gsa::testing::IsValidUtf8;
 
 // A random-weight model with a sentencepiece tokenizer trained on a small corpus, shared by
 // the suite (training takes a moment).
@@ -357,7 +346,7 @@ TEST_F(EngineTest, StopStringsAcrossTokenBoundariesAreMatchedAndNeverEmitted) {
   EXPECT_EQ(c.final.finish_reason, FinishReason::kStop);
   EXPECT_EQ(c.text, free_run.text.substr(0, earliest)) << "stop string " << stop;
   EXPECT_EQ(c.text.find(stop), std::string::npos);
-  for (const std::string& d : c.deltas) EXPECT_TRUE(ValidUtf8(d));
+  for (const std::string& d : c.deltas) EXPECT_TRUE(IsValidUtf8(d));
 }
 
 TEST_F(EngineTest, StreamedTextIsValidUtf8AndEqualsTheDecodedTokens) {
@@ -365,12 +354,12 @@ TEST_F(EngineTest, StreamedTextIsValidUtf8AndEqualsTheDecodedTokens) {
   ASSERT_TRUE(m.ok());
   for (uint32_t seed : {1u, 2u, 3u}) {
     Collected c = RunAlone(model_dir_, Req(Prompt(8, seed), 48, 1.0f, seed));
-    for (const std::string& d : c.deltas) EXPECT_TRUE(ValidUtf8(d)) << "delta of seed " << seed;
+    for (const std::string& d : c.deltas) EXPECT_TRUE(IsValidUtf8(d)) << "delta of seed " << seed;
     auto full = m->tokenizer->Decode(c.tokens);
     ASSERT_TRUE(full.ok());
     // Whole-sequence decoding may render a held incomplete tail differently; the stream never
     // emits invalid bytes, so compare where the full decode is itself valid UTF-8.
-    if (ValidUtf8(*full)) {
+    if (IsValidUtf8(*full)) {
       EXPECT_EQ(c.text, *full) << "seed " << seed;
     }
   }

@@ -24,6 +24,9 @@ class TempDir {
 std::string GoldenDir(std::string_view name);
 std::string TestDataDir();
 
+// Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF, no truncated sequence.
+bool IsValidUtf8(std::string_view s);
+
 void WriteFile(const std::string& path, std::string_view bytes);
 std::string ReadFile(const std::string& path);
 
