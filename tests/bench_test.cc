@@ -438,6 +438,7 @@ struct FakeLoad {
 
 TEST(LoadDriver, ClosedLoopKeepsExactlyTheCapInFlight) {
   FakeLoad fake;
+  fake.sleep = std::chrono::milliseconds(20);
   LoadPlan plan;
   plan.num_requests = 40;
   plan.max_in_flight = 4;
@@ -454,23 +455,24 @@ TEST(LoadDriver, ClosedLoopKeepsExactlyTheCapInFlight) {
     EXPECT_EQ(r.records[i].index, i);
     EXPECT_EQ(r.records[i].output_tokens, i);  // each record lands at its own index
   }
-  // 40 requests of 5 ms, 4 at a time: at least 10 rounds.
-  EXPECT_GE(r.duration_s, 0.045);
+  // 40 requests of 20 ms, 4 at a time: at least 10 rounds.
+  EXPECT_GE(r.duration_s, 0.2);
 }
 
 TEST(LoadDriver, OpenLoopSendsOnScheduleWithoutACap) {
   FakeLoad fake;
-  fake.sleep = std::chrono::milliseconds(50);
+  fake.sleep = std::chrono::milliseconds(200);
   LoadPlan plan;
   plan.num_requests = 10;
   for (int i = 0; i < 10; ++i) plan.arrival_s.push_back(0.005 * i);
   const LoadResult r = RunLoad(plan, [&](int64_t i) { return fake(i); }, nullptr);
   EXPECT_EQ(fake.calls.load(), 10);
-  // Requests of 50 ms arriving every 5 ms overlap: nothing waits for a slot.
+  // Requests of 200 ms arriving every 5 ms overlap: nothing waits for a slot, and none is sent
+  // before its time (the upper bound is loose for busy machines).
   EXPECT_GE(fake.peak.load(), 5);
   for (int64_t i = 0; i < 10; ++i) {
     EXPECT_GE(r.records[i].start_s, plan.arrival_s[i] - 1e-4) << i;
-    EXPECT_LT(r.records[i].start_s, plan.arrival_s[i] + 0.04) << i;
+    EXPECT_LT(r.records[i].start_s, plan.arrival_s[i] + 0.1) << i;
   }
 }
 
@@ -572,7 +574,7 @@ BenchReport KnownReport() {
 }
 
 TEST(Report, JsonHasConfigResultsRecordsAndModelInfo) {
-  const nlohmann::json j = ReportToJson(KnownReport());
+  const nlohmann::ordered_json j = ReportToJson(KnownReport());
   EXPECT_EQ(j["tool"], "gsa-bench");
   EXPECT_EQ(j["timestamp"], "2025-01-01T00:00:00.000Z");
   EXPECT_EQ(j["command_line"], "gsa-bench --concurrency 2");
@@ -587,7 +589,7 @@ TEST(Report, JsonHasConfigResultsRecordsAndModelInfo) {
   EXPECT_TRUE(j["model_info"]["bos_token_id"].is_null());
   EXPECT_EQ(j["model_info"]["cache_tokens"], 1 << 20);
 
-  const nlohmann::json& res = j["results"];
+  const nlohmann::ordered_json& res = j["results"];
   EXPECT_EQ(res["completed"], 2);
   EXPECT_EQ(res["failed"], 3);
   EXPECT_EQ(res["errors"]["RESOURCE_EXHAUSTED"], 2);
@@ -602,26 +604,26 @@ TEST(Report, JsonHasConfigResultsRecordsAndModelInfo) {
   EXPECT_DOUBLE_EQ(res["ttft_ms"]["mean"].get<double>(), 200.0);
 
   ASSERT_EQ(j["requests"].size(), 5u);
-  const nlohmann::json& first = j["requests"][0];
+  const nlohmann::ordered_json& first = j["requests"][0];
   EXPECT_EQ(first["status"], "OK");
   EXPECT_EQ(first["output_tokens"], 11);
   EXPECT_NEAR(first["ttft_ms"].get<double>(), 100.0, 1e-9);
   EXPECT_NEAR(first["e2e_ms"].get<double>(), 1100.0, 1e-9);
   EXPECT_NEAR(first["tpot_ms"].get<double>(), 100.0, 1e-9);
-  const nlohmann::json& failed = j["requests"][4];
+  const nlohmann::ordered_json& failed = j["requests"][4];
   EXPECT_EQ(failed["status"], "DEADLINE_EXCEEDED");
   EXPECT_EQ(failed["error"], "nope");
   EXPECT_TRUE(failed["ttft_ms"].is_null());
 }
 
 TEST(Report, EmptySummaryIsNullsInJsonAndDashesInTheTable) {
-  const nlohmann::json j = SummaryToJson(Summary{});
+  const nlohmann::ordered_json j = SummaryToJson(Summary{});
   EXPECT_EQ(j["count"], 0);
   EXPECT_TRUE(j["mean"].is_null());
   BenchReport report = KnownReport();
   report.records = {Failed(0, "UNAVAILABLE")};
   report.metrics = ComputeMetrics(report.records, 1.0);
-  EXPECT_THAT(FormatSummaryTable(report), ContainsRegex("TTFT +- +- +- +-\\n"));
+  EXPECT_THAT(FormatSummaryTable(report), ContainsRegex("TTFT +- +- +- +-\n"));
 }
 
 TEST(Report, TableShowsCountsThroughputAndLatencies) {
@@ -645,7 +647,7 @@ TEST(Report, CommandLineIsShellQuotedAndTimestampIsIso8601) {
 }
 
 TEST(Report, WriteJsonFileNamesAnUnwritablePath) {
-  const absl::Status s = WriteJsonFile("/nonexistent/dir/out.json", nlohmann::json::object());
+  const absl::Status s = WriteJsonFile("/nonexistent/dir/out.json", nlohmann::ordered_json::object());
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("/nonexistent/dir/out.json"));
 }
@@ -666,6 +668,19 @@ TEST(Progress, LinesModePrintsEveryTenPercent) {
   const std::string s = out.str();
   EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 10);
   EXPECT_THAT(s, HasSubstr("benchmark: 20/20 requests done (1 failed)"));
+}
+
+TEST(Progress, BarRedrawsInPlaceAndEndsWithOneNewline) {
+  std::ostringstream out;
+  ProgressReporter p(out, ProgressMode::kBar, 2, "benchmark");
+  p.OnRequestDone(true);   // first frame
+  p.OnRequestDone(false);  // 100%: always drawn
+  p.Finish();              // already drawn: only ends the line
+  const std::string s = out.str();
+  EXPECT_EQ(std::count(s.begin(), s.end(), '\r'), 2);
+  EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 1);
+  EXPECT_THAT(s, HasSubstr("2/2  ok 1  failed 1"));
+  EXPECT_EQ(s.back(), '\n');
 }
 
 // ---- Requests -------------------------------------------------------------------------------------------------
@@ -789,10 +804,18 @@ TEST_F(FakeServerTest, MeasuresTtftItlAndTokensOfAStream) {
   EXPECT_GE(*r.ttft_s, 0.002);
   // Messages of 2, 2, 2, 1 tokens: the first message's two tokens give TTFT, the other 5 an ITL
   // each (≈ 1 ms for the pairs, ≈ 2 ms for the last single token).
+  // (The network may deliver messages together, so only the structure is exact.)
   ASSERT_EQ(r.itl_s.size(), 5u);
-  EXPECT_EQ(r.itl_s[0], r.itl_s[1]);
-  for (double gap : r.itl_s) EXPECT_GE(gap, 0.0009);
-  EXPECT_GE(r.e2e_s, *r.ttft_s);
+  EXPECT_EQ(r.itl_s[0], r.itl_s[1]);  // one message's gap shared by its tokens
+  EXPECT_EQ(r.itl_s[2], r.itl_s[3]);
+  double itl_sum = 0.0;
+  for (double gap : r.itl_s) {
+    EXPECT_GE(gap, 0.0);
+    itl_sum += gap;
+  }
+  // TTFT + the gaps = send → last token message, which the server writes after 4 × 2 ms.
+  EXPECT_GE(*r.ttft_s + itl_sum, 0.008 - 1e-6);
+  EXPECT_LE(itl_sum, r.e2e_s - *r.ttft_s + 1e-9);
 }
 
 TEST_F(FakeServerTest, ErrorsAreRecordedByStatusName) {
@@ -830,7 +853,7 @@ TEST_F(FakeServerTest, WholeClosedLoopRun) {
   EXPECT_EQ(report->metrics.ttft_ms.count, 12);
   EXPECT_EQ(report->metrics.itl_ms.count, 12 * 4);
   EXPECT_GT(report->metrics.output_throughput, 0.0);
-  const nlohmann::json j = ReportToJson(*report);
+  const nlohmann::ordered_json j = ReportToJson(*report);
   EXPECT_EQ(j["requests"].size(), 12u);
   EXPECT_EQ(j["results"]["warmup_requests"], 2);
 }

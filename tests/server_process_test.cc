@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "gsa/v1/generation.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "tests/testing/test_support.h"
 
 namespace gsa {
@@ -126,6 +127,51 @@ TEST(ServerProcess, SigtermDrainsInFlightRequestsThenExitsZero) {
   EXPECT_EQ(reason, v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(tokens, 3000);
   EXPECT_EQ(p.Wait(60s), 0);
+}
+
+TEST(ServerProcess, GsaBenchRunsAgainstTheServerAndWritesSaneJson) {
+  ServerProcess p({"--model", gsa::testing::GoldenDir("gsa-tiny"), "--port", "0", "--cpu-threads", "2",
+                   "--block-size", "8", "--max-cache-tokens", "4096"});
+  const std::string addr = p.WaitForAddress();
+  ASSERT_FALSE(addr.empty());
+  gsa::testing::TempDir tmp;
+  const std::string json_path = tmp.File("bench.json");
+  const std::string cmd = std::string(GSA_BENCH_BINARY) + " --target " + addr +
+                          " --num-requests 24 --concurrency 4 --input-len 16 --output-len 8" +
+                          " --input-len-dist uniform --range-ratio 0.5 --warmup 2 --seed 3 --progress off" +
+                          " --json " + json_path + " > " + tmp.File("bench.out") + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << gsa::testing::ReadFile(tmp.File("bench.out"));
+  const std::string table = gsa::testing::ReadFile(tmp.File("bench.out"));
+  EXPECT_NE(table.find("TTFT"), std::string::npos) << table;
+
+  const nlohmann::json j = nlohmann::json::parse(gsa::testing::ReadFile(json_path));
+  const auto& r = j.at("results");
+  EXPECT_EQ(r.at("num_requests"), 24);
+  EXPECT_EQ(r.at("completed"), 24);
+  EXPECT_EQ(r.at("failed"), 0);
+  EXPECT_TRUE(r.at("errors").empty());
+  EXPECT_EQ(r.at("total_output_tokens"), 24 * 8);  // ignore_eos: exactly output-len each
+  EXPECT_GT(r.at("duration_s").get<double>(), 0);
+  EXPECT_GT(r.at("request_throughput").get<double>(), 0);
+  EXPECT_GT(r.at("output_throughput").get<double>(), 0);
+  EXPECT_LE(r.at("peak_in_flight").get<int>(), 4);
+  for (const char* metric : {"ttft_ms", "itl_ms", "e2e_ms"}) {
+    const auto& m = r.at(metric);
+    EXPECT_GT(m.at("count").get<int>(), 0) << metric;
+    EXPECT_LE(m.at("p50").get<double>(), m.at("p90").get<double>()) << metric;
+    EXPECT_LE(m.at("p90").get<double>(), m.at("p99").get<double>()) << metric;
+    EXPECT_GT(m.at("mean").get<double>(), 0) << metric;
+  }
+  EXPECT_LE(r.at("ttft_ms").at("p50").get<double>(), r.at("e2e_ms").at("p50").get<double>());
+  ASSERT_EQ(j.at("requests").size(), 24u);
+  for (const auto& req : j.at("requests")) {
+    EXPECT_EQ(req.at("status"), "OK");
+    EXPECT_EQ(req.at("output_tokens"), 8);
+    EXPECT_GE(req.at("prompt_tokens").get<int>(), 8);
+    EXPECT_LE(req.at("prompt_tokens").get<int>(), 24);
+  }
+  EXPECT_EQ(j.at("model_info").at("vocab_size"), 512);
+  EXPECT_EQ(j.at("config").at("concurrency"), 4);
 }
 
 TEST(ServerProcess, BadFlagsExitTwoNamingTheFlag) {

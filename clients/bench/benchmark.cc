@@ -34,6 +34,7 @@ absl::StatusOr<gsa::v1::ModelInfo> FetchModelInfo(gsa::v1::Generation::StubInter
       std::chrono::duration_cast<std::chrono::system_clock::duration>(
           std::chrono::duration<double>(options.connect_timeout_s));
   bool said_waiting = false;
+  std::string last_unavailable;  // why the server could not be reached, kept past a deadline
   for (int attempt = 0;; ++attempt) {
     grpc::ClientContext context;
     context.set_deadline(deadline);
@@ -43,14 +44,17 @@ absl::StatusOr<gsa::v1::ModelInfo> FetchModelInfo(gsa::v1::Generation::StubInter
     const grpc::Status status = stub.GetModelInfo(&context, gsa::v1::GetModelInfoRequest(), &info);
     if (status.ok()) return info;
     const bool retryable = status.error_code() == grpc::StatusCode::UNAVAILABLE;
+    if (retryable) last_unavailable = status.error_message();
     const bool time_left = std::chrono::system_clock::now() + std::chrono::milliseconds(250) < deadline;
     if (!retryable || !time_left) {
       if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
           status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
         return absl::UnavailableError(absl::StrFormat(
-            "cannot reach gsa-server at %s within %gs (--connect-timeout-s): %s: %s",
-            options.target, options.connect_timeout_s, StatusCodeName(status.error_code()),
-            status.error_message()));
+            "cannot reach gsa-server at %s within %gs (--connect-timeout-s): %s", options.target,
+            options.connect_timeout_s,
+            last_unavailable.empty()
+                ? StatusCodeName(status.error_code()) + ": " + status.error_message()
+                : "UNAVAILABLE: " + last_unavailable));
       }
       return absl::UnavailableError(absl::StrCat(
           "gsa-server at ", options.target, ": GetModelInfo failed: ",

@@ -53,14 +53,21 @@ void ProgressReporter::DrawLocked(bool final_frame) {
   const Clock::time_point now = Clock::now();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   switch (mode_) {
-    case ProgressMode::kBar:
-      if (!final_frame && now - last_draw_ < kRedrawInterval && done_ < total_) return;
-      last_draw_ = now;
-      out_ << '\r' << label_ << ' ' << RenderProgressBar(done_, failed_, total_, elapsed, kBarWidth)
-           << "\x1b[K";  // clear what a longer previous frame left
+    case ProgressMode::kBar: {
+      // Redraw at most every kRedrawInterval, always at 100%, and at the end unless the last
+      // frame drawn is already the final state.
+      const bool due = done_ == total_ || now - last_draw_ >= kRedrawInterval;
+      if (final_frame ? done_ != last_drawn_done_ : due) {
+        last_draw_ = now;
+        last_drawn_done_ = done_;
+        out_ << '\r' << label_ << ' '
+             << RenderProgressBar(done_, failed_, total_, elapsed, kBarWidth)
+             << "\x1b[K";  // clear what a longer previous frame left
+      }
       if (final_frame) out_ << '\n';
       out_.flush();
       return;
+    }
     case ProgressMode::kLines: {
       const int64_t decile = total_ > 0 ? done_ * 10 / total_ : 10;
       if (final_frame || decile <= last_decile_) return;  // the 100% line is drawn as it happens

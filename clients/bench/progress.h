@@ -44,6 +44,7 @@ class ProgressReporter {
   int64_t failed_ = 0;                                    // guarded by mu_
   int64_t last_decile_ = 0;                               // guarded by mu_; lines mode
   std::chrono::steady_clock::time_point last_draw_;       // guarded by mu_; bar mode
+  int64_t last_drawn_done_ = -1;                          // guarded by mu_; bar mode
   bool finished_ = false;                                 // guarded by mu_
 };
 

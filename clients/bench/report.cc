@@ -18,8 +18,8 @@ double PerSecond(double amount, double duration_s) {
   return duration_s > 0.0 ? amount / duration_s : 0.0;
 }
 
-nlohmann::json OptionalMs(const std::optional<double>& seconds) {
-  return seconds.has_value() ? nlohmann::json(*seconds * kMs) : nlohmann::json(nullptr);
+nlohmann::ordered_json OptionalMs(const std::optional<double>& seconds) {
+  return seconds.has_value() ? nlohmann::ordered_json(*seconds * kMs) : nlohmann::ordered_json(nullptr);
 }
 
 std::string LoadDescription(const BenchOptions& o) {
@@ -137,8 +137,8 @@ std::string FormatSummaryTable(const BenchReport& report) {
   return out;
 }
 
-nlohmann::json SummaryToJson(const Summary& s) {
-  nlohmann::json j;
+nlohmann::ordered_json SummaryToJson(const Summary& s) {
+  nlohmann::ordered_json j;
   j["count"] = s.count;
   const bool any = s.count > 0;
   for (const auto& [key, value] : {std::pair<const char*, double>{"mean", s.mean},
@@ -148,22 +148,22 @@ nlohmann::json SummaryToJson(const Summary& s) {
                                    {"p90", s.p90},
                                    {"p99", s.p99},
                                    {"max", s.max}}) {
-    j[key] = any ? nlohmann::json(value) : nlohmann::json(nullptr);
+    j[key] = any ? nlohmann::ordered_json(value) : nlohmann::ordered_json(nullptr);
   }
   return j;
 }
 
-nlohmann::json OptionsToJson(const BenchOptions& o) {
-  nlohmann::json j;
+nlohmann::ordered_json OptionsToJson(const BenchOptions& o) {
+  nlohmann::ordered_json j;
   j["target"] = o.target;
   j["mode"] = o.ModeName();
-  j["num_requests"] = o.num_requests.has_value() ? nlohmann::json(*o.num_requests) : nullptr;
-  j["concurrency"] = o.concurrency.has_value() ? nlohmann::json(*o.concurrency) : nullptr;
+  j["num_requests"] = o.num_requests.has_value() ? nlohmann::ordered_json(*o.num_requests) : nullptr;
+  j["concurrency"] = o.concurrency.has_value() ? nlohmann::ordered_json(*o.concurrency) : nullptr;
   j["effective_concurrency"] = o.EffectiveConcurrency();  // 0: unbounded
   if (o.request_rate.has_value()) {
     // JSON has no infinity: "inf" as a string, like the flag.
-    j["request_rate"] = std::isinf(*o.request_rate) ? nlohmann::json("inf")
-                                                     : nlohmann::json(*o.request_rate);
+    j["request_rate"] = std::isinf(*o.request_rate) ? nlohmann::ordered_json("inf")
+                                                     : nlohmann::ordered_json(*o.request_rate);
   } else {
     j["request_rate"] = nullptr;
   }
@@ -172,7 +172,7 @@ nlohmann::json OptionsToJson(const BenchOptions& o) {
   j["input_len_dist"] = LengthDistributionName(o.input_len_dist);
   j["output_len_dist"] = LengthDistributionName(o.output_len_dist);
   j["range_ratio"] = o.range_ratio;
-  j["prompts_file"] = o.prompts_file.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.prompts_file);
+  j["prompts_file"] = o.prompts_file.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(o.prompts_file);
   j["ignore_eos"] = o.ignore_eos;
   j["temperature"] = o.temperature;
   j["seed"] = o.seed;
@@ -183,8 +183,8 @@ nlohmann::json OptionsToJson(const BenchOptions& o) {
   return j;
 }
 
-nlohmann::json ModelInfoToJson(const gsa::v1::ModelInfo& info) {
-  nlohmann::json j;
+nlohmann::ordered_json ModelInfoToJson(const gsa::v1::ModelInfo& info) {
+  nlohmann::ordered_json j;
   j["model_dir"] = info.model_dir();
   j["backend"] = info.backend();
   j["vocab_size"] = info.vocab_size();
@@ -205,20 +205,20 @@ nlohmann::json ModelInfoToJson(const gsa::v1::ModelInfo& info) {
   j["default_attention"] =
       info.default_attention() == gsa::v1::ATTENTION_DENSE ? "dense" : "default";
   j["has_tokenizer"] = info.has_tokenizer();
-  j["bos_token_id"] = info.has_bos_token_id() ? nlohmann::json(info.bos_token_id()) : nullptr;
-  j["eos_token_id"] = info.has_eos_token_id() ? nlohmann::json(info.eos_token_id()) : nullptr;
+  j["bos_token_id"] = info.has_bos_token_id() ? nlohmann::ordered_json(info.bos_token_id()) : nullptr;
+  j["eos_token_id"] = info.has_eos_token_id() ? nlohmann::ordered_json(info.eos_token_id()) : nullptr;
   j["block_size"] = info.block_size();
   j["cache_tokens"] = info.cache_tokens();
   return j;
 }
 
-nlohmann::json RecordToJson(const RequestRecord& r) {
-  nlohmann::json j;
+nlohmann::ordered_json RecordToJson(const RequestRecord& r) {
+  nlohmann::ordered_json j;
   j["index"] = r.index;
   j["start_ms"] = r.start_s * kMs;
   j["status"] = r.status;
   if (!r.error.empty()) j["error"] = r.error;
-  j["finish_reason"] = r.finish_reason.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.finish_reason);
+  j["finish_reason"] = r.finish_reason.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(r.finish_reason);
   j["prompt_tokens"] = r.prompt_tokens;
   j["output_tokens"] = r.output_tokens;
   j["ttft_ms"] = OptionalMs(r.ttft_s);
@@ -227,9 +227,9 @@ nlohmann::json RecordToJson(const RequestRecord& r) {
   return j;
 }
 
-nlohmann::json ReportToJson(const BenchReport& report) {
+nlohmann::ordered_json ReportToJson(const BenchReport& report) {
   const BenchMetrics& m = report.metrics;
-  nlohmann::json j;
+  nlohmann::ordered_json j;
   j["tool"] = "gsa-bench";
   j["timestamp"] = report.timestamp;
   j["command_line"] = report.command_line;
@@ -237,11 +237,11 @@ nlohmann::json ReportToJson(const BenchReport& report) {
   j["config"]["num_requests"] = report.num_requests;  // as run (after defaults)
   j["model_info"] = ModelInfoToJson(report.model_info);
 
-  nlohmann::json results;
+  nlohmann::ordered_json results;
   results["num_requests"] = report.num_requests;
   results["completed"] = m.completed;
   results["failed"] = m.failed;
-  results["errors"] = nlohmann::json::object();
+  results["errors"] = nlohmann::ordered_json::object();
   for (const auto& [status, count] : m.errors_by_status) results["errors"][status] = count;
   results["warmup_requests"] = report.warmup_requests;
   results["warmup_failed"] = report.warmup_failed;
@@ -259,13 +259,13 @@ nlohmann::json ReportToJson(const BenchReport& report) {
   results["e2e_ms"] = SummaryToJson(m.e2e_ms);
   j["results"] = std::move(results);
 
-  nlohmann::json requests = nlohmann::json::array();
+  nlohmann::ordered_json requests = nlohmann::ordered_json::array();
   for (const RequestRecord& r : report.records) requests.push_back(RecordToJson(r));
   j["requests"] = std::move(requests);
   return j;
 }
 
-absl::Status WriteJsonFile(const std::string& path, const nlohmann::json& j) {
+absl::Status WriteJsonFile(const std::string& path, const nlohmann::ordered_json& j) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return absl::NotFoundError(absl::StrCat("--json ", path, ": cannot open for writing"));
   out << j.dump(2) << '\n';

@@ -57,16 +57,16 @@ struct BenchReport {
 // The human-readable summary (what gsa-bench prints to stdout).
 std::string FormatSummaryTable(const BenchReport& report);
 
-// The JSON report: "timestamp", "command_line", "config", "model_info", "results" (the metrics)
-// and "requests" (one record each).
-nlohmann::json ReportToJson(const BenchReport& report);
-nlohmann::json OptionsToJson(const BenchOptions& options);
-nlohmann::json ModelInfoToJson(const gsa::v1::ModelInfo& info);
-nlohmann::json SummaryToJson(const Summary& s);  // nulls when count is 0
-nlohmann::json RecordToJson(const RequestRecord& r);
+// The JSON report, keys in this order: "tool", "timestamp", "command_line", "config",
+// "model_info", "results" (the metrics) and "requests" (one record each).
+nlohmann::ordered_json ReportToJson(const BenchReport& report);
+nlohmann::ordered_json OptionsToJson(const BenchOptions& options);
+nlohmann::ordered_json ModelInfoToJson(const gsa::v1::ModelInfo& info);
+nlohmann::ordered_json SummaryToJson(const Summary& s);  // nulls when count is 0
+nlohmann::ordered_json RecordToJson(const RequestRecord& r);
 
 // Writes `j` (indented) to `path`; an error naming the path when it cannot.
-absl::Status WriteJsonFile(const std::string& path, const nlohmann::json& j);
+absl::Status WriteJsonFile(const std::string& path, const nlohmann::ordered_json& j);
 
 // Arguments joined by spaces, each quoted for a POSIX shell when it needs quoting.
 std::string JoinCommandLine(const std::vector<std::string>& argv);

@@ -47,12 +47,18 @@ absl::StatusOr<std::vector<WorkItem>> RandomWorkload(const BenchOptions& options
     for (int64_t i = 0; i < n; ++i) {
       const int64_t total = int64_t{(*input_lens)[i]} + (*output_lens)[i];
       if (total > limits.max_model_len) {
+        std::string spread;
+        if (options.input_len_dist != LengthDistribution::kFixed ||
+            options.output_len_dist != LengthDistribution::kFixed) {
+          spread = absl::StrCat(" (--input-len-dist ", LengthDistributionName(options.input_len_dist),
+                                ", --output-len-dist ",
+                                LengthDistributionName(options.output_len_dist),
+                                ", --range-ratio ", options.range_ratio, ")");
+        }
         return absl::InvalidArgumentError(absl::StrCat(
-            "flags --input-len ", options.input_len, " / --output-len ", options.output_len,
-            " (", LengthDistributionName(options.input_len_dist), " / ",
-            LengthDistributionName(options.output_len_dist), ", --range-ratio ",
-            options.range_ratio, ") give a request of ", (*input_lens)[i], " + ",
-            (*output_lens)[i], " = ", total, " tokens, over the server's max_model_len ",
+            "flags --input-len ", options.input_len, " and --output-len ", options.output_len,
+            spread, " give a request of ", (*input_lens)[i], " + ", (*output_lens)[i], " = ",
+            total, " tokens, over the server's max_model_len ",
             limits.max_model_len));
       }
     }
