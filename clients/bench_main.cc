@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   gsa::bench::RunEnvironment env;
   env.log = &std::cerr;
   env.log_is_tty = isatty(STDERR_FILENO) != 0;
-  env.command_line = gsa::bench::JoinCommandLine(all);
+  env.command_line = gsa::bench::JoinCommandLine(gsa::bench::RedactSecretFlags(all));
   absl::StatusOr<gsa::bench::BenchReport> report = gsa::bench::RunBenchmark(*options, env);
   if (!report.ok()) {
     std::cerr << "gsa-bench: " << report.status().message() << "\n";

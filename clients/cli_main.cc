@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "clients/client_channel.h"
 #include "gsa/v1/generation.grpc.pb.h"
 
 namespace {
@@ -39,6 +40,12 @@ const char kUsage[] = R"(gsa-cli: send one request to a gsa-server
   --timeout S                 deadline in seconds (default: none)
   --unary                     use Complete (one response) instead of streaming Generate
   --json                      print each response message as JSON, one a line
+
+  --tls                       connect over TLS, verifying the server with the system's CAs
+  --tls-ca FILE               PEM CA that signed the server's certificate (implies --tls)
+  --tls-cert FILE --tls-key FILE   client certificate and key, for servers with --tls-client-ca
+  --api-key KEY               sent as metadata "authorization: Bearer KEY"
+  --api-key-file FILE         the same, with the first key in FILE (keeps it out of `ps`)
 )";
 
 bool ParseIds(const std::string& s, google::protobuf::RepeatedField<int32_t>* out) {
@@ -69,6 +76,7 @@ std::string Json(const google::protobuf::Message& m) {
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string target = "127.0.0.1:50051";
+  gsa::ClientSecurity security;
   gsa::v1::GenerateRequest req;
   req.mutable_stopping()->set_max_tokens(64);
   bool json = false, unary = false, tokenize = false, model_info = false;
@@ -105,6 +113,19 @@ int main(int argc, char** argv) {
       const std::string* v = value();
       ok = v != nullptr;
       if (ok) target = *v;
+    } else if (a == "--tls") {
+      security.tls = true;
+    } else if (a == "--tls-ca" || a == "--tls-cert" || a == "--tls-key" || a == "--api-key" ||
+               a == "--api-key-file") {
+      const std::string* v = value();
+      ok = v != nullptr && !v->empty();
+      if (ok) {
+        (a == "--tls-ca"     ? security.tls_ca_file
+         : a == "--tls-cert" ? security.tls_cert_file
+         : a == "--tls-key"  ? security.tls_key_file
+         : a == "--api-key"  ? security.api_key
+                             : security.api_key_file) = *v;
+      }
     } else if (a == "--max-tokens") {
       ok = number(n);
       req.mutable_stopping()->set_max_tokens(n);
@@ -178,8 +199,9 @@ int main(int argc, char** argv) {
     if (!ok) return Fail(absl::StrCat(a, ": missing or invalid value; see --help"));
   }
 
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  auto stub = gsa::v1::Generation::NewStub(channel);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = gsa::CreateClientChannel(target, security);
+  if (!channel.ok()) return Fail(std::string(channel.status().message()));
+  auto stub = gsa::v1::Generation::NewStub(*channel);
   auto make_context = [&]() {
     auto ctx = std::make_unique<grpc::ClientContext>();
     if (timeout_s > 0) {

@@ -12,7 +12,9 @@ PACKAGES=(
   nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcpp-httplib-dev
+  libssl-dev openssl
   bible-kjv bible-kjv-text
+  nginx jq libyaml-cpp-dev
 )
 
 SUDO=""

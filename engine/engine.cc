@@ -251,6 +251,9 @@ void Engine::RunStep() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.steps;
+    stats_.selected_k_sum.resize(out->selected_sum.size(), 0);
+    for (size_t l = 0; l < out->selected_sum.size(); ++l) stats_.selected_k_sum[l] += out->selected_sum[l];
+    stats_.selected_rows += out->selected_rows;
   }
 
   const int64_t V = out->vocab_size;

@@ -69,6 +69,9 @@ struct EngineStats {
   int64_t generated_tokens = 0;
   int64_t steps = 0;
   int64_t finished[6] = {0, 0, 0, 0, 0, 0};  // by FinishReason
+  // GSA selection: per layer, Σ k_t over every sparse query row computed so far, and the rows.
+  std::vector<int64_t> selected_k_sum;  // [n_layers]
+  int64_t selected_rows = 0;
 };
 
 class Engine {

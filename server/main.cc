@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "server/json_log.h"
 #include "server/server.h"
 
 int main(int argc, char** argv) {
@@ -28,27 +29,31 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  std::cerr << "gsa-server: loading " << options->model_dir << "\n";
+  gsa::JsonLog startup_log(std::cerr);
+  startup_log.Info("loading", {{"model_dir", options->model_dir}});
   absl::StatusOr<std::unique_ptr<gsa::GsaServer>> server = gsa::GsaServer::Start(*options);
   if (!server.ok()) {
-    std::cerr << "gsa-server: " << server.status().message() << "\n";
+    startup_log.Write("error", "start_failed", {{"error", std::string(server.status().message())}});
     return 1;
   }
   const gsa::Engine& engine = (*server)->engine();
-  std::cerr << "gsa-server: cache holds " << engine.num_cache_blocks() * engine.options().block_size
-            << " tokens (" << engine.num_cache_blocks() << " blocks of " << engine.options().block_size
-            << "), max_model_len " << engine.max_model_len() << "\n";
+  gsa::JsonLog& log = (*server)->log();
+  log.Info("serving", {{"address", (*server)->address()},
+                       {"metrics_port", (*server)->metrics_port()},
+                       {"cache_tokens", engine.num_cache_blocks() * engine.options().block_size},
+                       {"cache_blocks", engine.num_cache_blocks()},
+                       {"block_size", engine.options().block_size},
+                       {"max_model_len", engine.max_model_len()}});
   // The one line scripts parse: the address actually bound (port 0 picks one).
   std::printf("gsa-server: listening on %s\n", (*server)->address().c_str());
   std::fflush(stdout);
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  std::cerr << "gsa-server: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining "
-            << (*server)->in_flight() << " in-flight request(s) (up to " << options->drain_timeout_s
-            << " s)\n";
+  log.Info("draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
+                       {"in_flight", (*server)->in_flight()},
+                       {"drain_timeout_s", options->drain_timeout_s}});
   const bool clean = (*server)->Drain(options->drain_timeout_s);
-  std::cerr << "gsa-server: " << (clean ? "drained, exiting" : "drain timeout, cancelled the rest")
-            << "\n";
+  log.Info("exiting", {{"drained", clean}});
   return 0;
 }

@@ -5,21 +5,31 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <iostream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/model/model_loader.h"
 #include "server/generation_service.h"
+#include "server/json_log.h"
+#include "server/limits.h"
+#include "server/metrics.h"
+#include "server/security.h"
 
 namespace gsa {
 
 struct GsaServer::Impl {
   ServerOptions options;
+  JsonLog log{std::cerr};
+  ServerMetrics metrics;
+  std::unique_ptr<ApiKeys> api_keys;  // null: none required; read by the service
   std::unique_ptr<LoadedModel> model;
   std::unique_ptr<Engine> engine;
   std::unique_ptr<GenerationService> service;
   std::unique_ptr<grpc::Server> server;
+  // Last, so it is destroyed first: its callback reads the engine and the service.
+  std::unique_ptr<MetricsHttpServer> metrics_http;
 };
 
 GsaServer::GsaServer(CreateTag, std::unique_ptr<Impl> impl, int port) : impl_(std::move(impl)), port_(port) {}
@@ -30,6 +40,9 @@ GsaServer::~GsaServer() {
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   }
 }
+
+int GsaServer::metrics_port() const { return impl_->metrics_http ? impl_->metrics_http->port() : -1; }
+JsonLog& GsaServer::log() { return impl_->log; }
 
 std::string GsaServer::address() const { return absl::StrCat(impl_->options.host, ":", port_); }
 Engine& GsaServer::engine() { return *impl_->engine; }
@@ -71,6 +84,10 @@ absl::StatusOr<std::unique_ptr<GsaServer>> GsaServer::Start(const ServerOptions&
     return absl::InvalidArgumentError(absl::StrCat("--backend ", options.backend,
                                                    ": expected auto, cpu or cuda"));
   }
+  // TLS files and API keys first: a bad file is reported before the model loads.
+  absl::StatusOr<ServerSecurity> security = LoadServerSecurity(options);
+  if (!security.ok()) return security.status();
+  impl->api_keys = std::move(security->api_keys);
   absl::StatusOr<LoadedModel> model = LoadModel(options.model_dir);
   if (!model.ok()) return model.status();
   impl->model = std::make_unique<LoadedModel>(std::move(*model));
@@ -81,16 +98,25 @@ absl::StatusOr<std::unique_ptr<GsaServer>> GsaServer::Start(const ServerOptions&
       Engine::Create(std::move(*backend), impl->model->tokenizer, options.engine);
   if (!engine.ok()) return engine.status();
   impl->engine = std::move(*engine);
-  impl->service = std::make_unique<GenerationService>(*impl->model, *impl->engine, "cpu");
+  impl->service = std::make_unique<GenerationService>(*impl->model, *impl->engine, "cpu",
+                                                      impl->metrics, impl->log);
+  impl->service->SetRequestPolicy(impl->api_keys.get(), options.max_prompt_tokens);
+  if (options.metrics_port >= 0) {
+    Impl* raw = impl.get();  // the HTTP server is a member of *raw and stops before it dies
+    auto http = MetricsHttpServer::Start(options.host, options.metrics_port, [raw] {
+      return raw->metrics.Render(raw->engine->Stats(), raw->service->in_flight());
+    });
+    if (!http.ok()) return http.status();
+    impl->metrics_http = std::move(*http);
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port), grpc::InsecureServerCredentials(),
-                           &port);
+  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port), security->credentials, &port);
   builder.RegisterService(impl->service.get());
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  ApplyTransportLimits(options, builder);
   impl->server = builder.BuildAndStart();
   if (!impl->server || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":", options.port,

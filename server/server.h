@@ -18,6 +18,7 @@
 namespace gsa {
 
 class GenerationService;
+class JsonLog;
 class Engine;
 struct LoadedModel;
 
@@ -28,6 +29,10 @@ class GsaServer {
   ~GsaServer();
 
   int port() const { return port_; }
+  // The metrics HTTP port, or -1 when metrics are off.
+  int metrics_port() const;
+  // The structured log (JSON lines on stderr) the server writes to.
+  JsonLog& log();
   std::string address() const;  // host:port
   Engine& engine();
   // In-flight Generate/Complete calls.

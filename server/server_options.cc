@@ -34,6 +34,16 @@ std::string ServerUsage() {
   --no-prefix-caching         do not reuse cached prompt prefixes
   --drain-timeout S           on SIGTERM, seconds to let in-flight requests finish (default 30)
   --cpu-threads N             CPU backend threads (default: all cores)
+  --metrics-port N            serve Prometheus metrics at http://HOST:N/metrics (default: off;
+                              0 picks a free port and logs it)
+  --tls-cert FILE             PEM certificate chain: serve gRPC over TLS (needs --tls-key)
+  --tls-key FILE              PEM private key of --tls-cert (unencrypted)
+  --tls-client-ca FILE        PEM CA(s): require client certificates signed by it (mutual TLS)
+  --api-key-file FILE         API keys, one a line (# comments): Generation calls need metadata
+                              "authorization: Bearer <key>" (health and reflection stay open)
+  --max-request-bytes N       largest request message, else RESOURCE_EXHAUSTED (default 67108864)
+  --max-prompt-tokens N       longest prompt, else INVALID_ARGUMENT (default: --max-model-len)
+  --max-concurrent-streams N  calls at once per client connection (default 128)
   --help                      this text
 )";
 }
@@ -124,9 +134,35 @@ absl::StatusOr<ServerOptions> ParseServerFlags(const std::vector<std::string>& a
       st = int_flag(o.engine.max_queue, 0);
     } else if (flag == "--drain-timeout") {
       st = double_flag(o.drain_timeout_s, 0, 86400);
+    } else if (flag == "--metrics-port") {
+      st = int_flag(tmp, 0);
+      if (st.ok() && tmp > 65535) st = BadValue(flag, std::to_string(tmp), "a port in [0, 65535]");
+      o.metrics_port = static_cast<int>(tmp);
     } else if (flag == "--cpu-threads") {
       st = int_flag(tmp, 0);
       o.cpu_threads = static_cast<int>(tmp);
+    } else if (flag == "--tls-cert" || flag == "--tls-key" || flag == "--tls-client-ca" ||
+               flag == "--api-key-file") {
+      auto v = take();
+      if (!v.ok()) return v.status();
+      if (v->empty()) return BadValue(flag, "''", "a file");
+      std::string& file = flag == "--tls-cert"  ? o.tls_cert_file
+                          : flag == "--tls-key" ? o.tls_key_file
+                          : flag == "--tls-client-ca" ? o.tls_client_ca_file
+                                                      : o.api_key_file;
+      file = *v;
+    } else if (flag == "--max-request-bytes") {
+      st = int_flag(o.max_request_bytes, 1);
+      if (st.ok() && o.max_request_bytes > INT32_MAX) {
+        st = BadValue(flag, std::to_string(o.max_request_bytes), "at most 2147483647");
+      }
+    } else if (flag == "--max-prompt-tokens") {
+      st = int_flag(o.max_prompt_tokens, 1);
+    } else if (flag == "--max-concurrent-streams") {
+      st = int_flag(o.max_concurrent_streams, 1);
+      if (st.ok() && o.max_concurrent_streams > INT32_MAX) {
+        st = BadValue(flag, std::to_string(o.max_concurrent_streams), "at most 2147483647");
+      }
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", args[i], "; see --help"));
     }

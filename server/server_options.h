@@ -19,6 +19,17 @@ struct ServerOptions {
   double gpu_memory_fraction = 0.9;
   double drain_timeout_s = 30;
   int cpu_threads = 0;            // CPU backend threads; 0: all cores
+  int metrics_port = -1;          // Prometheus /metrics over HTTP on host:metrics_port; -1: off, 0: pick one
+  // Security (server/security.h): TLS when tls_cert_file and tls_key_file are set, mutual TLS with
+  // tls_client_ca_file; API keys required on Generation calls when api_key_file is set.
+  std::string tls_cert_file;      // PEM certificate chain
+  std::string tls_key_file;       // PEM private key of its first certificate
+  std::string tls_client_ca_file; // PEM CA certificate(s) that must have signed a client's certificate
+  std::string api_key_file;       // keys, one a line
+  // Limits (server/limits.h).
+  int64_t max_request_bytes = 64 << 20;  // largest request message
+  int64_t max_prompt_tokens = 0;         // 0: the engine's max_model_len
+  int64_t max_concurrent_streams = 128;  // HTTP/2 streams (calls) at once per client connection
 };
 
 // Parses argv (flags as documented by ServerUsage()). InvalidArgument naming the flag for an

@@ -124,6 +124,12 @@ std::map<std::string, FlagSpec> FlagTable() {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   std::map<std::string, FlagSpec> t;
   t["--target"] = String([](BenchOptions& o, const std::string& v) { o.target = v; });
+  t["--tls"] = Bool([](BenchOptions& o, bool v) { o.security.tls = v; });
+  t["--tls-ca"] = String([](BenchOptions& o, const std::string& v) { o.security.tls_ca_file = v; });
+  t["--tls-cert"] = String([](BenchOptions& o, const std::string& v) { o.security.tls_cert_file = v; });
+  t["--tls-key"] = String([](BenchOptions& o, const std::string& v) { o.security.tls_key_file = v; });
+  t["--api-key"] = String([](BenchOptions& o, const std::string& v) { o.security.api_key = v; });
+  t["--api-key-file"] = String([](BenchOptions& o, const std::string& v) { o.security.api_key_file = v; });
   t["--num-requests"] = Int(1, kMaxInt, [](BenchOptions& o, int64_t v) { o.num_requests = v; });
   t["--concurrency"] = Int(1, kMaxConcurrency, [](BenchOptions& o, int64_t v) {
     o.concurrency = static_cast<int>(v);
@@ -276,6 +282,14 @@ Target and load
   --timeout-s S             per-request deadline in seconds (default 600)
   --connect-timeout-s S     how long to wait for the server at start (default 10)
 
+Security (servers started with --tls-cert or --api-key-file)
+  --tls                     connect over TLS, verifying the server with the system's CAs
+  --tls-ca FILE             PEM CA that signed the server's certificate (implies --tls)
+  --tls-cert FILE           PEM client certificate, for servers with --tls-client-ca (with
+  --tls-key FILE            its PEM private key)
+  --api-key KEY             sent as metadata "authorization: Bearer KEY" (kept out of --json)
+  --api-key-file FILE       the same, with the first key in FILE
+
 Workload (random token-id prompts within the server's vocabulary, so any model works)
   --input-len N             prompt tokens (default 128)
   --output-len N            generated tokens, sent as max_tokens (default 128)
@@ -307,6 +321,18 @@ Output
 Exit status: 0 when the benchmark ran (the summary counts failed requests), 1 when the server
 cannot be reached or every measured request failed, 2 for bad flags or a bad workload.
 )";
+}
+
+std::vector<std::string> RedactSecretFlags(const std::vector<std::string>& argv) {
+  std::vector<std::string> out = argv;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i] == "--api-key" && i + 1 < out.size()) {
+      out[++i] = "<redacted>";
+    } else if (out[i].rfind("--api-key=", 0) == 0) {
+      out[i] = "--api-key=<redacted>";
+    }
+  }
+  return out;
 }
 
 std::string LengthDistributionName(LengthDistribution d) {

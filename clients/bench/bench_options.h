@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "clients/client_channel.h"
 
 namespace gsa::bench {
 
@@ -33,6 +34,7 @@ enum class AttentionMode {
 
 struct BenchOptions {
   std::string target = "127.0.0.1:50051";
+  ClientSecurity security;  // --tls, --tls-ca, --tls-cert, --tls-key, --api-key, --api-key-file
   // Measured requests. Unset: 100, or with --prompts the number of lines in the file.
   std::optional<int64_t> num_requests;
   // In-flight cap. Unset with no request rate: 1 (a closed loop with one client).
@@ -71,6 +73,9 @@ struct BenchOptions {
 // that the caller prints BenchUsage() and exits 0.
 absl::StatusOr<BenchOptions> ParseBenchFlags(const std::vector<std::string>& args);
 std::string BenchUsage();
+
+// `argv` with the value of --api-key replaced by "<redacted>", for the report's command line.
+std::vector<std::string> RedactSecretFlags(const std::vector<std::string>& argv);
 
 std::string LengthDistributionName(LengthDistribution d);
 std::string ProgressModeName(ProgressMode m);

@@ -109,9 +109,10 @@ std::string FirstError(const std::vector<RequestRecord>& records) {
 absl::StatusOr<BenchReport> RunBenchmark(const BenchOptions& options, const RunEnvironment& env) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
-  const std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
-  const std::unique_ptr<gsa::v1::Generation::Stub> stub = gsa::v1::Generation::NewStub(channel);
+  const absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      CreateClientChannel(options.target, options.security, args);
+  if (!channel.ok()) return channel.status();
+  const std::unique_ptr<gsa::v1::Generation::Stub> stub = gsa::v1::Generation::NewStub(*channel);
 
   BenchReport report;
   report.options = options;

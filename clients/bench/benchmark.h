@@ -24,6 +24,7 @@ struct RunEnvironment {
 // Errors (the run stops before the measured requests):
 //   Unavailable   the server cannot be reached within --connect-timeout-s (names the target),
 //                 or GetModelInfo fails;
+//   InvalidArgument   a TLS or API-key file cannot be used (names the flag, see client_channel.h);
 //   InvalidArgument / FailedPrecondition / NotFound   the workload cannot be built (names the
 //                 flag or the prompts file line);
 //   Aborted       every warm-up request failed (names the first error).

@@ -45,6 +45,10 @@ struct StepOutput {
   // When record_selection: selections[layer][row] = the positions that row attended to, sorted
   // descending (all positions ≤ its own when dense or when k_t covers the whole prefix).
   std::vector<std::vector<std::vector<int32_t>>> selections;
+  // Per layer: Σ over this step's sparse-attention rows of the number of positions kept (k_t),
+  // and how many rows that sums over (dense rows are not counted). For metrics.
+  std::vector<int64_t> selected_sum;  // [n_layers]
+  int64_t selected_rows = 0;
 };
 
 // Checks a batch against the cache shape and vocabulary: rows contiguous and fully covered,

@@ -308,6 +308,12 @@ void CpuBackend::RunLayer(int64_t li, const StepBatch& batch, const std::vector<
       }
     }
   });
+  int64_t kept = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const SequenceInBatch& seq = batch.seqs[static_cast<size_t>(row_seq[static_cast<size_t>(r)])];
+    if (seq.attention != AttentionMode::kDense) kept += static_cast<int64_t>(selected[static_cast<size_t>(r)].size());
+  }
+  out.selected_sum[static_cast<size_t>(li)] = kept;
   if (batch.record_selection) out.selections[static_cast<size_t>(li)] = std::move(selected);
 
   // 6. Output projection and residual; post norm, SwiGLU MLP, residual.
@@ -351,6 +357,10 @@ absl::StatusOr<StepOutput> CpuBackend::Step(const StepBatch& batch) {
   StepOutput out;
   out.vocab_size = config_.vocab_size;
   if (batch.record_selection) out.selections.resize(static_cast<size_t>(config_.n_layers));
+  out.selected_sum.assign(static_cast<size_t>(config_.n_layers), 0);
+  for (const SequenceInBatch& s : batch.seqs) {
+    if (s.attention != AttentionMode::kDense) out.selected_rows += s.num_query;
+  }
 
   std::vector<float> hidden(static_cast<size_t>(rows * D));
   for (int64_t r = 0; r < rows; ++r) {
