@@ -9,12 +9,14 @@
 #     served requests after the SIGTERM;
 #   - the terminated replica drained and exited 0;
 #   - failures: none at all with GSA_STRICT_DRAIN=1. Otherwise the only failures allowed are the
-#     ones nginx cannot retry: calls that reached the replica after its SIGTERM and before its
-#     listener closed, answered at once with a trailers-only UNAVAILABLE "draining" (HTTP 200,
-#     grpc-status 14 in the response headers, no token generated). The test checks each of them
-#     that way, in gsa-bench's records and in nginx's log, and prints how many there were.
-#     A replica that closes its listener when the drain starts leaves none (nginx retries the
-#     refused connection on the other replica: "upstream=[A, B]" in the log).
+#     ones nginx cannot retry: calls that reached the terminated replica after its SIGTERM and
+#     before its listener closed, answered at once with a trailers-only error (HTTP 200,
+#     grpc-status in the response headers, no token generated): UNAVAILABLE "draining" during
+#     the drain, or CANCELLED for calls that arrive while gRPC shuts the server down at its end.
+#     The test checks each of them that way, in gsa-bench's records and in nginx's log, and
+#     prints how many there were. A replica that closes its listener when the drain starts
+#     leaves none (nginx retries the refused connection on the other replica: "upstream=[A, B]"
+#     in the log).
 # Skips (exit 77) when nginx or jq is not installed (deploy/install-deps.sh installs both).
 #
 #   usage: two_replicas_test.sh BIN_DIR SOURCE_DIR
