@@ -33,7 +33,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Packages such as nginx start their service on install; the tests run their own instances, so
+  # keep services from starting (a busy port 80 would otherwise fail the install).
+  policy=/usr/sbin/policy-rc.d
+  added_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy" && added_policy=1
+  fi
+  status=0
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" || status=$?
+  [ "$added_policy" = 1 ] && $SUDO rm -f "$policy"
+  [ "$status" = 0 ] || exit "$status"
 else
   echo "install-deps: all Debian packages present"
 fi
