@@ -134,15 +134,16 @@ absl::StatusOr<std::unique_ptr<GsaServer>> GsaServer::Start(const ServerOptions&
 }
 
 bool GsaServer::Drain(double timeout_s) {
+  // New calls get UNAVAILABLE from the service at once, health turns NOT_SERVING, and Shutdown
+  // closes the listener now (so a load balancer's next connection goes to another replica) while
+  // the calls in flight run on until the deadline, when gRPC cancels what is left.
   impl_->service->SetDraining();
   impl_->server->GetHealthCheckService()->SetServingStatus(false);
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-  while (impl_->service->in_flight() > 0 && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  const bool done = impl_->service->in_flight() == 0;
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
-  return done;
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(timeout_s));
+  impl_->server->Shutdown(deadline);
+  return std::chrono::system_clock::now() < deadline;
 }
 
 }  // namespace gsa

@@ -15,8 +15,11 @@
 #     the drain, or CANCELLED for calls that arrive while gRPC shuts the server down at its end.
 #     The test checks each of them that way, in gsa-bench's records and in nginx's log, and
 #     prints how many there were. A replica that closes its listener when the drain starts
-#     leaves none (nginx retries the refused connection on the other replica: "upstream=[A, B]"
-#     in the log).
+#     (grpc::Server::Shutdown at once) leaves at most a call or two that its gRPC transport had
+#     already received in that instant, and in most runs none: nginx retries the refused
+#     connections on the other replica ("upstream=[A, B]" in the log). GSA_STRICT_DRAIN=1 demands
+#     zero, which no in-process gRPC server can promise every time against a proxy that cannot
+#     retry a gRPC status; it is for measuring, not for CI.
 # Skips (exit 77) when nginx or jq is not installed (deploy/install-deps.sh installs both).
 #
 #   usage: two_replicas_test.sh BIN_DIR SOURCE_DIR
@@ -234,7 +237,7 @@ if [ "$failed" -gt 0 ]; then
   echo "NOTE: $failed call(s) reached replica 1 after its SIGTERM while its listener was still open and" \
        "were refused before any work ($unavailable UNAVAILABLE while draining, $cancelled CANCELLED at" \
        "its gRPC shutdown); nginx cannot retry a gRPC status. A replica that closes its listener when" \
-       "the drain starts leaves none (GSA_STRICT_DRAIN=1 asserts that)."
+       "the drain starts leaves almost none."
 fi
 status=0
 echo "PASS"
