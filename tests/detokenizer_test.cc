@@ -87,35 +87,8 @@ class CountingTokenizer final : public Tokenizer {
   mutable size_t decode_calls_ = 0;
 };
 
-class DetokenizerTest : public ::testing::Test {
+class DetokenizerTest : public gsa::testing::TrainedTokenizerTest {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = std::make_unique<gsa::testing::TempDir>();
-    absl::StatusOr<std::string> path =
-        gsa::testing::TrainSentencePieceModel(*dir_, gsa::testing::SpmTestCorpus());
-    if (!path.ok()) {
-      setup_error_ = std::make_unique<std::string>(path.status().ToString());
-      return;
-    }
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadSentencePieceTokenizer(*path);
-    if (!tokenizer.ok()) {
-      setup_error_ = std::make_unique<std::string>(tokenizer.status().ToString());
-      return;
-    }
-    tokenizer_ = std::move(tokenizer).value();
-  }
-
-  static void TearDownTestSuite() {
-    tokenizer_.reset();
-    setup_error_.reset();
-    dir_.reset();
-  }
-
-  void SetUp() override {
-    if (setup_error_ != nullptr) FAIL() << *setup_error_;
-    ASSERT_NE(tokenizer_, nullptr);
-  }
-
   static const Tokenizer& tok() { return *tokenizer_; }
 
   static std::string Decode(const std::vector<int32_t>& ids) {
@@ -204,9 +177,6 @@ class DetokenizerTest : public ::testing::Test {
                          << "\" is not the decoding of the prompt less up to 3 trailing ids";
   }
 
-  static inline std::unique_ptr<gsa::testing::TempDir> dir_;
-  static inline std::unique_ptr<std::string> setup_error_;
-  static inline std::unique_ptr<Tokenizer> tokenizer_;
 };
 
 TEST_F(DetokenizerTest, TrainedModelSpellsRareCharactersInBytes) {

@@ -216,39 +216,7 @@ TEST(StopMatcher, MatchesTheReferenceForRandomTextsAndChunkings) {
   }
 }
 
-class StopMatcherWithTokenizerTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    dir_ = std::make_unique<gsa::testing::TempDir>();
-    absl::StatusOr<std::string> path =
-        gsa::testing::TrainSentencePieceModel(*dir_, gsa::testing::SpmTestCorpus());
-    if (!path.ok()) {
-      setup_error_ = std::make_unique<std::string>(path.status().ToString());
-      return;
-    }
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadSentencePieceTokenizer(*path);
-    if (!tokenizer.ok()) {
-      setup_error_ = std::make_unique<std::string>(tokenizer.status().ToString());
-      return;
-    }
-    tokenizer_ = std::move(tokenizer).value();
-  }
-
-  static void TearDownTestSuite() {
-    tokenizer_.reset();
-    setup_error_.reset();
-    dir_.reset();
-  }
-
-  void SetUp() override {
-    if (setup_error_ != nullptr) FAIL() << *setup_error_;
-    ASSERT_NE(tokenizer_, nullptr);
-  }
-
-  static inline std::unique_ptr<gsa::testing::TempDir> dir_;
-  static inline std::unique_ptr<std::string> setup_error_;
-  static inline std::unique_ptr<Tokenizer> tokenizer_;
-};
+class StopMatcherWithTokenizerTest : public gsa::testing::TrainedTokenizerTest {};
 
 TEST_F(StopMatcherWithTokenizerTest, StopStringSpelledInByteTokensStopsTheStream) {
   const std::string text = "Hello world, it costs 5€ in 日本 🙂 and the cat reads a book.";

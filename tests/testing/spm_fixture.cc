@@ -55,4 +55,30 @@ absl::StatusOr<std::string> TrainSentencePieceModel(const TempDir& dir, const st
   return dir.File("spm.model");
 }
 
+void TrainedTokenizerTest::SetUpTestSuite() {
+  dir_ = std::make_unique<TempDir>();
+  absl::StatusOr<std::string> path = TrainSentencePieceModel(*dir_, SpmTestCorpus());
+  if (!path.ok()) {
+    setup_error_ = std::make_unique<std::string>(path.status().ToString());
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadSentencePieceTokenizer(*path);
+  if (!tokenizer.ok()) {
+    setup_error_ = std::make_unique<std::string>(tokenizer.status().ToString());
+    return;
+  }
+  tokenizer_ = std::move(tokenizer).value();
+}
+
+void TrainedTokenizerTest::TearDownTestSuite() {
+  tokenizer_.reset();
+  setup_error_.reset();
+  dir_.reset();
+}
+
+void TrainedTokenizerTest::SetUp() {
+  if (setup_error_ != nullptr) FAIL() << *setup_error_;
+  ASSERT_NE(tokenizer_, nullptr);
+}
+
 }  // namespace gsa::testing

@@ -7,9 +7,13 @@
 // Thread-safety: the functions are independent; run them from one thread per directory.
 #pragma once
 
+#include <memory>
 #include <string>
 
+#include <gtest/gtest.h>
+
 #include "absl/status/statusor.h"
+#include "engine/model/tokenizer.h"
 #include "tests/testing/test_support.h"
 
 namespace gsa::testing {
@@ -29,5 +33,18 @@ std::string SpmTestCorpus();
 // training fails.
 absl::StatusOr<std::string> TrainSentencePieceModel(const TempDir& dir, const std::string& corpus,
                                                     const SpmTrainOptions& options = {});
+
+// A test suite fixture holding one tokenizer trained (once per suite) on SpmTestCorpus().
+// Training or loading problems fail every test of the suite with the reason.
+class TrainedTokenizerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite();
+  static void TearDownTestSuite();
+  void SetUp() override;
+
+  static inline std::unique_ptr<TempDir> dir_;
+  static inline std::unique_ptr<std::string> setup_error_;
+  static inline std::unique_ptr<Tokenizer> tokenizer_;
+};
 
 }  // namespace gsa::testing
