@@ -39,6 +39,8 @@ int main(int argc, char** argv) {
   const gsa::Engine& engine = (*server)->engine();
   gsa::JsonLog& log = (*server)->log();
   log.Info("serving", {{"address", (*server)->address()},
+                       {"backend", (*server)->backend_name()},
+                       {"device", (*server)->backend_device()},
                        {"metrics_port", (*server)->metrics_port()},
                        {"cache_tokens", engine.num_cache_blocks() * engine.options().block_size},
                        {"cache_blocks", engine.num_cache_blocks()},

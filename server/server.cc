@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "engine/backend/cpu/cpu_backend.h"
 #include "engine/model/model_loader.h"
+#include "server/backend_factory.h"
 #include "server/generation_service.h"
 #include "server/json_log.h"
 #include "server/limits.h"
@@ -25,6 +25,8 @@ struct GsaServer::Impl {
   ServerMetrics metrics;
   std::unique_ptr<ApiKeys> api_keys;  // null: none required; read by the service
   std::unique_ptr<LoadedModel> model;
+  std::string backend_name;    // "cpu" or "cuda"
+  std::string backend_device;  // what it runs on, for logs
   std::unique_ptr<Engine> engine;
   std::unique_ptr<GenerationService> service;
   std::unique_ptr<grpc::Server> server;
@@ -43,6 +45,9 @@ GsaServer::~GsaServer() {
 
 int GsaServer::metrics_port() const { return impl_->metrics_http ? impl_->metrics_http->port() : -1; }
 JsonLog& GsaServer::log() { return impl_->log; }
+
+const std::string& GsaServer::backend_name() const { return impl_->backend_name; }
+const std::string& GsaServer::backend_device() const { return impl_->backend_device; }
 
 std::string GsaServer::address() const { return absl::StrCat(impl_->options.host, ":", port_); }
 Engine& GsaServer::engine() { return *impl_->engine; }
@@ -76,11 +81,7 @@ absl::Status WarmUp(Engine& engine) {
 absl::StatusOr<std::unique_ptr<GsaServer>> GsaServer::Start(const ServerOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  if (options.backend == "cuda") {
-    return absl::UnimplementedError(
-        "--backend cuda: this build has no CUDA backend yet; use --backend cpu (or auto)");
-  }
-  if (options.backend != "auto" && options.backend != "cpu") {
+  if (options.backend != "auto" && options.backend != "cpu" && options.backend != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("--backend ", options.backend,
                                                    ": expected auto, cpu or cuda"));
   }
@@ -91,14 +92,15 @@ absl::StatusOr<std::unique_ptr<GsaServer>> GsaServer::Start(const ServerOptions&
   absl::StatusOr<LoadedModel> model = LoadModel(options.model_dir);
   if (!model.ok()) return model.status();
   impl->model = std::make_unique<LoadedModel>(std::move(*model));
-  absl::StatusOr<std::unique_ptr<CpuBackend>> backend =
-      CpuBackend::Create(impl->model->config, impl->model->weights, {options.cpu_threads});
+  absl::StatusOr<BackendChoice> backend = MakeBackend(options, *impl->model);
   if (!backend.ok()) return backend.status();
+  impl->backend_name = std::string(backend->backend->name());
+  impl->backend_device = backend->device;
   absl::StatusOr<std::unique_ptr<Engine>> engine =
-      Engine::Create(std::move(*backend), impl->model->tokenizer, options.engine);
+      Engine::Create(std::move(backend->backend), impl->model->tokenizer, backend->engine_options);
   if (!engine.ok()) return engine.status();
   impl->engine = std::move(*engine);
-  impl->service = std::make_unique<GenerationService>(*impl->model, *impl->engine, "cpu",
+  impl->service = std::make_unique<GenerationService>(*impl->model, *impl->engine, impl->backend_name,
                                                       impl->metrics, impl->log);
   impl->service->SetRequestPolicy(impl->api_keys.get(), options.max_prompt_tokens);
   if (options.metrics_port >= 0) {

@@ -34,6 +34,9 @@ class GsaServer {
   // The structured log (JSON lines on stderr) the server writes to.
   JsonLog& log();
   std::string address() const;  // host:port
+  // The backend serving ("cpu" or "cuda") and what it runs on ("NVIDIA H200, 132 SMs, …").
+  const std::string& backend_name() const;
+  const std::string& backend_device() const;
   Engine& engine();
   // In-flight Generate/Complete calls.
   int64_t in_flight() const;

@@ -11,52 +11,14 @@
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/model/model_loader.h"
 #include "tests/testing/batch_builder.h"
+#include "tests/testing/golden.h"
 #include "tests/testing/test_support.h"
 
 namespace gsa {
 namespace {
 
-struct Golden {
-  std::vector<int32_t> input_ids;                      // [T]
-  std::vector<float> logits;                           // [T, vocab]
-  std::vector<std::vector<std::vector<int32_t>>> sel;  // [layer][t] kept positions, descending
-};
-
-Golden ReadGolden(const std::string& dir, int64_t n_layers, int64_t vocab) {
-  Golden g;
-  auto file = SafetensorsFile::Open(dir + "/golden.safetensors");
-  EXPECT_TRUE(file.ok()) << file.status();
-  if (!file.ok()) return g;
-  const TensorView* ids = (*file)->Find("input_ids");
-  const TensorView* logits = (*file)->Find("logits");
-  EXPECT_TRUE(ids && logits);
-  if (!ids || !logits) return g;
-  const int64_t T = ids->shape[0];
-  for (int64_t t = 0; t < T; ++t) {
-    int64_t v;
-    std::memcpy(&v, ids->data + t * 8, 8);
-    g.input_ids.push_back(static_cast<int32_t>(v));
-  }
-  EXPECT_EQ(logits->shape, (std::vector<int64_t>{T, vocab}));
-  g.logits.resize(static_cast<size_t>(T * vocab));
-  EXPECT_TRUE(ConvertToFloat(*logits, g.logits.data()).ok());
-  for (int64_t l = 0; l < n_layers; ++l) {
-    const TensorView* s = (*file)->Find("layer" + std::to_string(l) + ".selected");
-    EXPECT_NE(s, nullptr);
-    if (!s) return g;
-    const int64_t k = s->shape[1];
-    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t j = 0; j < k; ++j) {
-        int64_t v;
-        std::memcpy(&v, s->data + (t * k + j) * 8, 8);
-        if (v >= 0) rows[static_cast<size_t>(t)].push_back(static_cast<int32_t>(v));
-      }
-    }
-    g.sel.push_back(std::move(rows));
-  }
-  return g;
-}
+using gsa::testing::Golden;
+using gsa::testing::ReadGolden;
 
 class GoldenParity : public ::testing::TestWithParam<const char*> {
  protected:

@@ -26,7 +26,12 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-std::string TestDataDir() { return GSA_TEST_DATA_DIR; }
+std::string TestDataDir() {
+  // GSA_TEST_DATA_DIR in the environment wins, so staged test binaries run from another checkout
+  // (the GPU machine's copy of the tree).
+  if (const char* env = std::getenv("GSA_TEST_DATA_DIR"); env != nullptr && *env != '\0') return env;
+  return GSA_TEST_DATA_DIR;
+}
 
 std::string GoldenDir(std::string_view name) {
   return TestDataDir() + "/golden/" + std::string(name);

@@ -1,0 +1,755 @@
+#include "engine/backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/backend/cuda/cuda_status.h"
+#include "engine/backend/cuda/device_buffer.h"
+#include "engine/backend/cuda/gemm.h"
+#include "engine/backend/rope.h"
+#include "engine/util/status_macros.h"
+#include "kernels/attention.h"
+#include "kernels/dense_prefill.h"
+#include "kernels/elementwise.h"
+#include "kernels/indexer.h"
+#include "kernels/selection.h"
+
+namespace gsa {
+
+using kernels::bf16;
+
+namespace {
+
+// Round-to-nearest-even fp32 → bf16 on the host (what __float2bfloat16 does on the device).
+uint16_t Bf16Bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return static_cast<uint16_t>((u >> 16) | ((u & 0xffffu) ? 0x40u : 0u));
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+kernels::GateActivation ToKernel(GateActivation a) {
+  switch (a) {
+    case GateActivation::kTanh: return kernels::GateActivation::kTanh;
+    case GateActivation::kSilu: return kernels::GateActivation::kSilu;
+    default: return kernels::GateActivation::kSigmoid;
+  }
+}
+
+constexpr size_t kAlign = 256;
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// A RAII CUDA stream.
+class Stream {
+ public:
+  Stream() = default;
+  ~Stream() {
+    if (s_ != nullptr) cudaStreamDestroy(s_);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  absl::Status Create() { return CudaStatus(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreate"); }
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// Packs host arrays into one staging blob (256-byte aligned sections) so a step's metadata goes to
+// the device in one copy.
+class StagingBlob {
+ public:
+  template <typename T>
+  size_t Add(const std::vector<T>& v) {
+    const size_t at = AlignUp(bytes_.size());
+    bytes_.resize(at + AlignUp(std::max<size_t>(v.size() * sizeof(T), 1)));
+    if (!v.empty()) std::memcpy(bytes_.data() + at, v.data(), v.size() * sizeof(T));
+    return at;
+  }
+  const std::vector<uint8_t>& bytes() const { return bytes_; }
+  void Clear() { bytes_.clear(); }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+// Converts a checkpoint tensor (any float dtype) to bf16 bits, appended to `dst`.
+absl::Status AppendBf16(const TensorView* t, std::vector<uint16_t>& dst) {
+  std::vector<float> f(static_cast<size_t>(t->numel()));
+  GSA_RETURN_IF_ERROR(ConvertToFloat(*t, f.data()));
+  const size_t at = dst.size();
+  dst.resize(at + f.size());
+  for (size_t i = 0; i < f.size(); ++i) dst[at + i] = Bf16Bits(f[i]);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeviceBuffer<bf16>> UploadBf16(const std::vector<uint16_t>& bits) {
+  GSA_ASSIGN_OR_RETURN(DeviceBuffer<bf16> d, DeviceBuffer<bf16>::Allocate(bits.size()));
+  if (!bits.empty()) {
+    GSA_CUDA_RETURN_IF_ERROR(cudaMemcpy(d.get(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice));
+  }
+  return d;
+}
+
+absl::StatusOr<DeviceBuffer<bf16>> TensorToBf16(const TensorView* t) {
+  std::vector<uint16_t> bits;
+  GSA_RETURN_IF_ERROR(AppendBf16(t, bits));
+  return UploadBf16(bits);
+}
+
+absl::StatusOr<DeviceBuffer<float>> TensorToF32(const TensorView* t) {
+  std::vector<float> f(static_cast<size_t>(t->numel()));
+  GSA_RETURN_IF_ERROR(ConvertToFloat(*t, f.data()));
+  return DeviceBuffer<float>::FromHost(f);
+}
+
+}  // namespace
+
+std::string CudaUnavailableReason() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::StrCat("no usable CUDA device (", cudaGetErrorName(err), ": ", cudaGetErrorString(err), ")");
+  }
+  if (n == 0) return "no CUDA device present";
+  return "";
+}
+
+// Device weights of one layer. w_cat rows: [q | k | v | (value gate) | (output gate) | qI | kI | wI].
+struct LayerWeightsGpu {
+  DeviceBuffer<float> input_norm, post_norm;  // [d_model]
+  DeviceBuffer<bf16> w_cat;                   // [cat_out, d_model]
+  int64_t cat_out = 0;
+  int64_t off_q = 0, off_k = 0, off_v = 0, off_vg = -1, off_og = -1, off_qi = 0, off_ki = 0, off_wi = 0;
+  DeviceBuffer<float> vg_bias, og_bias, wi_bias, idx_bias;
+  DeviceBuffer<bf16> o_proj;   // [d_model, q_dim]
+  DeviceBuffer<bf16> gate_up;  // [2 d_ffn, d_model]
+  DeviceBuffer<bf16> down;     // [d_model, d_ffn]
+};
+
+struct LayerCacheGpu {
+  DeviceBuffer<bf16> k, v;       // [num_slots, n_kv_heads, d_head]
+  DeviceBuffer<bf16> ki;         // [num_slots, d_indexer]
+  DeviceBuffer<float> cumvar;    // [num_slots]
+};
+
+// The step workspace, sized for `rows` rows (grown on demand, never shrunk).
+struct Workspace {
+  int64_t rows = 0;
+  DeviceBuffer<float> hidden;   // [rows, d_model]
+  DeviceBuffer<bf16> xn;        // [rows, max(d_model, d_ffn)] bf16 inputs of products
+  DeviceBuffer<float> proj;     // [rows, cat_out]
+  DeviceBuffer<bf16> q;         // [rows, q_dim]
+  DeviceBuffer<bf16> attn;      // [rows, q_dim]
+  DeviceBuffer<float> gu;       // [rows, 2 d_ffn]
+  DeviceBuffer<double> var, entropy;  // [rows]
+  DeviceBuffer<int32_t> k_all;  // [n_layers, rows]
+  DeviceBuffer<int32_t> sel;    // [rows, sel_stride]
+  DeviceBuffer<float> logits;   // [logit_chunk, vocab]
+  DeviceBuffer<uint8_t> attn_ws, topk_ws;
+  DeviceBuffer<float> scores;   // one score chunk
+  DeviceBuffer<uint8_t> meta;   // the step's metadata blob
+};
+
+struct CudaBackend::Impl {
+  int sm_count = 0;
+  Stream stream;
+  std::unique_ptr<Gemm> gemm;
+  DeviceBuffer<bf16> embed, lm_head;  // lm_head empty when tied
+  DeviceBuffer<float> final_norm;
+  DeviceBuffer<float> inv_freq;
+  std::vector<LayerWeightsGpu> layers;
+  std::vector<LayerCacheGpu> cache;
+  Workspace ws;
+  int64_t max_cat_out = 0;
+  int64_t sel_stride = 0;
+  int64_t logit_chunk = 0;
+  int64_t max_candidates = 0;  // bound of any row's candidates (max_position_embeddings)
+  int64_t score_floats = 0;
+};
+
+CudaBackend::CudaBackend(CreateTag, const ModelConfig& config, const CudaBackendOptions& options)
+    : config_(config), options_(options), impl_(std::make_unique<Impl>()) {}
+
+CudaBackend::~CudaBackend() {
+  if (impl_ != nullptr && impl_->stream.get() != nullptr) cudaStreamSynchronize(impl_->stream.get());
+}
+
+namespace {
+
+absl::Status EnsureWorkspace(const ModelConfig& c, CudaBackend::Impl& im, int64_t rows, int64_t score_floats) {
+  Workspace& w = im.ws;
+  if (rows <= w.rows) return absl::OkStatus();
+  const size_t R = static_cast<size_t>(rows);
+  const size_t D = static_cast<size_t>(c.d_model), F = static_cast<size_t>(c.d_ffn);
+  const size_t QD = static_cast<size_t>(c.q_dim());
+  Workspace n;
+  n.rows = rows;
+  GSA_ASSIGN_OR_RETURN(n.hidden, DeviceBuffer<float>::Allocate(R * D));
+  GSA_ASSIGN_OR_RETURN(n.xn, DeviceBuffer<bf16>::Allocate(R * std::max(D, F)));
+  GSA_ASSIGN_OR_RETURN(n.proj, DeviceBuffer<float>::Allocate(R * static_cast<size_t>(im.max_cat_out)));
+  GSA_ASSIGN_OR_RETURN(n.q, DeviceBuffer<bf16>::Allocate(R * QD));
+  GSA_ASSIGN_OR_RETURN(n.attn, DeviceBuffer<bf16>::Allocate(R * QD));
+  GSA_ASSIGN_OR_RETURN(n.gu, DeviceBuffer<float>::Allocate(R * 2 * F));
+  GSA_ASSIGN_OR_RETURN(n.var, DeviceBuffer<double>::Allocate(R));
+  GSA_ASSIGN_OR_RETURN(n.entropy, DeviceBuffer<double>::Allocate(R));
+  GSA_ASSIGN_OR_RETURN(n.k_all, DeviceBuffer<int32_t>::Allocate(R * static_cast<size_t>(c.n_layers)));
+  GSA_ASSIGN_OR_RETURN(n.sel, DeviceBuffer<int32_t>::Allocate(R * static_cast<size_t>(im.sel_stride)));
+  GSA_ASSIGN_OR_RETURN(n.logits, DeviceBuffer<float>::Allocate(static_cast<size_t>(std::min<int64_t>(rows, im.logit_chunk)) *
+                                                              static_cast<size_t>(c.vocab_size)));
+  GSA_ASSIGN_OR_RETURN(n.attn_ws, DeviceBuffer<uint8_t>::Allocate(std::max<size_t>(
+                                      1, kernels::GatheredAttentionWorkspaceBytes(rows, static_cast<int32_t>(c.n_heads),
+                                                                                  static_cast<int32_t>(c.d_head)))));
+  GSA_ASSIGN_OR_RETURN(n.topk_ws, DeviceBuffer<uint8_t>::Allocate(
+                                      std::max<size_t>(1, kernels::TopKWorkspaceBytes(rows, im.max_candidates))));
+  GSA_ASSIGN_OR_RETURN(n.scores, DeviceBuffer<float>::Allocate(static_cast<size_t>(score_floats)));
+  n.meta = std::move(w.meta);
+  w = std::move(n);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const ModelConfig& c, const ModelWeights& wts,
+                                                                 const CudaBackendOptions& options) {
+  if (const std::string why = CudaUnavailableReason(); !why.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("--backend cuda: ", why, "; use --backend cpu"));
+  }
+  if (static_cast<int64_t>(wts.layers.size()) != c.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("weights have ", wts.layers.size(), " layers, config says ", c.n_layers));
+  }
+  if (!kernels::IndexerScoresSupports(static_cast<int32_t>(c.d_indexer), static_cast<int32_t>(c.n_indexer_heads))) {
+    return absl::UnimplementedError(absl::StrCat("the CUDA backend supports d_indexer 16, 32, 64 or 128 and at most 16 "
+                                                 "indexer heads; this model has d_indexer ", c.d_indexer, " and ",
+                                                 c.n_indexer_heads, " heads: use --backend cpu"));
+  }
+  if (c.d_head != 32 && c.d_head != 64 && c.d_head != 128 && c.d_head != 256) {
+    return absl::UnimplementedError(absl::StrCat("the CUDA backend supports d_head 32, 64, 128 or 256; this model has ",
+                                                 c.d_head, ": use --backend cpu"));
+  }
+  if (c.heads_per_kv() > 8) {
+    return absl::UnimplementedError(absl::StrCat("the CUDA backend supports up to 8 query heads per KV head; this model has ",
+                                                 c.heads_per_kv(), ": use --backend cpu"));
+  }
+  GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  auto b = std::make_unique<CudaBackend>(CreateTag(), c, options);
+  Impl& im = *b->impl_;
+  cudaDeviceProp prop{};
+  GSA_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, options.device));
+  im.sm_count = prop.multiProcessorCount;
+  b->device_description_ = absl::StrFormat("%s, %d SMs, %.1f GiB, sm_%d%d", prop.name, prop.multiProcessorCount,
+                                           static_cast<double>(prop.totalGlobalMem) / (1 << 30), prop.major, prop.minor);
+  size_t free_bytes = 0, total_bytes = 0;
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  GSA_RETURN_IF_ERROR(im.stream.Create());
+  GSA_ASSIGN_OR_RETURN(im.gemm, Gemm::Create());
+
+  auto fail_memory = [&](const absl::Status& st) -> absl::Status {
+    if (!absl::IsResourceExhausted(st)) return st;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the model's weights and step workspace do not fit on ", b->device_description_, " (", free_bytes >> 20,
+        " MiB free at start): ", st.message(), "; use a smaller --max-batched-tokens, a larger --gpu-memory-fraction or a GPU with more memory"));
+  };
+  auto run = [&]() -> absl::Status {
+    GSA_ASSIGN_OR_RETURN(im.embed, TensorToBf16(wts.embed_tokens));
+    if (wts.lm_head != wts.embed_tokens) {
+      GSA_ASSIGN_OR_RETURN(im.lm_head, TensorToBf16(wts.lm_head));
+    }
+    GSA_ASSIGN_OR_RETURN(im.final_norm, TensorToF32(wts.final_norm));
+    GSA_ASSIGN_OR_RETURN(im.inv_freq, DeviceBuffer<float>::FromHost(RopeInvFreq(c)));
+    for (const LayerWeights& lw : wts.layers) {
+      LayerWeightsGpu L;
+      GSA_ASSIGN_OR_RETURN(L.input_norm, TensorToF32(lw.input_layernorm));
+      GSA_ASSIGN_OR_RETURN(L.post_norm, TensorToF32(lw.post_attention_layernorm));
+      std::vector<uint16_t> cat;
+      int64_t rows = 0;
+      auto add = [&](const TensorView* t, int64_t& offset) -> absl::Status {
+        offset = rows;
+        rows += t->shape[0];
+        return AppendBf16(t, cat);
+      };
+      GSA_RETURN_IF_ERROR(add(lw.q_proj, L.off_q));
+      GSA_RETURN_IF_ERROR(add(lw.k_proj, L.off_k));
+      GSA_RETURN_IF_ERROR(add(lw.v_proj, L.off_v));
+      if (c.use_value_gate) {
+        GSA_RETURN_IF_ERROR(add(lw.value_gate_w, L.off_vg));
+        GSA_ASSIGN_OR_RETURN(L.vg_bias, TensorToF32(lw.value_gate_b));
+      }
+      if (c.use_output_gate) {
+        GSA_RETURN_IF_ERROR(add(lw.output_gate_w, L.off_og));
+        GSA_ASSIGN_OR_RETURN(L.og_bias, TensorToF32(lw.output_gate_b));
+      }
+      GSA_RETURN_IF_ERROR(add(lw.indexer_q_proj, L.off_qi));
+      GSA_RETURN_IF_ERROR(add(lw.indexer_k_proj, L.off_ki));
+      GSA_RETURN_IF_ERROR(add(lw.indexer_w_proj, L.off_wi));
+      L.cat_out = rows;
+      im.max_cat_out = std::max(im.max_cat_out, rows);
+      GSA_ASSIGN_OR_RETURN(L.w_cat, UploadBf16(cat));
+      GSA_ASSIGN_OR_RETURN(L.wi_bias, TensorToF32(lw.indexer_w_bias));
+      GSA_ASSIGN_OR_RETURN(L.idx_bias, TensorToF32(lw.indexer_bias));
+      GSA_ASSIGN_OR_RETURN(L.o_proj, TensorToBf16(lw.o_proj));
+      std::vector<uint16_t> gu;
+      GSA_RETURN_IF_ERROR(AppendBf16(lw.mlp_gate, gu));
+      GSA_RETURN_IF_ERROR(AppendBf16(lw.mlp_up, gu));
+      GSA_ASSIGN_OR_RETURN(L.gate_up, UploadBf16(gu));
+      GSA_ASSIGN_OR_RETURN(L.down, TensorToBf16(lw.mlp_down));
+      im.layers.push_back(std::move(L));
+    }
+    im.sel_stride = std::max<int64_t>({c.k_max, c.k_base, 1});
+    im.logit_chunk = 256;
+    im.max_candidates = std::max<int64_t>(c.max_position_embeddings, 1);
+    im.score_floats = std::max<int64_t>(options.score_budget_bytes / 4, im.max_candidates);
+    return EnsureWorkspace(c, im, std::max<int64_t>(options.max_rows, 1), im.score_floats);
+  };
+  if (absl::Status st = run(); !st.ok()) return fail_memory(st);
+  GSA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  return b;
+}
+
+int64_t CudaBackend::CacheBytesPerToken() const {
+  const CacheSpec s = CacheSpec::ForModel(config_, 1, 1);
+  return s.n_layers * (2 * s.kv_row() * 2 + s.d_indexer * 2 + 4);
+}
+
+absl::StatusOr<int64_t> CudaBackend::MaxCacheBlocks(int64_t block_size) const {
+  GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  size_t free_bytes = 0, total_bytes = 0;
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  // What we may still take: the allowed share minus what is already in use (ours and others'),
+  // less a margin for the CUDA context's and cuBLASLt's own growth.
+  constexpr double kMargin = 512.0 * (1 << 20);
+  const double used = static_cast<double>(total_bytes - free_bytes);
+  const double allowed = static_cast<double>(total_bytes) * options_.gpu_memory_fraction - used - kMargin;
+  const double per_block = static_cast<double>(CacheBytesPerToken()) * static_cast<double>(block_size);
+  const double blocks = std::floor(std::min(allowed, static_cast<double>(free_bytes) - kMargin) / per_block);
+  if (blocks < 1) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "no room for a KV cache on %s: %.2f GiB in use of %.2f GiB, --gpu-memory-fraction %.2f allows %.2f GiB, one "
+        "block of %d tokens needs %.1f MiB; raise --gpu-memory-fraction or use a GPU with more memory",
+        device_description_, used / (1 << 30), static_cast<double>(total_bytes) / (1 << 30), options_.gpu_memory_fraction,
+        static_cast<double>(total_bytes) * options_.gpu_memory_fraction / (1 << 30), block_size, per_block / (1 << 20)));
+  }
+  return static_cast<int64_t>(blocks);
+}
+
+absl::Status CudaBackend::AllocateCache(int64_t num_blocks, int64_t block_size) {
+  if (num_blocks <= 0 || block_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cache needs positive num_blocks and block_size, got ", num_blocks,
+                                                   " and ", block_size));
+  }
+  GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(impl_->stream.get()));
+  impl_->cache.clear();
+  cache_spec_ = CacheSpec{};
+  const CacheSpec spec = CacheSpec::ForModel(config_, num_blocks, block_size);
+  const size_t slots = static_cast<size_t>(spec.num_slots());
+  auto alloc = [&]() -> absl::Status {
+    for (int64_t l = 0; l < config_.n_layers; ++l) {
+      LayerCacheGpu lc;
+      GSA_ASSIGN_OR_RETURN(lc.k, DeviceBuffer<bf16>::Allocate(slots * static_cast<size_t>(spec.kv_row())));
+      GSA_ASSIGN_OR_RETURN(lc.v, DeviceBuffer<bf16>::Allocate(slots * static_cast<size_t>(spec.kv_row())));
+      GSA_ASSIGN_OR_RETURN(lc.ki, DeviceBuffer<bf16>::Allocate(slots * static_cast<size_t>(spec.d_indexer)));
+      GSA_ASSIGN_OR_RETURN(lc.cumvar, DeviceBuffer<float>::Allocate(slots));
+      // Zero the pages: a bug that reads an unwritten slot then reads zeros, never old data.
+      GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.k.get(), 0, lc.k.bytes()));
+      GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.v.get(), 0, lc.v.bytes()));
+      GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.ki.get(), 0, lc.ki.bytes()));
+      GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.cumvar.get(), 0, lc.cumvar.bytes()));
+      impl_->cache.push_back(std::move(lc));
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status st = alloc(); !st.ok()) {
+    impl_->cache.clear();
+    if (absl::IsResourceExhausted(st)) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "cannot allocate a KV cache of %d blocks x %d tokens (%.2f GiB) on %s: %s; lower the cache size", num_blocks,
+          block_size, static_cast<double>(CacheBytesPerToken()) * static_cast<double>(spec.num_slots()) / (1 << 30),
+          device_description_, st.message()));
+    }
+    return st;
+  }
+  cache_spec_ = spec;
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The host's plan for one step (reused by every layer).
+struct StepPlan {
+  int64_t rows = 0;
+  std::vector<int32_t> row_seq, position;
+  std::vector<int64_t> slot;
+  std::vector<uint8_t> dense;
+  bool any_sparse = false;
+  struct Chunk {
+    int64_t row_begin = 0, row_count = 0, offset_index = 0, max_candidates = 0;
+  };
+  std::vector<Chunk> chunks;
+  std::vector<int64_t> score_offset;    // all chunks' offsets, concatenated
+  std::vector<int32_t> gathered_rows;   // rows for GatheredAttention
+  int64_t gathered_max_tokens = 0;
+  std::vector<int32_t> prefill_seqs;    // sequences for DensePrefill
+  int32_t prefill_max_query = 0;
+  int32_t max_blocks = 0;
+  std::vector<int32_t> block_tables, seq_first_row, query_start, num_query, context_len;
+};
+
+StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_size, int64_t score_floats,
+                  bool dense_prefill_kernel) {
+  StepPlan p;
+  p.rows = batch.num_rows();
+  const size_t R = static_cast<size_t>(p.rows);
+  p.row_seq.resize(R);
+  p.position.resize(R);
+  p.slot.resize(R);
+  p.dense.resize(R);
+  const size_t S = batch.seqs.size();
+  for (const SequenceInBatch& s : batch.seqs) {
+    p.max_blocks = std::max<int32_t>(p.max_blocks, static_cast<int32_t>((s.context_len + block_size - 1) / block_size));
+  }
+  p.max_blocks = std::max(p.max_blocks, 1);
+  p.block_tables.assign(S * static_cast<size_t>(p.max_blocks), 0);
+  p.seq_first_row.resize(S + 1);
+  p.query_start.resize(S);
+  p.num_query.resize(S);
+  p.context_len.resize(S);
+  const bool use_prefill_kernel = dense_prefill_kernel && kernels::DensePrefillSupports(static_cast<int32_t>(c.d_head));
+  for (size_t i = 0; i < S; ++i) {
+    const SequenceInBatch& s = batch.seqs[i];
+    const int64_t nb = (s.context_len + block_size - 1) / block_size;
+    std::copy_n(s.block_table.begin(), nb, p.block_tables.begin() + static_cast<int64_t>(i) * p.max_blocks);
+    p.seq_first_row[i] = s.query_start;
+    p.query_start[i] = s.query_start;
+    p.num_query[i] = s.num_query;
+    p.context_len[i] = s.context_len;
+    const bool dense = s.attention == AttentionMode::kDense;
+    for (int32_t j = 0; j < s.num_query; ++j) {
+      const size_t r = static_cast<size_t>(s.query_start + j);
+      p.row_seq[r] = static_cast<int32_t>(i);
+      p.position[r] = s.context_len - s.num_query + j;
+      p.slot[r] = SlotOf(s, p.position[r], block_size);
+      p.dense[r] = dense ? 1 : 0;
+    }
+    if (dense && s.num_query > 1 && use_prefill_kernel) {
+      p.prefill_seqs.push_back(static_cast<int32_t>(i));
+      p.prefill_max_query = std::max(p.prefill_max_query, s.num_query);
+    } else {
+      for (int32_t j = 0; j < s.num_query; ++j) {
+        const int32_t r = s.query_start + j;
+        p.gathered_rows.push_back(r);
+        const int64_t avail = s.context_len - s.num_query + j + 1;
+        p.gathered_max_tokens = std::max<int64_t>(p.gathered_max_tokens, dense ? avail : std::min<int64_t>(avail, std::max(c.k_max, c.k_base)));
+      }
+    }
+    if (!dense) p.any_sparse = true;
+  }
+  p.seq_first_row[S] = static_cast<int32_t>(p.rows);
+  // Score chunks: consecutive rows whose sparse candidates fit the score buffer.
+  StepPlan::Chunk cur;
+  int64_t used = 0;
+  auto close = [&]() {
+    if (cur.row_count > 0) p.chunks.push_back(cur);
+    cur = StepPlan::Chunk{};
+    cur.row_begin = 0;
+    used = 0;
+  };
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const int64_t cand = p.dense[static_cast<size_t>(r)] ? 0 : p.position[static_cast<size_t>(r)] + 1;
+    if (cur.row_count > 0 && (used + cand > score_floats || cur.row_count >= 65535)) close();
+    if (cur.row_count == 0) {
+      cur.row_begin = r;
+      cur.offset_index = static_cast<int64_t>(p.score_offset.size());
+    }
+    p.score_offset.push_back(used);
+    used += cand;
+    cur.row_count += 1;
+    cur.max_candidates = std::max(cur.max_candidates, cand);
+  }
+  close();
+  return p;
+}
+
+}  // namespace
+
+absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
+  if (impl_->cache.empty()) return absl::FailedPreconditionError("CudaBackend::Step before AllocateCache");
+  GSA_RETURN_IF_ERROR(ValidateBatch(batch, cache_spec_, config_.vocab_size));
+  GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  Impl& im = *impl_;
+  const ModelConfig& c = config_;
+  const cudaStream_t st = im.stream.get();
+  const int64_t R = batch.num_rows();
+  const int64_t D = c.d_model, F = c.d_ffn, QD = c.q_dim();
+  const int64_t bs = cache_spec_.block_size;
+  GSA_RETURN_IF_ERROR(EnsureWorkspace(c, im, R, im.score_floats));
+  Workspace& w = im.ws;
+
+  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, options_.use_dense_prefill_kernel);
+
+  // Metadata to the device in one copy.
+  StagingBlob blob;
+  const size_t o_tokens = blob.Add(batch.token_ids);
+  const size_t o_seq = blob.Add(plan.row_seq);
+  const size_t o_pos = blob.Add(plan.position);
+  const size_t o_slot = blob.Add(plan.slot);
+  const size_t o_dense = blob.Add(plan.dense);
+  const size_t o_tables = blob.Add(plan.block_tables);
+  const size_t o_first = blob.Add(plan.seq_first_row);
+  const size_t o_qstart = blob.Add(plan.query_start);
+  const size_t o_nq = blob.Add(plan.num_query);
+  const size_t o_ctx = blob.Add(plan.context_len);
+  const size_t o_offsets = blob.Add(plan.score_offset);
+  const size_t o_grows = blob.Add(plan.gathered_rows);
+  const size_t o_pseqs = blob.Add(plan.prefill_seqs);
+  const size_t o_logit_rows = blob.Add(batch.logits_rows);
+  if (w.meta.bytes() < blob.bytes().size()) {
+    GSA_ASSIGN_OR_RETURN(w.meta, DeviceBuffer<uint8_t>::Allocate(blob.bytes().size() * 2));
+  }
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(w.meta.get(), blob.bytes().data(), blob.bytes().size(), cudaMemcpyHostToDevice, st));
+  auto at = [&](size_t off) { return w.meta.get() + off; };
+  const int32_t* d_tokens = reinterpret_cast<const int32_t*>(at(o_tokens));
+  kernels::RowInfo rows_info;
+  rows_info.seq = reinterpret_cast<const int32_t*>(at(o_seq));
+  rows_info.position = reinterpret_cast<const int32_t*>(at(o_pos));
+  rows_info.slot = reinterpret_cast<const int64_t*>(at(o_slot));
+  rows_info.dense = reinterpret_cast<const uint8_t*>(at(o_dense));
+  kernels::PagedLayout paged;
+  paged.block_tables = reinterpret_cast<const int32_t*>(at(o_tables));
+  paged.max_blocks_per_seq = plan.max_blocks;
+  paged.block_size = static_cast<int32_t>(bs);
+  const int32_t* d_first = reinterpret_cast<const int32_t*>(at(o_first));
+  const int32_t* d_qstart = reinterpret_cast<const int32_t*>(at(o_qstart));
+  const int32_t* d_nq = reinterpret_cast<const int32_t*>(at(o_nq));
+  const int32_t* d_ctx = reinterpret_cast<const int32_t*>(at(o_ctx));
+  const int64_t* d_offsets = reinterpret_cast<const int64_t*>(at(o_offsets));
+  const int32_t* d_grows = reinterpret_cast<const int32_t*>(at(o_grows));
+  const int32_t* d_pseqs = reinterpret_cast<const int32_t*>(at(o_pseqs));
+  const int32_t* d_logit_rows = reinterpret_cast<const int32_t*>(at(o_logit_rows));
+
+  kernels::SelectionRule rule;
+  rule.method = !c.use_adaptive_k ? 0 : (c.adaptive_k_method == AdaptiveKMethod::kVariance ? 1 : 2);
+  rule.k_base = c.k_base;
+  rule.k_min = c.k_min;
+  rule.k_max = c.k_max;
+  rule.temperature = c.adaptive_k_temperature;
+  if (rule.method != 1 && plan.any_sparse) {
+    GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w.var.get(), 0, static_cast<size_t>(R) * sizeof(double), st));
+  }
+
+  StepOutput out;
+  out.vocab_size = c.vocab_size;
+  if (batch.record_selection) out.selections.resize(static_cast<size_t>(c.n_layers));
+  out.selected_sum.assign(static_cast<size_t>(c.n_layers), 0);
+  for (const SequenceInBatch& s : batch.seqs) {
+    if (s.attention != AttentionMode::kDense) out.selected_rows += s.num_query;
+  }
+
+  GSA_CUDA_RETURN_IF_ERROR(kernels::EmbedRows(im.embed.get(), d_tokens, R, D, w.hidden.get(), st));
+  const float eps = static_cast<float>(c.norm_eps);
+  const kernels::GateActivation gate_act = ToKernel(c.gate_activation);
+  for (int64_t li = 0; li < c.n_layers; ++li) {
+    const LayerWeightsGpu& L = im.layers[static_cast<size_t>(li)];
+    LayerCacheGpu& cache = im.cache[static_cast<size_t>(li)];
+    int32_t* k_layer = w.k_all.get() + li * R;
+
+    // 1. Input norm and the fused projection.
+    GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), nullptr, L.input_norm.get(), R, D, eps, w.xn.get(), st));
+    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, D, L.w_cat.get(), L.cat_out, w.proj.get(), L.cat_out, false, st));
+
+    // 2. Value gate, RoPE, indexer head weights; keys into the cache.
+    kernels::PostProjectionArgs pp;
+    pp.proj = w.proj.get();
+    pp.proj_stride = L.cat_out;
+    pp.off_q = L.off_q;
+    pp.off_k = L.off_k;
+    pp.off_v = L.off_v;
+    pp.off_vg = L.off_vg;
+    pp.off_ki = L.off_ki;
+    pp.off_wi = L.off_wi;
+    pp.vg_bias = L.vg_bias.get();
+    pp.wi_bias = L.wi_bias.get();
+    pp.inv_freq = im.inv_freq.get();
+    pp.gate_act = gate_act;
+    pp.n_heads = static_cast<int32_t>(c.n_heads);
+    pp.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
+    pp.d_head = static_cast<int32_t>(c.d_head);
+    pp.d_indexer = static_cast<int32_t>(c.d_indexer);
+    pp.n_indexer_heads = static_cast<int32_t>(c.n_indexer_heads);
+    pp.rows = rows_info;
+    pp.num_rows = R;
+    pp.q_out = w.q.get();
+    pp.k_cache = cache.k.get();
+    pp.v_cache = cache.v.get();
+    pp.ki_cache = cache.ki.get();
+    GSA_CUDA_RETURN_IF_ERROR(kernels::PostProjection(pp, st));
+
+    // 3. Selection, chunk by chunk: scores → statistics → k_t → top-k.
+    if (plan.any_sparse) {
+      for (const StepPlan::Chunk& ch : plan.chunks) {
+        kernels::ScoreChunk chunk;
+        chunk.scores = w.scores.get();
+        chunk.score_offset = d_offsets + ch.offset_index;
+        chunk.row_begin = ch.row_begin;
+        chunk.row_count = ch.row_count;
+        chunk.max_candidates = ch.max_candidates;
+        if (ch.max_candidates > 0) {
+          kernels::IndexerScoresArgs ia;
+          ia.proj = w.proj.get();
+          ia.proj_stride = L.cat_out;
+          ia.off_qi = L.off_qi;
+          ia.off_wi = L.off_wi;
+          ia.bias = L.idx_bias.get();
+          ia.ki_cache = cache.ki.get();
+          ia.paged = paged;
+          ia.rows = rows_info;
+          ia.n_indexer_heads = static_cast<int32_t>(c.n_indexer_heads);
+          ia.d_indexer = static_cast<int32_t>(c.d_indexer);
+          ia.relu = c.indexer_activation == IndexerActivation::kRelu;
+          ia.scores = w.scores.get();
+          ia.score_offset = chunk.score_offset;
+          ia.row_begin = ch.row_begin;
+          ia.row_count = ch.row_count;
+          ia.max_candidates = ch.max_candidates;
+          GSA_CUDA_RETURN_IF_ERROR(kernels::IndexerScores(ia, st));
+          if (rule.method != 0) {
+            GSA_CUDA_RETURN_IF_ERROR(kernels::ScoreStats(chunk, rows_info, w.var.get(),
+                                                         rule.method == 2 ? w.entropy.get() : nullptr, st));
+          }
+        }
+        GSA_CUDA_RETURN_IF_ERROR(kernels::SelectionCounts(chunk, rows_info, paged, d_first,
+                                                          static_cast<int32_t>(batch.seqs.size()), rule, w.var.get(),
+                                                          rule.method == 2 ? w.entropy.get() : nullptr,
+                                                          cache.cumvar.get(), k_layer, st));
+        if (ch.max_candidates > 0) {
+          GSA_CUDA_RETURN_IF_ERROR(kernels::TopK(chunk, rows_info, k_layer, w.sel.get(), im.sel_stride, w.topk_ws.get(),
+                                                 w.topk_ws.bytes(), st));
+        }
+      }
+    }
+
+    // 4. Attention (output gate fused).
+    const float* gate_z = L.off_og >= 0 ? w.proj.get() + L.off_og : nullptr;
+    if (!plan.gathered_rows.empty()) {
+      kernels::GatheredAttentionArgs ga;
+      ga.q = w.q.get();
+      ga.k_cache = cache.k.get();
+      ga.v_cache = cache.v.get();
+      ga.paged = paged;
+      ga.rows = rows_info;
+      ga.row_ids = d_grows;
+      ga.num_row_ids = static_cast<int64_t>(plan.gathered_rows.size());
+      ga.sel = w.sel.get();
+      ga.sel_count = k_layer;
+      ga.sel_stride = im.sel_stride;
+      ga.max_tokens = plan.gathered_max_tokens;
+      ga.gate_z = gate_z;
+      ga.gate_stride = L.cat_out;
+      ga.gate_bias = L.og_bias.get();
+      ga.gate_act = gate_act;
+      ga.n_heads = static_cast<int32_t>(c.n_heads);
+      ga.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
+      ga.d_head = static_cast<int32_t>(c.d_head);
+      ga.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
+      ga.out = w.attn.get();
+      ga.workspace = w.attn_ws.get();
+      ga.workspace_bytes = w.attn_ws.bytes();
+      GSA_CUDA_RETURN_IF_ERROR(kernels::GatheredAttention(ga, st));
+    }
+    if (!plan.prefill_seqs.empty()) {
+      kernels::DensePrefillArgs da;
+      da.q = w.q.get();
+      da.k_cache = cache.k.get();
+      da.v_cache = cache.v.get();
+      da.paged = paged;
+      da.query_start = d_qstart;
+      da.num_query = d_nq;
+      da.context_len = d_ctx;
+      da.seq_ids = d_pseqs;
+      da.num_seq_ids = static_cast<int32_t>(plan.prefill_seqs.size());
+      da.max_num_query = plan.prefill_max_query;
+      da.gate_z = gate_z;
+      da.gate_stride = L.cat_out;
+      da.gate_bias = L.og_bias.get();
+      da.gate_act = gate_act;
+      da.n_heads = static_cast<int32_t>(c.n_heads);
+      da.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
+      da.d_head = static_cast<int32_t>(c.d_head);
+      da.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
+      da.out = w.attn.get();
+      GSA_CUDA_RETURN_IF_ERROR(kernels::DensePrefill(da, st));
+    }
+
+    // 5. Output projection (+= residual); post norm; SwiGLU MLP (+= residual).
+    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.attn.get(), R, QD, L.o_proj.get(), D, w.hidden.get(), D, true, st));
+    GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), nullptr, L.post_norm.get(), R, D, eps, w.xn.get(), st));
+    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, D, L.gate_up.get(), 2 * F, w.gu.get(), 2 * F, false, st));
+    GSA_CUDA_RETURN_IF_ERROR(kernels::SwiGlu(w.gu.get(), R, F, w.xn.get(), st));
+    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, F, L.down.get(), D, w.hidden.get(), D, true, st));
+
+    if (batch.record_selection) {
+      std::vector<int32_t> sel_host(static_cast<size_t>(R * im.sel_stride));
+      std::vector<int32_t> k_host(static_cast<size_t>(R));
+      if (plan.any_sparse) {
+        GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sel_host.data(), w.sel.get(), sel_host.size() * 4, cudaMemcpyDeviceToHost, st));
+        GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(k_host.data(), k_layer, k_host.size() * 4, cudaMemcpyDeviceToHost, st));
+      }
+      GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
+      std::vector<std::vector<int32_t>>& layer_sel = out.selections[static_cast<size_t>(li)];
+      layer_sel.resize(static_cast<size_t>(R));
+      for (int64_t r = 0; r < R; ++r) {
+        std::vector<int32_t>& v = layer_sel[static_cast<size_t>(r)];
+        const int32_t pos = plan.position[static_cast<size_t>(r)];
+        if (plan.dense[static_cast<size_t>(r)]) {
+          v.resize(static_cast<size_t>(pos + 1));
+          for (int32_t s = 0; s <= pos; ++s) v[static_cast<size_t>(s)] = pos - s;
+        } else {
+          const int32_t k = k_host[static_cast<size_t>(r)];
+          v.assign(sel_host.begin() + r * im.sel_stride, sel_host.begin() + r * im.sel_stride + k);
+        }
+      }
+    }
+  }
+
+  // Final norm and lm_head on the rows that need logits, in chunks of logit_chunk rows.
+  const int64_t n_out = static_cast<int64_t>(batch.logits_rows.size());
+  out.logits.resize(static_cast<size_t>(n_out * c.vocab_size));
+  const bf16* head = im.lm_head.empty() ? im.embed.get() : im.lm_head.get();
+  const int64_t chunk_rows = static_cast<int64_t>(w.logits.size() / static_cast<size_t>(c.vocab_size));
+  for (int64_t r0 = 0; r0 < n_out; r0 += chunk_rows) {
+    const int64_t n = std::min(chunk_rows, n_out - r0);
+    GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), d_logit_rows + r0, im.final_norm.get(), n, D, eps,
+                                                  w.xn.get(), st));
+    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), n, D, head, c.vocab_size, w.logits.get(), c.vocab_size, false, st));
+    GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.logits.data() + r0 * c.vocab_size, w.logits.get(),
+                                             static_cast<size_t>(n * c.vocab_size) * sizeof(float), cudaMemcpyDeviceToHost, st));
+  }
+  std::vector<int32_t> k_all;
+  if (plan.any_sparse) {
+    k_all.resize(static_cast<size_t>(R * c.n_layers));
+    GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(k_all.data(), w.k_all.get(), k_all.size() * 4, cudaMemcpyDeviceToHost, st));
+  }
+  GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
+  GSA_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  if (plan.any_sparse) {
+    for (int64_t li = 0; li < c.n_layers; ++li) {
+      int64_t kept = 0;
+      for (int64_t r = 0; r < R; ++r) {
+        if (!plan.dense[static_cast<size_t>(r)]) kept += k_all[static_cast<size_t>(li * R + r)];
+      }
+      out.selected_sum[static_cast<size_t>(li)] = kept;
+    }
+  }
+  return out;
+}
+
+}  // namespace gsa

@@ -1,0 +1,83 @@
+// CudaBackend: MODEL.md on one NVIDIA GPU. bf16 weights, activations that feed matrix products and
+// cache pages; fp32 residual stream, projections' outputs, scores and softmax; fp32 accumulation
+// everywhere. Dense projections through cuBLASLt (every projection that reads the normed input
+// fused into one product; the residual adds fused into the o_proj and down products); the
+// indexer, selection and attention through kernels/.
+//
+// One step (Step), per layer: RMSNorm → fused projection → PostProjection (value gate, RoPE,
+// cache writes) → for sparse rows, per score chunk: indexer scores → statistics → k_t (running
+// variance sum per cache slot) → top-k → attention (dense prefill chunks: the flash kernel;
+// everything else: gathered split-k attention; output gate fused) → o_proj (+= residual) →
+// RMSNorm → gate/up product → SwiGLU → down (+= residual). The host plans the score chunks and the
+// attention routing once per step; every layer reuses the plan.
+//
+// Memory: weights and the step workspace (sized for `max_rows` rows) are allocated by Create;
+// MaxCacheBlocks says how many cache blocks fit in the share of the GPU the options allow, and
+// AllocateCache takes them. Deterministic: the same batch gives bitwise the same outputs.
+//
+// Thread-safety: driven by one thread (the engine thread); the CUDA stream is its own.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/model/model_loader.h"
+
+namespace gsa {
+
+struct CudaBackendOptions {
+  int device = 0;
+  double gpu_memory_fraction = 0.9;  // share of the GPU's memory this process may hold in all
+  int64_t max_rows = 2048;           // rows (new tokens) per step the workspace is sized for
+  int64_t score_budget_bytes = int64_t{256} << 20;  // one chunk of indexer scores, at most
+  bool use_dense_prefill_kernel = true;  // false: dense prefill through the gathered kernel (tests)
+};
+
+// Empty when a CUDA device is usable; otherwise why not (for `--backend auto` and test skips).
+std::string CudaUnavailableReason();
+
+class CudaBackend : public Backend {
+ public:
+  // Uploads the weights (any checkpoint dtype) as bf16 and reserves the step workspace.
+  // FailedPrecondition when there is no usable GPU, ResourceExhausted (naming the bytes) when the
+  // weights and workspace do not fit in the allowed share of its memory.
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const ModelConfig& config,
+                                                             const ModelWeights& weights,
+                                                             const CudaBackendOptions& options = {});
+  ~CudaBackend() override;
+
+  std::string_view name() const override { return "cuda"; }
+  const ModelConfig& config() const override { return config_; }
+
+  // How many cache blocks of `block_size` tokens fit in the allowed share of the GPU's memory
+  // after what this process (and anything else on the GPU) already holds. ResourceExhausted
+  // naming the numbers when not even one fits.
+  absl::StatusOr<int64_t> MaxCacheBlocks(int64_t block_size) const;
+  // Bytes one token slot takes over all layers (K, V, indexer key, statistic).
+  int64_t CacheBytesPerToken() const;
+
+  absl::Status AllocateCache(int64_t num_blocks, int64_t block_size) override;
+  const CacheSpec& cache_spec() const override { return cache_spec_; }
+  absl::StatusOr<StepOutput> Step(const StepBatch& batch) override;
+
+  // The card, for logs and benchmark records ("NVIDIA H200, 132 SMs, 139.8 GiB").
+  const std::string& device_description() const { return device_description_; }
+
+  struct Impl;
+  struct CreateTag {
+    explicit CreateTag() = default;
+  };
+  CudaBackend(CreateTag, const ModelConfig& config, const CudaBackendOptions& options);
+
+ private:
+  ModelConfig config_;
+  CudaBackendOptions options_;
+  CacheSpec cache_spec_;
+  std::string device_description_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gsa

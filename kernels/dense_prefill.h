@@ -1,0 +1,40 @@
+// Dense causal attention for prefill chunks over the paged cache, flash-style on the tensor cores
+// (bf16 mma, fp32 accumulation, online softmax): the `--attention dense` path and the baseline
+// rows of MODEL.md, and the yardstick of the speed claims. Each listed sequence's chunk of
+// queries attends to its cached prefix and causally within the chunk; its K and V (the chunk's
+// own included) are already in the cache.
+#pragma once
+
+#include "kernels/paged.h"
+
+namespace gsa::kernels {
+
+struct DensePrefillArgs {
+  const bf16* q = nullptr;        // [num_rows, n_heads, d_head] (RoPE applied)
+  const bf16* k_cache = nullptr;  // [num_slots, n_kv_heads, d_head]
+  const bf16* v_cache = nullptr;  // [num_slots, n_kv_heads, d_head]
+  PagedLayout paged;              // block_tables row = sequence index
+  // Per sequence of the step, [num_seqs]: its rows are [query_start, query_start + num_query),
+  // row j at position context_len - num_query + j, attending to every s ≤ its position.
+  const int32_t* query_start = nullptr;
+  const int32_t* num_query = nullptr;
+  const int32_t* context_len = nullptr;
+  const int32_t* seq_ids = nullptr;  // [num_seq_ids] the sequences this launch computes
+  int32_t num_seq_ids = 0;
+  int32_t max_num_query = 0;  // host: max num_query over the listed sequences (grid size)
+  // Output gate (G1), optional, as GatheredAttentionArgs.
+  const float* gate_z = nullptr;
+  int64_t gate_stride = 0;
+  const float* gate_bias = nullptr;
+  GateActivation gate_act = GateActivation::kSigmoid;
+  int32_t n_heads = 0, n_kv_heads = 0, d_head = 0;
+  float scale = 0.0f;
+  bf16* out = nullptr;  // [num_rows, n_heads * d_head]; rows of listed sequences are written
+};
+
+// True when DensePrefill supports this head size (others go through GatheredAttention).
+bool DensePrefillSupports(int32_t d_head);
+
+cudaError_t DensePrefill(const DensePrefillArgs& args, cudaStream_t stream);
+
+}  // namespace gsa::kernels

@@ -1,0 +1,36 @@
+// The lightning indexer's scores over the paged indexer keys (MODEL.md):
+//   I(t, s) = Σ_j wI_j · φ(qI_j · kI_s / sqrt(d_indexer) + bI_j),  s ≤ t,  φ = sigmoid or relu,
+// for the rows of one score chunk (kernels/selection.h, ScoreChunk), decode and prefill alike:
+// every (row, candidate) pair is independent, so one kernel covers a single long decode row
+// (split across the whole GPU) and a chunk of prefill rows (causal: row r scores s ≤ position[r]).
+// Only one chunk of scores ever exists; its size is the caller's choice.
+#pragma once
+
+#include "kernels/paged.h"
+
+namespace gsa::kernels {
+
+struct IndexerScoresArgs {
+  const float* proj = nullptr;  // [num_rows, proj_stride] fused projection rows (fp32)
+  int64_t proj_stride = 0;
+  int64_t off_qi = 0;           // qI at proj[r * proj_stride + off_qi + j * d_indexer + i]
+  int64_t off_wi = 0;           // wI at proj[r * proj_stride + off_wi + j], sigmoid already applied
+  const float* bias = nullptr;  // [n_indexer_heads] bI
+  const bf16* ki_cache = nullptr;  // [num_slots, d_indexer]
+  PagedLayout paged;
+  RowInfo rows;                    // seq, position and dense are read; dense rows are skipped
+  int32_t n_indexer_heads = 0;     // ≤ 16
+  int32_t d_indexer = 0;           // 16, 32, 64 or 128
+  bool relu = false;               // φ = relu (else sigmoid)
+  // Output: row r's scores at scores[score_offset[r - row_begin] + s], s ≤ position[r].
+  float* scores = nullptr;
+  const int64_t* score_offset = nullptr;  // [row_count]
+  int64_t row_begin = 0, row_count = 0;
+  int64_t max_candidates = 0;  // host: ≥ position[r] + 1 for every chunk row (grid size)
+};
+
+bool IndexerScoresSupports(int32_t d_indexer, int32_t n_indexer_heads);
+
+cudaError_t IndexerScores(const IndexerScoresArgs& args, cudaStream_t stream);
+
+}  // namespace gsa::kernels

@@ -1,0 +1,80 @@
+// Token selection on the GPU (MODEL.md, "How many tokens each query keeps" and "Ties"): per-row
+// statistics of the indexer scores, k_t per row with the per-sequence running variance sum, and
+// exact top-k_t with the tie rule. The CPU oracle is engine/backend/selection.h.
+//
+// Scores of one launch ("a score chunk"): rows [row_begin, row_begin + row_count) of the step;
+// row r's score for candidate position s ∈ [0, position[r]] is
+//   scores[score_offset[r - row_begin] + s]      (fp32; rows need not be packed or ordered).
+// Dense rows (RowInfo::dense[r] = 1) have no scores; every kernel here skips them, except
+// SelectionCounts which writes their k and statistic as documented there.
+#pragma once
+
+#include "kernels/paged.h"
+
+namespace gsa::kernels {
+
+struct ScoreChunk {
+  const float* scores = nullptr;          // see above
+  const int64_t* score_offset = nullptr;  // [row_count]
+  int64_t row_begin = 0;
+  int64_t row_count = 0;
+  // Host value: an upper bound of position[r] + 1 over the chunk's sparse rows (as
+  // IndexerScoresArgs::max_candidates). Only TopK reads it, to choose between one block per row and
+  // splitting each row over many blocks; 0 (unknown) means one block per row. A value below a row's
+  // true length costs speed, never correctness.
+  int64_t max_candidates = 0;
+};
+
+// var[r]: population variance of row r's scores (two passes: mean, then Σ(x - mean)²), and, when
+// entropy != nullptr, entropy[r]: the entropy in nats of softmax over row r's scores. Both in
+// double, matching ScoreVariance / ScoreEntropy up to summation order. Deterministic (fixed
+// reduction tree). var, entropy: [num_rows] (absolute row index; only the chunk's sparse rows are
+// written). One block per row (a 128K-candidate row at batch 1 uses one SM).
+cudaError_t ScoreStats(const ScoreChunk& chunk, const RowInfo& rows, double* var, double* entropy,
+                       cudaStream_t stream);
+
+// How a checkpoint picks k_t (engine's ModelConfig, flattened).
+struct SelectionRule {
+  int32_t method = 0;  // 0: fixed k (use_adaptive_k false), 1: adaptive "variance", 2: adaptive "entropy"
+  int64_t k_base = 0, k_min = 0, k_max = 0;
+  double temperature = 1.0;
+};
+
+// For each chunk row, in position order within each sequence (one thread per sequence, so the
+// running sum adds in exactly the CPU's order):
+//  - sparse rows: cumvar[slot[r]] = float(double(prev) + var[r]) where prev = cumvar at the slot of
+//    position[r] - 1 of the same sequence (0 when position[r] == 0); then k[r] = SelectedCount of
+//    engine/backend/selection.cc with var_t = var[r], ref_t = cumvar[slot[r]] / (position[r] + 1),
+//    entropy_t = entropy[r] (entropy may be null unless rule.method == 2; var is read for every
+//    method, the CPU adds 0 for fixed k: pass zeros).
+//  - dense rows: cumvar[slot[r]] = NaN, k[r] = position[r] + 1.
+// seq_first_row: [num_seqs + 1]; the rows of sequence i are [seq_first_row[i], seq_first_row[i+1]),
+// in position order; only those inside the chunk are processed. rows.seq, position, slot and dense
+// are read; chunk.scores is not. var == nullptr reads as zeros. rule.method 2 with entropy ==
+// nullptr, or an unknown method, is cudaErrorInvalidValue. The entropy method's log() is CUDA's,
+// which may differ from the host's in the last bit (k can differ only at an exact floor boundary).
+cudaError_t SelectionCounts(const ScoreChunk& chunk, const RowInfo& rows, const PagedLayout& paged,
+                            const int32_t* seq_first_row, int32_t num_seqs, const SelectionRule& rule,
+                            const double* var, const double* entropy, float* cumvar, int32_t* k,
+                            cudaStream_t stream);
+
+// Exact top-k per sparse chunk row: the k[r] positions with the largest scores, where the order is
+// strict and total: higher score first; equal scores (−0 equals +0; NaN ranks as −inf) → the
+// later position first. Writes them to sel[r * sel_stride + i], i < k[r], sorted by position
+// descending; when k[r] ≥ position[r] + 1 writes every position, descending. Other entries are
+// untouched. REQUIRES: 1 ≤ k[r] ≤ sel_stride, position[r] + 1 ≤ 2^30. Deterministic.
+// Rows with k[r] ≤ 0 write nothing; k[r] > sel_stride is treated as sel_stride (both are contract
+// violations, handled so that nothing is written out of bounds).
+// `workspace` (device, workspace_bytes) is scratch for the multi-block path; size it with
+// TopKWorkspaceBytes (0 when the multi-block path is never used for such chunks). The multi-block
+// path (each row split over many blocks: for a few long rows, e.g. decode at small batch) is used
+// when TopKUsesMultiBlock says so, i.e. chunk.max_candidates is large, row_count small and the
+// workspace large enough; otherwise one block per row (workspace may be null). Both give the same
+// result. The multi-block path is 1 memset + 5 kernel launches on `stream`, all capturable in a
+// CUDA graph; the workspace must not be shared with concurrently running work.
+size_t TopKWorkspaceBytes(int64_t max_rows, int64_t max_candidates);
+bool TopKUsesMultiBlock(int64_t row_count, int64_t max_candidates, const void* workspace, size_t workspace_bytes);
+cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k, int32_t* sel,
+                 int64_t sel_stride, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace gsa::kernels

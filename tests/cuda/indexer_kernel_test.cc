@@ -1,0 +1,161 @@
+// kernels/indexer.h against an fp32 CPU reference of MODEL.md's I(t, s) on the same bf16 keys:
+// a 128K-token decode row, causal prefill rows, dense rows skipped, shuffled block tables, every
+// supported d_indexer, both activations; outputs poisoned, every element checked.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "engine/backend/cuda/device_buffer.h"
+#include "kernels/indexer.h"
+#include "tests/testing/cuda_test_support.h"
+
+namespace gsa {
+namespace {
+
+using gsa::testing::FromBf16;
+using gsa::testing::RandomFloats;
+using gsa::testing::ToBf16;
+using kernels::bf16;
+
+template <typename T>
+DeviceBuffer<T> Upload(const std::vector<T>& v) {
+  auto b = DeviceBuffer<T>::FromHost(v);
+  EXPECT_TRUE(b.ok()) << b.status();
+  return std::move(*b);
+}
+
+struct Case {
+  int32_t d_indexer, n_heads;
+  bool relu;
+  int32_t block_size;
+};
+
+TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = gsa::testing::FreshSeed();
+  SCOPED_TRACE(seed);
+  for (const Case& cs : {Case{64, 4, false, 64}, Case{16, 2, true, 16}, Case{32, 16, false, 64},
+                         Case{128, 1, true, 64}}) {
+    SCOPED_TRACE(::testing::Message() << "d_indexer " << cs.d_indexer << " heads " << cs.n_heads << " relu " << cs.relu);
+    const int32_t bs = cs.block_size, di = cs.d_indexer, nh = cs.n_heads;
+    // Sequence 0: a long decode row at position 131071. Sequence 1: prefill rows at positions
+    // 0…299 (causal). Sequence 2: a dense row (no scores). Row order mixes them.
+    const int64_t ctx0 = 131072, ctx1 = 300, ctx2 = 50;
+    const int64_t blocks0 = (ctx0 + bs - 1) / bs, blocks1 = (ctx1 + bs - 1) / bs, blocks2 = (ctx2 + bs - 1) / bs;
+    const int64_t num_blocks = blocks0 + blocks1 + blocks2 + 5;
+    std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::shuffle(perm.begin(), perm.end(), rng);
+    const int32_t max_blocks = static_cast<int32_t>(blocks0);
+    std::vector<int32_t> tables(3 * static_cast<size_t>(max_blocks), 0);
+    int64_t next = 0;
+    for (int64_t b = 0; b < blocks0; ++b) tables[b] = perm[next++];
+    for (int64_t b = 0; b < blocks1; ++b) tables[max_blocks + b] = perm[next++];
+    for (int64_t b = 0; b < blocks2; ++b) tables[2 * max_blocks + b] = perm[next++];
+
+    const int64_t num_slots = num_blocks * bs;
+    const std::vector<float> keys_f = RandomFloats(static_cast<size_t>(num_slots * di), seed + 1);
+    std::vector<bf16> keys(keys_f.size());
+    std::vector<float> keys_r(keys_f.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      keys[i] = ToBf16(keys_f[i]);
+      keys_r[i] = FromBf16(keys[i]);
+    }
+    std::vector<int32_t> seq, pos;
+    std::vector<uint8_t> dense;
+    auto add = [&](int32_t s, int32_t p, bool d) {
+      seq.push_back(s);
+      pos.push_back(p);
+      dense.push_back(d ? 1 : 0);
+    };
+    add(1, 0, false);
+    add(0, static_cast<int32_t>(ctx0 - 1), false);
+    add(2, static_cast<int32_t>(ctx2 - 1), true);
+    for (int32_t p = 1; p < ctx1; ++p) add(1, p, false);
+    const int64_t rows = static_cast<int64_t>(seq.size());
+    const int64_t stride = nh * di + nh + 5, off_qi = 2, off_wi = 2 + nh * di;
+    std::vector<float> proj = RandomFloats(static_cast<size_t>(rows * stride), seed + 2, -2, 2);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int j = 0; j < nh; ++j) proj[r * stride + off_wi + j] = 0.5f + 0.5f * std::fabs(proj[r * stride + off_wi + j]);
+    }
+    const std::vector<float> bias = RandomFloats(static_cast<size_t>(nh), seed + 3, -0.5, 0.5);
+    // Score offsets: rows packed one after another, with a gap of 7 to catch overruns.
+    std::vector<int64_t> offsets(static_cast<size_t>(rows));
+    int64_t total = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      offsets[r] = total;
+      total += (dense[r] ? 0 : pos[r] + 1) + 7;
+    }
+    auto d_keys = Upload(keys);
+    auto d_tables = Upload(tables);
+    auto d_seq = Upload(seq);
+    auto d_pos = Upload(pos);
+    auto d_dense = Upload(dense);
+    auto d_proj = Upload(proj);
+    auto d_bias = Upload(bias);
+    auto d_off = Upload(offsets);
+    auto scores_buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
+    ASSERT_TRUE(scores_buf.ok());
+    ASSERT_EQ(cudaMemset(scores_buf->get(), 0xFF, scores_buf->bytes()), cudaSuccess);
+
+    kernels::IndexerScoresArgs a;
+    a.proj = d_proj.get();
+    a.proj_stride = stride;
+    a.off_qi = off_qi;
+    a.off_wi = off_wi;
+    a.bias = d_bias.get();
+    a.ki_cache = d_keys.get();
+    a.paged = {d_tables.get(), max_blocks, bs};
+    a.rows.seq = d_seq.get();
+    a.rows.position = d_pos.get();
+    a.rows.dense = d_dense.get();
+    a.n_indexer_heads = nh;
+    a.d_indexer = di;
+    a.relu = cs.relu;
+    a.scores = scores_buf->get();
+    a.score_offset = d_off.get();
+    a.row_begin = 0;
+    a.row_count = rows;
+    a.max_candidates = ctx0;
+    ASSERT_TRUE(kernels::IndexerScoresSupports(di, nh));
+    ASSERT_EQ(kernels::IndexerScores(a, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto got = scores_buf->ToHost();
+    ASSERT_TRUE(got.ok());
+
+    const float scale = 1.0f / std::sqrt(static_cast<float>(di));
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t span_end = r + 1 < rows ? offsets[r + 1] : total;
+      if (dense[r]) {
+        for (int64_t i = offsets[r]; i < span_end; ++i) ASSERT_TRUE(std::isnan((*got)[i])) << "dense row " << r << " written";
+        continue;
+      }
+      const float* q = proj.data() + r * stride + off_qi;
+      const float* w = proj.data() + r * stride + off_wi;
+      for (int64_t s = 0; s <= pos[r]; ++s) {
+        const int64_t slot = static_cast<int64_t>(tables[seq[r] * max_blocks + s / bs]) * bs + s % bs;
+        double acc = 0.0;
+        for (int j = 0; j < nh; ++j) {
+          double dot = 0.0;
+          for (int i = 0; i < di; ++i) dot += static_cast<double>(q[j * di + i]) * keys_r[slot * di + i];
+          const double z = dot * scale + bias[j];
+          const double phi = cs.relu ? std::max(z, 0.0) : 1.0 / (1.0 + std::exp(-z));
+          acc += w[j] * phi;
+        }
+        const float g = (*got)[offsets[r] + s];
+        ASSERT_FALSE(std::isnan(g)) << "row " << r << " s " << s << " unwritten";
+        ASSERT_NEAR(g, acc, 2e-5 * (1.0 + std::fabs(acc)) * nh) << "row " << r << " s " << s;
+      }
+      for (int64_t i = offsets[r] + pos[r] + 1; i < span_end; ++i) {
+        ASSERT_TRUE(std::isnan((*got)[i])) << "row " << r << " wrote past its position";
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace gsa
