@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "clients/client_channel.h"
+#include "clients/retry_policy.h"
 #include "gsa/v1/generation.grpc.pb.h"
 
 namespace {
@@ -37,7 +39,11 @@ const char kUsage[] = R"(gsa-cli: send one request to a gsa-server
   --prompt-logprobs N         logprobs of the prompt's tokens
   --attention default|dense   the model's sparse attention (default) or dense
   --request-id ID
-  --timeout S                 deadline in seconds (default: none)
+  --timeout S                 deadline in seconds, retries included (default: none)
+  --max-retries N             send the request again, up to N times (0 to 10, default 3), when it
+                              fails with UNAVAILABLE or CANCELLED before any response arrived
+                              (it never started: a draining replica refused it), so no text is
+                              printed twice; waits 25-50 ms, doubling up to 0.5-1 s. 0: off
   --unary                     use Complete (one response) instead of streaming Generate
   --json                      print each response message as JSON, one a line
 
@@ -81,6 +87,7 @@ int main(int argc, char** argv) {
   req.mutable_stopping()->set_max_tokens(64);
   bool json = false, unary = false, tokenize = false, model_info = false;
   double timeout_s = 0;
+  gsa::RetryPolicy retry;
   std::string text;
   bool have_text = false;
 
@@ -181,6 +188,9 @@ int main(int argc, char** argv) {
       if (ok) req.set_request_id(*v);
     } else if (a == "--timeout") {
       ok = number(timeout_s) && timeout_s > 0;
+    } else if (a == "--max-retries") {
+      ok = number(retry.max_retries) && retry.max_retries >= 0 &&
+           retry.max_retries <= gsa::kMaxRetriesLimit;
     } else if (a == "--unary") {
       unary = true;
     } else if (a == "--json") {
@@ -199,15 +209,23 @@ int main(int argc, char** argv) {
     if (!ok) return Fail(absl::StrCat(a, ": missing or invalid value; see --help"));
   }
 
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = gsa::CreateClientChannel(target, security);
+  // gRPC retries GetModelInfo and Tokenize itself; Generate and Complete are retried below.
+  grpc::ChannelArguments channel_args;
+  if (const std::string config = gsa::RetryServiceConfigJson(retry); !config.empty()) {
+    channel_args.SetServiceConfigJSON(config);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      gsa::CreateClientChannel(target, security, channel_args);
   if (!channel.ok()) return Fail(std::string(channel.status().message()));
   auto stub = gsa::v1::Generation::NewStub(*channel);
+  // One deadline for the whole request, every attempt included.
+  const std::chrono::system_clock::time_point deadline =
+      timeout_s > 0 ? std::chrono::system_clock::now() +
+                          std::chrono::microseconds(static_cast<int64_t>(timeout_s * 1e6))
+                    : std::chrono::system_clock::time_point::max();
   auto make_context = [&]() {
     auto ctx = std::make_unique<grpc::ClientContext>();
-    if (timeout_s > 0) {
-      ctx->set_deadline(std::chrono::system_clock::now() +
-                        std::chrono::microseconds(static_cast<int64_t>(timeout_s * 1e6)));
-    }
+    if (timeout_s > 0) ctx->set_deadline(deadline);
     return ctx;
   };
   auto rpc_error = [&](const grpc::Status& s) {
@@ -240,20 +258,20 @@ int main(int argc, char** argv) {
     return Fail("no prompt: pass the text as an argument or use --prompt-ids (see --help)");
   }
 
+  // Each attempt prints what it receives as it arrives; an attempt is retried only when nothing
+  // arrived (retry_policy.h), so nothing is ever printed twice.
   gsa::v1::GenerateResponse last;
-  auto ctx = make_context();
-  if (unary) {
-    grpc::Status s = stub->Complete(ctx.get(), req, &last);
-    if (!s.ok()) return rpc_error(s);
-    if (json) {
-      std::cout << Json(last) << "\n";
-    } else {
-      std::cout << last.text() << "\n";
+  const gsa::AttemptFn attempt = [&](int) -> gsa::AttemptResult {
+    auto ctx = make_context();
+    if (unary) {
+      const grpc::Status s = stub->Complete(ctx.get(), req, &last);
+      return {s, s.ok()};
     }
-  } else {
     auto reader = stub->Generate(ctx.get(), req);
     gsa::v1::GenerateResponse r;
+    bool any = false;
     while (reader->Read(&r)) {
+      any = true;
       if (json) {
         std::cout << Json(r) << "\n" << std::flush;
       } else {
@@ -261,9 +279,31 @@ int main(int argc, char** argv) {
       }
       last = r;
     }
-    grpc::Status s = reader->Finish();
-    if (!json) std::cout << "\n";
-    if (!s.ok()) return rpc_error(s);
+    return {reader->Finish(), any};
+  };
+  const gsa::RetryNoteFn note = [&](const gsa::AttemptResult& failed, std::chrono::nanoseconds wait,
+                                    int n) {
+    std::cerr << "gsa-cli: " << target << ": " << failed.status.error_code() << " "
+              << failed.status.error_message() << " (before any response); retry " << n << " of "
+              << retry.max_retries << " in "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(wait).count() << " ms\n";
+  };
+  const gsa::RetriedCall call =
+      gsa::CallWithRetries(retry, deadline, std::random_device()(), attempt, note);
+  const grpc::Status& s = call.last.status;
+  if (unary && s.ok()) {
+    if (json) {
+      std::cout << Json(last) << "\n";
+    } else {
+      std::cout << last.text() << "\n";
+    }
+  }
+  if (!unary && !json) std::cout << "\n";
+  if (!s.ok()) {
+    if (call.retries == 0) return rpc_error(s);
+    return Fail(absl::StrCat(target, ": ", s.error_code(), " ", s.error_message(), " (after ",
+                             call.retries, call.retries == 1 ? " retry)" : " retries)"),
+                1);
   }
   if (!json) {
     std::cerr << "[" << gsa::v1::FinishReason_Name(last.finish_reason()) << "] prompt "

@@ -1,6 +1,7 @@
 // gsa-bench: flag parsing, length distributions, Poisson arrivals, the workload and prompts
 // files, the load driver's concurrency and pacing, statistics, metrics and the JSON report; and
-// whole runs against a small fake Generation service in process.
+// whole runs against a small fake Generation service in process, including requests it refuses
+// before they start (retried) and streams it breaks after the first tokens (not retried).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -11,7 +12,9 @@
 #include <cstdio>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -29,6 +32,7 @@
 #include "clients/bench/statistics.h"
 #include "clients/bench/stream_request.h"
 #include "clients/bench/workload.h"
+#include "clients/retry_policy.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -57,6 +61,7 @@ TEST(BenchFlags, DefaultsAreAClosedLoopOfOne) {
   EXPECT_TRUE(o->ignore_eos);
   EXPECT_EQ(o->input_len_dist, LengthDistribution::kFixed);
   EXPECT_EQ(o->attention, AttentionMode::kDefault);
+  EXPECT_EQ(o->retry.max_retries, 3);
 }
 
 TEST(BenchFlags, AcceptsSpaceAndEqualsForms) {
@@ -64,7 +69,8 @@ TEST(BenchFlags, AcceptsSpaceAndEqualsForms) {
       Parse({"--target", "host:1234", "--num-requests=7", "--concurrency", "16", "--input-len=300",
              "--output-len", "20", "--input-len-dist", "uniform", "--output-len-dist=normal",
              "--range-ratio", "0.25", "--temperature=0.7", "--seed", "42", "--attention", "dense",
-             "--warmup", "3", "--timeout-s", "2.5", "--json", "/tmp/x.json", "--progress", "off"});
+             "--warmup", "3", "--timeout-s", "2.5", "--json", "/tmp/x.json", "--progress", "off",
+             "--max-retries=0"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->target, "host:1234");
   EXPECT_EQ(o->num_requests, 7);
@@ -81,6 +87,7 @@ TEST(BenchFlags, AcceptsSpaceAndEqualsForms) {
   EXPECT_DOUBLE_EQ(o->timeout_s, 2.5);
   EXPECT_EQ(o->json_file, "/tmp/x.json");
   EXPECT_EQ(o->progress, ProgressMode::kOff);
+  EXPECT_EQ(o->retry.max_retries, 0);
 }
 
 TEST(BenchFlags, RequestRateMakesAnOpenLoopOptionallyCapped) {
@@ -109,7 +116,8 @@ TEST(BenchFlags, BooleansTakeNoValueOrAnExplicitOne) {
 
 TEST(BenchFlags, HelpIsReportedAsCancelled) {
   EXPECT_TRUE(absl::IsCancelled(Parse({"--num-requests", "3", "--help"}).status()));
-  EXPECT_THAT(BenchUsage(), AllOf(HasSubstr("--request-rate"), HasSubstr("--prompts")));
+  EXPECT_THAT(BenchUsage(),
+              AllOf(HasSubstr("--request-rate"), HasSubstr("--prompts"), HasSubstr("--max-retries")));
 }
 
 // Each bad input is InvalidArgument and the message names the flag (and the value).
@@ -136,6 +144,8 @@ TEST(BenchFlags, ErrorsNameTheFlag) {
       {{"--temperature", "nan"}, "--temperature"},
       {{"--attention", "sparse"}, "--attention"},
       {{"--timeout-s", "0"}, "--timeout-s"},
+      {{"--max-retries", "-1"}, "--max-retries"},
+      {{"--max-retries", "11"}, "--max-retries: '11' is not an integer in [0, 10]"},
       {{"--ignore-eos=maybe"}, "--ignore-eos"},
       {{"--progress", "loud"}, "--progress"},
       {{"--target", ""}, "--target"},
@@ -549,6 +559,17 @@ TEST(Metrics, ThroughputAndLatenciesFromKnownRecords) {
   EXPECT_NEAR(m.itl_ms.p50, 100.0, 1e-9);
 }
 
+TEST(Metrics, RetriesAreCountedOverSuccessfulAndFailedRequests) {
+  std::vector<RequestRecord> records = KnownRecords();
+  records[0].retries = 2;  // completed after two refusals
+  records[4].retries = 1;  // refused, retried, then failed for good
+  const BenchMetrics m = ComputeMetrics(records, 2.0);
+  EXPECT_EQ(m.retries, 3);
+  EXPECT_EQ(m.retried_requests, 2);
+  EXPECT_EQ(m.completed, 2);
+  EXPECT_EQ(m.failed, 3);
+}
+
 TEST(Metrics, TimePerOutputTokenNeedsTwoTokensAndSuccess) {
   EXPECT_FALSE(TimePerOutputToken(Ok(0, 0.1, 0.1, 1, 1)).has_value());
   EXPECT_FALSE(TimePerOutputToken(Failed(0, "UNAVAILABLE")).has_value());
@@ -565,6 +586,7 @@ BenchReport KnownReport() {
   report.model_info.set_eos_token_id(2);
   report.model_info.set_cache_tokens(1 << 20);
   report.records = KnownRecords();
+  report.records[1].retries = 2;
   report.metrics = ComputeMetrics(report.records, 2.0);
   report.num_requests = 5;
   report.peak_in_flight = 2;
@@ -593,6 +615,9 @@ TEST(Report, JsonHasConfigResultsRecordsAndModelInfo) {
   EXPECT_EQ(res["completed"], 2);
   EXPECT_EQ(res["failed"], 3);
   EXPECT_EQ(res["errors"]["RESOURCE_EXHAUSTED"], 2);
+  EXPECT_EQ(res["retries"], 2);
+  EXPECT_EQ(res["retried_requests"], 1);
+  EXPECT_EQ(j["config"]["max_retries"], 3);
   EXPECT_DOUBLE_EQ(res["request_throughput"].get<double>(), 1.0);
   EXPECT_DOUBLE_EQ(res["output_throughput"].get<double>(), 8.0);
   EXPECT_EQ(res["total_output_tokens"], 16);
@@ -606,6 +631,8 @@ TEST(Report, JsonHasConfigResultsRecordsAndModelInfo) {
   ASSERT_EQ(j["requests"].size(), 5u);
   const nlohmann::ordered_json& first = j["requests"][0];
   EXPECT_EQ(first["status"], "OK");
+  EXPECT_EQ(first["retries"], 0);
+  EXPECT_EQ(j["requests"][1]["retries"], 2);
   EXPECT_EQ(first["output_tokens"], 11);
   EXPECT_NEAR(first["ttft_ms"].get<double>(), 100.0, 1e-9);
   EXPECT_NEAR(first["e2e_ms"].get<double>(), 1100.0, 1e-9);
@@ -632,6 +659,7 @@ TEST(Report, TableShowsCountsThroughputAndLatencies) {
   EXPECT_THAT(table, ContainsRegex("Failed requests: +3\n"));
   EXPECT_THAT(table, ContainsRegex("  RESOURCE_EXHAUSTED: +2\n"));
   EXPECT_THAT(table, ContainsRegex("  DEADLINE_EXCEEDED: +1\n"));
+  EXPECT_THAT(table, ContainsRegex("Retries \\(requests retried\\): +2 \\(1\\)\n"));
   EXPECT_THAT(table, ContainsRegex("Request throughput \\(req/s\\): +1\\.00\n"));
   EXPECT_THAT(table, ContainsRegex("Output token throughput \\(tok/s\\): +8\\.00\n"));
   EXPECT_THAT(table, HasSubstr("closed loop, concurrency 2"));
@@ -721,11 +749,30 @@ TEST(Request, StatusCodeNames) {
 // ---- Whole runs against a fake server ---------------------------------------------------------------------------
 
 // Streams max_tokens tokens two per message, 2 ms apart, then a final message with usage.
-// A prompt starting with token 999 is refused with RESOURCE_EXHAUSTED.
+// By the prompt's first token:
+//   999  refused with RESOURCE_EXHAUSTED;
+//   998  refused with UNAVAILABLE (trailers-only, as a draining gsa-server does) on the request
+//        id's first N attempts, N = the prompt's second token, then streamed;
+//   997  refused with CANCELLED on the request id's first attempt, then streamed;
+//   996  one message of one token, then UNAVAILABLE (a stream broken after it started).
+// GetModelInfo is refused with UNAVAILABLE while refuse_model_info > 0 (counting down).
 class FakeGeneration final : public gsa::v1::Generation::Service {
  public:
+  std::atomic<int> refuse_model_info{0};
+  std::atomic<int> model_info_calls{0};
+
+  // Generate calls received for `request_id`.
+  int Attempts(const std::string& request_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return attempts_[request_id];
+  }
+
   grpc::Status GetModelInfo(grpc::ServerContext*, const gsa::v1::GetModelInfoRequest*,
                             gsa::v1::ModelInfo* info) override {
+    ++model_info_calls;
+    if (refuse_model_info.fetch_sub(1) > 0) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is draining");
+    }
     info->set_model_dir("fake-model");
     info->set_backend("cpu");
     info->set_vocab_size(1000);
@@ -740,8 +787,26 @@ class FakeGeneration final : public gsa::v1::Generation::Service {
     if (!req->has_token_ids() || req->token_ids().ids_size() == 0) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no prompt ids");
     }
-    if (req->token_ids().ids(0) == 999) {
+    int attempt = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      attempt = attempts_[req->request_id()]++;
+    }
+    const int32_t first = req->token_ids().ids(0);
+    if (first == 999) {
       return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full");
+    }
+    if (first == 998 && req->token_ids().ids_size() > 1 && attempt < req->token_ids().ids(1)) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is draining");
+    }
+    if (first == 997 && attempt == 0) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "shutting down");
+    }
+    if (first == 996) {
+      gsa::v1::GenerateResponse msg;
+      msg.add_token_ids(10);
+      writer->Write(msg);
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection lost");
     }
     const int n = req->stopping().max_tokens();
     for (int sent = 0; sent < n;) {
@@ -758,6 +823,10 @@ class FakeGeneration final : public gsa::v1::Generation::Service {
     writer->Write(last);
     return grpc::Status::OK;
   }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, int> attempts_;  // request id → Generate calls
 };
 
 class FakeServerTest : public ::testing::Test {
@@ -779,7 +848,27 @@ class FakeServerTest : public ::testing::Test {
     o.target = "127.0.0.1:" + std::to_string(port_);
     o.progress = ProgressMode::kOff;
     o.connect_timeout_s = 5;
+    o.retry = FastRetries(3);
     return o;
+  }
+
+  static RetryPolicy FastRetries(int max_retries) {
+    RetryPolicy p;
+    p.max_retries = max_retries;
+    p.initial_backoff = std::chrono::milliseconds(1);
+    p.max_backoff = std::chrono::milliseconds(4);
+    return p;
+  }
+
+  // One request with prompt `ids` and max_tokens `max_tokens`, id "t-<index>".
+  RequestRecord Send(std::vector<int32_t> ids, int index, int max_retries, int max_tokens = 4) {
+    const std::unique_ptr<gsa::v1::Generation::Stub> stub = gsa::v1::Generation::NewStub(
+        grpc::CreateChannel(Options().target, grpc::InsecureChannelCredentials()));
+    WorkItem item;
+    item.prompt_ids = std::move(ids);
+    item.max_tokens = max_tokens;
+    return SendStreamingRequest(*stub, BuildGenerateRequest(item, Options(), index, "t-"), 10.0,
+                                FastRetries(max_retries), 1);
   }
 
   FakeGeneration service_;
@@ -793,8 +882,8 @@ TEST_F(FakeServerTest, MeasuresTtftItlAndTokensOfAStream) {
   WorkItem item;
   item.prompt_ids = {5, 6, 7, 8};
   item.max_tokens = 7;
-  const RequestRecord r =
-      SendStreamingRequest(*stub, BuildGenerateRequest(item, Options(), 0, "t-"), 10.0);
+  const RequestRecord r = SendStreamingRequest(
+      *stub, BuildGenerateRequest(item, Options(), 0, "t-"), 10.0, Options().retry, 1);
   ASSERT_TRUE(r.ok) << r.status << " " << r.error;
   EXPECT_EQ(r.status, "OK");
   EXPECT_EQ(r.finish_reason, "length");
@@ -823,13 +912,57 @@ TEST_F(FakeServerTest, ErrorsAreRecordedByStatusName) {
       grpc::CreateChannel(Options().target, grpc::InsecureChannelCredentials()));
   WorkItem item;
   item.prompt_ids = {999};
-  const RequestRecord r =
-      SendStreamingRequest(*stub, BuildGenerateRequest(item, Options(), 0, "t-"), 10.0);
+  const RequestRecord r = SendStreamingRequest(
+      *stub, BuildGenerateRequest(item, Options(), 0, "t-"), 10.0, Options().retry, 1);
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.status, "RESOURCE_EXHAUSTED");
   EXPECT_EQ(r.error, "queue full");
   EXPECT_FALSE(r.ttft_s.has_value());
   EXPECT_EQ(r.prompt_tokens, 1);  // no usage: the prompt sent
+  EXPECT_EQ(r.retries, 0);        // not a refusal before the start: never retried
+  EXPECT_EQ(service_.Attempts("t-0"), 1);
+}
+
+TEST_F(FakeServerTest, ARequestRefusedBeforeItStartedIsRetriedAndCounted) {
+  const RequestRecord r = Send({998, 2, 5}, 0, 3);  // refused twice with UNAVAILABLE
+  ASSERT_TRUE(r.ok) << r.status << " " << r.error;
+  EXPECT_EQ(r.retries, 2);
+  EXPECT_EQ(r.output_tokens, 4);
+  EXPECT_EQ(r.finish_reason, "length");
+  EXPECT_EQ(service_.Attempts("t-0"), 3);
+  // Timed from the first attempt: TTFT includes the refusals and the waits.
+  ASSERT_TRUE(r.ttft_s.has_value());
+  EXPECT_GE(*r.ttft_s, 0.0005 + 0.001);  // waits of at least 0.5 and 1 ms, then the first 2 ms
+}
+
+TEST_F(FakeServerTest, CancelledBeforeItStartedIsRetried) {
+  const RequestRecord r = Send({997, 5}, 0, 3);
+  ASSERT_TRUE(r.ok) << r.status << " " << r.error;
+  EXPECT_EQ(r.retries, 1);
+  EXPECT_EQ(service_.Attempts("t-0"), 2);
+}
+
+TEST_F(FakeServerTest, RefusalsBeyondMaxRetriesFailWithTheLastStatus) {
+  const RequestRecord r = Send({998, 5, 5}, 0, 2);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.status, "UNAVAILABLE");
+  EXPECT_EQ(r.error, "the server is draining");
+  EXPECT_EQ(r.retries, 2);
+  EXPECT_EQ(service_.Attempts("t-0"), 3);
+
+  const RequestRecord off = Send({998, 1, 5}, 1, 0);  // --max-retries 0
+  EXPECT_EQ(off.status, "UNAVAILABLE");
+  EXPECT_EQ(off.retries, 0);
+  EXPECT_EQ(service_.Attempts("t-1"), 1);
+}
+
+TEST_F(FakeServerTest, AStreamBrokenAfterItsFirstTokensIsNeverRetried) {
+  const RequestRecord r = Send({996, 5}, 0, 3);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.status, "UNAVAILABLE");
+  EXPECT_EQ(r.retries, 0);
+  EXPECT_EQ(r.output_tokens, 1);  // the token it streamed, which a retry would have repeated
+  EXPECT_EQ(service_.Attempts("t-0"), 1);
 }
 
 TEST_F(FakeServerTest, WholeClosedLoopRun) {
@@ -875,6 +1008,42 @@ TEST_F(FakeServerTest, OpenLoopRunFromAPromptsFileCountsErrors) {
   EXPECT_EQ(report->metrics.failed, 1);
   EXPECT_EQ(report->metrics.errors_by_status.at("RESOURCE_EXHAUSTED"), 1);
   EXPECT_EQ(report->metrics.total_output_tokens, 4);
+  std::remove(path.c_str());
+}
+
+TEST_F(FakeServerTest, GrpcRetriesGetModelInfoUnderTheRetryServiceConfig) {
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(RetryServiceConfigJson(FastRetries(3)));
+  const std::unique_ptr<gsa::v1::Generation::Stub> stub = gsa::v1::Generation::NewStub(
+      grpc::CreateCustomChannel(Options().target, grpc::InsecureChannelCredentials(), args));
+  service_.refuse_model_info = 2;
+  grpc::ClientContext context;
+  gsa::v1::ModelInfo info;
+  const grpc::Status s = stub->GetModelInfo(&context, gsa::v1::GetModelInfoRequest(), &info);
+  ASSERT_TRUE(s.ok()) << s.error_message();  // one call for the application, three for the server
+  EXPECT_EQ(info.model_dir(), "fake-model");
+  EXPECT_EQ(service_.model_info_calls, 3);
+}
+
+TEST_F(FakeServerTest, WholeRunRetriesRefusedRequestsAndReportsTheRetries) {
+  const std::string path = ::testing::TempDir() + "/bench_retry_prompts.jsonl";
+  {
+    std::ofstream f(path);
+    f << "{\"prompt_ids\": [5, 6]}\n{\"prompt_ids\": [998, 1, 6]}\n{\"prompt_ids\": [997, 6]}\n";
+  }
+  BenchOptions o = Options();
+  o.prompts_file = path;
+  o.concurrency = 3;
+  o.output_len = 3;
+  absl::StatusOr<BenchReport> report = RunBenchmark(o, RunEnvironment{});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->metrics.completed, 3);
+  EXPECT_EQ(report->metrics.failed, 0);
+  EXPECT_EQ(report->metrics.retries, 2);
+  EXPECT_EQ(report->metrics.retried_requests, 2);
+  const nlohmann::ordered_json j = ReportToJson(*report);
+  EXPECT_EQ(j["results"]["retries"], 2);
+  EXPECT_EQ(j["requests"][1]["retries"], 1);
   std::remove(path.c_str());
 }
 

@@ -182,6 +182,9 @@ std::map<std::string, FlagSpec> FlagTable() {
   t["--timeout-s"] = Double(0.0, true, kInf, true, [](BenchOptions& o, double v) {
     o.timeout_s = v;
   });
+  t["--max-retries"] = Int(0, kMaxRetriesLimit, [](BenchOptions& o, int64_t v) {
+    o.retry.max_retries = static_cast<int>(v);
+  });
   t["--connect-timeout-s"] = Double(0.0, true, kInf, true, [](BenchOptions& o, double v) {
     o.connect_timeout_s = v;
   });
@@ -279,7 +282,12 @@ Target and load
   --request-rate R          open loop: Poisson arrivals, R requests/s on average (seeded), or
                             inf to send everything at once; with --concurrency, also capped
   --warmup N                requests sent first and not counted (default 0)
-  --timeout-s S             per-request deadline in seconds (default 600)
+  --timeout-s S             per-request deadline in seconds, retries included (default 600)
+  --max-retries N           send a request again, up to N times (0 to 10, default 3), when it
+                            fails with UNAVAILABLE or CANCELLED before any response message
+                            arrived: it never started (a draining replica refused it), so no
+                            token is duplicated; waits 25-50 ms, doubling up to 0.5-1 s, within
+                            --timeout-s. Counted in the summary and the JSON (retries). 0: off
   --connect-timeout-s S     how long to wait for the server at start (default 10)
 
 Security (servers started with --tls-cert or --api-key-file)

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "clients/client_channel.h"
+#include "clients/retry_policy.h"
 
 namespace gsa::bench {
 
@@ -56,7 +57,8 @@ struct BenchOptions {
   AttentionMode attention = AttentionMode::kDefault;
 
   int64_t warmup = 0;          // requests sent (and waited for) first, not counted
-  double timeout_s = 600.0;    // per-request deadline
+  double timeout_s = 600.0;    // per-request deadline, retries included
+  RetryPolicy retry;           // --max-retries: requests refused before they started (retry_policy.h)
   double connect_timeout_s = 10.0;  // how long to wait for the server to answer GetModelInfo
   std::string json_file;       // where to write the JSON report; empty: none
   ProgressMode progress = ProgressMode::kAuto;

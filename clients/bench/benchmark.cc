@@ -13,6 +13,7 @@
 #include "clients/bench/progress.h"
 #include "clients/bench/stream_request.h"
 #include "clients/bench/workload.h"
+#include "clients/retry_policy.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -87,7 +88,8 @@ LoadResult RunItems(gsa::v1::Generation::StubInterface& stub, const BenchOptions
   const RequestFn send = [&](int64_t i) {
     const gsa::v1::GenerateRequest request = BuildGenerateRequest(
         items[static_cast<size_t>(first + i)], options, i, id_prefix);
-    return SendStreamingRequest(stub, request, options.timeout_s);
+    return SendStreamingRequest(stub, request, options.timeout_s, options.retry,
+                                options.seed + static_cast<uint64_t>(first + i));
   };
   const DoneFn done = [progress](const RequestRecord& r) {
     if (progress != nullptr) progress->OnRequestDone(r.ok);
@@ -109,6 +111,10 @@ std::string FirstError(const std::vector<RequestRecord>& records) {
 absl::StatusOr<BenchReport> RunBenchmark(const BenchOptions& options, const RunEnvironment& env) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
+  // gRPC retries GetModelInfo itself; Generate is retried by SendStreamingRequest (counted).
+  if (const std::string config = RetryServiceConfigJson(options.retry); !config.empty()) {
+    args.SetServiceConfigJSON(config);
+  }
   const absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
       CreateClientChannel(options.target, options.security, args);
   if (!channel.ok()) return channel.status();

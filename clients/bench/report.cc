@@ -77,6 +77,8 @@ BenchMetrics ComputeMetrics(const std::vector<RequestRecord>& records, double du
   std::vector<double> itl;
   std::vector<double> e2e;
   for (const RequestRecord& r : records) {
+    m.retries += r.retries;
+    m.retried_requests += r.retries > 0 ? 1 : 0;
     if (!r.ok) {
       ++m.failed;
       ++m.errors_by_status[r.status.empty() ? std::string("UNKNOWN") : r.status];
@@ -119,6 +121,7 @@ std::string FormatSummaryTable(const BenchReport& report) {
   for (const auto& [status, count] : m.errors_by_status) {
     out += Row(absl::StrCat("  ", status, ":"), absl::StrCat(count));
   }
+  out += Row("Retries (requests retried):", absl::StrCat(m.retries, " (", m.retried_requests, ")"));
   out += Row("Benchmark duration (s):", absl::StrFormat("%.2f", m.duration_s));
   out += Row("Total input tokens:", absl::StrCat(m.total_input_tokens));
   out += Row("Total generated tokens:", absl::StrCat(m.total_output_tokens));
@@ -179,6 +182,7 @@ nlohmann::ordered_json OptionsToJson(const BenchOptions& o) {
   j["attention"] = AttentionModeName(o.attention);
   j["warmup"] = o.warmup;
   j["timeout_s"] = o.timeout_s;
+  j["max_retries"] = o.retry.max_retries;
   j["connect_timeout_s"] = o.connect_timeout_s;
   return j;
 }
@@ -218,6 +222,7 @@ nlohmann::ordered_json RecordToJson(const RequestRecord& r) {
   j["start_ms"] = r.start_s * kMs;
   j["status"] = r.status;
   if (!r.error.empty()) j["error"] = r.error;
+  j["retries"] = r.retries;
   j["finish_reason"] = r.finish_reason.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(r.finish_reason);
   j["prompt_tokens"] = r.prompt_tokens;
   j["output_tokens"] = r.output_tokens;
@@ -243,6 +248,8 @@ nlohmann::ordered_json ReportToJson(const BenchReport& report) {
   results["failed"] = m.failed;
   results["errors"] = nlohmann::ordered_json::object();
   for (const auto& [status, count] : m.errors_by_status) results["errors"][status] = count;
+  results["retries"] = m.retries;
+  results["retried_requests"] = m.retried_requests;
   results["warmup_requests"] = report.warmup_requests;
   results["warmup_failed"] = report.warmup_failed;
   results["duration_s"] = m.duration_s;

@@ -23,6 +23,8 @@ struct BenchMetrics {
   int64_t completed = 0;                           // successful requests
   int64_t failed = 0;
   std::map<std::string, int64_t> errors_by_status;  // status name → failed requests
+  int64_t retries = 0;           // attempts after the first, over all requests (ok or failed)
+  int64_t retried_requests = 0;  // requests with at least one retry
   double duration_s = 0.0;
   int64_t total_input_tokens = 0;    // prompt tokens of successful requests
   int64_t total_output_tokens = 0;   // generated tokens of successful requests

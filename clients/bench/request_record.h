@@ -12,14 +12,17 @@ struct RequestRecord {
   int64_t index = 0;      // position in the workload
   double start_s = 0.0;   // when it was sent, seconds after the run started
   bool ok = false;        // gRPC OK and a finish reason other than ERROR
-  std::string status;     // gRPC status code name ("OK", "DEADLINE_EXCEEDED", ...), or
-                          // "FINISH_REASON_ERROR" when the stream ended OK with an error finish
+  std::string status;     // gRPC status code name ("OK", "DEADLINE_EXCEEDED", ...) of the last
+                          // attempt, or "FINISH_REASON_ERROR" when the stream ended OK with an
+                          // error finish
+  int retries = 0;        // attempts after the first (refused before any response; see
+                          // clients/retry_policy.h)
   std::string error;      // the status message when not ok
   std::string finish_reason;   // "length", "stop", "eos", "cancelled", "error"; empty: none seen
   int64_t prompt_tokens = 0;   // from the final message's usage; else the prompt ids sent
   int64_t output_tokens = 0;   // from usage; else the token ids received
-  std::optional<double> ttft_s;  // send → first message carrying tokens
-  double e2e_s = 0.0;            // send → stream finished
+  std::optional<double> ttft_s;  // first send → first message carrying tokens
+  double e2e_s = 0.0;            // first send → stream finished (refused attempts included)
   std::vector<double> itl_s;     // one per token after the first message: the gap between its
                                  // message and the previous token-bearing one ÷ tokens in it
 };

@@ -14,45 +14,23 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-}  // namespace
-
-gsa::v1::GenerateRequest BuildGenerateRequest(const WorkItem& item, const BenchOptions& options,
-                                              int64_t index, const std::string& id_prefix) {
-  gsa::v1::GenerateRequest req;
-  req.set_request_id(absl::StrCat(id_prefix, index));
-  if (item.is_text) {
-    req.set_text(item.text);
-  } else {
-    req.mutable_token_ids()->mutable_ids()->Add(item.prompt_ids.begin(), item.prompt_ids.end());
-  }
-  req.mutable_sampling()->set_temperature(options.temperature);
-  if (options.temperature > 0.0f) {
-    req.mutable_sampling()->set_seed(options.seed + static_cast<uint64_t>(index));
-  }
-  req.mutable_stopping()->set_max_tokens(item.max_tokens);
-  req.mutable_stopping()->set_ignore_eos(options.ignore_eos);
-  req.set_attention(options.attention == AttentionMode::kDense ? gsa::v1::ATTENTION_DENSE
-                                                               : gsa::v1::ATTENTION_DEFAULT);
-  return req;
-}
-
-RequestRecord SendStreamingRequest(gsa::v1::Generation::StubInterface& stub,
-                                   const gsa::v1::GenerateRequest& request, double timeout_s) {
-  RequestRecord record;
+// One attempt of `request`, recorded into `record` (timed from `sent`, the first attempt's send).
+AttemptResult StreamOnce(gsa::v1::Generation::StubInterface& stub,
+                         const gsa::v1::GenerateRequest& request,
+                         std::chrono::system_clock::time_point deadline, Clock::time_point sent,
+                         RequestRecord& record) {
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                           std::chrono::duration<double>(timeout_s)));
-
-  const Clock::time_point sent = Clock::now();
+  context.set_deadline(deadline);
   std::unique_ptr<grpc::ClientReaderInterface<gsa::v1::GenerateResponse>> reader =
       stub.Generate(&context, request);
   gsa::v1::GenerateResponse msg;
   Clock::time_point last_tokens = sent;
   int64_t tokens_seen = 0;
+  bool any_message = false;
   bool have_usage = false;
   gsa::v1::FinishReason finish = gsa::v1::FINISH_REASON_UNSPECIFIED;
   while (reader->Read(&msg)) {
+    any_message = true;
     const Clock::time_point now = Clock::now();
     const int n = msg.token_ids_size();
     if (n > 0) {
@@ -91,6 +69,45 @@ RequestRecord SendStreamingRequest(gsa::v1::Generation::StubInterface& stub,
     record.ok = true;
     record.status = "OK";
   }
+  return AttemptResult{status, any_message};
+}
+
+}  // namespace
+
+gsa::v1::GenerateRequest BuildGenerateRequest(const WorkItem& item, const BenchOptions& options,
+                                              int64_t index, const std::string& id_prefix) {
+  gsa::v1::GenerateRequest req;
+  req.set_request_id(absl::StrCat(id_prefix, index));
+  if (item.is_text) {
+    req.set_text(item.text);
+  } else {
+    req.mutable_token_ids()->mutable_ids()->Add(item.prompt_ids.begin(), item.prompt_ids.end());
+  }
+  req.mutable_sampling()->set_temperature(options.temperature);
+  if (options.temperature > 0.0f) {
+    req.mutable_sampling()->set_seed(options.seed + static_cast<uint64_t>(index));
+  }
+  req.mutable_stopping()->set_max_tokens(item.max_tokens);
+  req.mutable_stopping()->set_ignore_eos(options.ignore_eos);
+  req.set_attention(options.attention == AttentionMode::kDense ? gsa::v1::ATTENTION_DENSE
+                                                               : gsa::v1::ATTENTION_DEFAULT);
+  return req;
+}
+
+RequestRecord SendStreamingRequest(gsa::v1::Generation::StubInterface& stub,
+                                   const gsa::v1::GenerateRequest& request, double timeout_s,
+                                   const RetryPolicy& retry, uint64_t jitter_seed) {
+  const std::chrono::system_clock::time_point deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::duration<double>(timeout_s));
+  const Clock::time_point sent = Clock::now();
+  RequestRecord record;
+  const RetriedCall call = CallWithRetries(retry, deadline, jitter_seed, [&](int) {
+    record = RequestRecord();
+    return StreamOnce(stub, request, deadline, sent, record);
+  });
+  record.retries = call.retries;
   return record;
 }
 
