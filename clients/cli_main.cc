@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <iostream>
 #include <random>
 #include <string>
@@ -24,6 +26,7 @@ const char kUsage[] = R"(gsa-cli: send one request to a gsa-server
 
   gsa-cli [flags] "prompt text"           stream a completion
   gsa-cli --prompt-ids 1,2,3 [flags]      prompt as token ids
+  gsa-cli --prompt-file FILE [flags]      prompt text from FILE ("-": stdin), for long prompts
   gsa-cli --tokenize "text"               token ids and pieces
   gsa-cli --model-info                    what the server serves
 
@@ -182,6 +185,20 @@ int main(int argc, char** argv) {
     } else if (a == "--prompt-ids") {
       const std::string* v = value();
       ok = v != nullptr && ParseIds(*v, req.mutable_token_ids()->mutable_ids());
+    } else if (a == "--prompt-file") {
+      const std::string* v = value();
+      ok = v != nullptr;
+      if (ok) {
+        if (have_text) return Fail("give the prompt once: as an argument or with --prompt-file");
+        std::ifstream file_in;
+        if (*v != "-") {
+          file_in.open(*v, std::ios::binary);
+          if (!file_in) return Fail(absl::StrCat("--prompt-file ", *v, ": cannot open it for reading"));
+        }
+        std::istream& in = *v == "-" ? std::cin : file_in;
+        text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        have_text = true;
+      }
     } else if (a == "--request-id") {
       const std::string* v = value();
       ok = v != nullptr;
@@ -202,7 +219,7 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--", 0) == 0) {
       return Fail(absl::StrCat("unknown flag ", a, "; see --help"));
     } else {
-      if (have_text) return Fail("give the prompt as one argument (quote it)");
+      if (have_text) return Fail("give the prompt once: as one (quoted) argument or with --prompt-file");
       text = a;
       have_text = true;
     }

@@ -1,0 +1,736 @@
+// Token selection kernels (kernels/selection.h): per-row score statistics, k_t per row with the
+// per-sequence running variance sum, and exact top-k with the tie rule of MODEL.md.
+//
+// Top-k design (both paths compute the same exact function, so results are bitwise identical):
+//  - Every score maps to an order-preserving uint32 key (OrderKey): −0 → +0 and NaN → −inf first,
+//    so equal keys ⇔ scores the CPU oracle treats as equal.
+//  - Radix select of the k-th largest key, most significant digit first, in 3 passes of 11/11/10
+//    bits. The state (mask, prefix, kneed) describes the threshold found so far: keys with
+//    (key & mask) > prefix are certainly selected ("gt"); among keys with (key & mask) == prefix
+//    ("eq"), kneed more are needed. A pass histograms the eq keys by their next digit, picks the
+//    digit bucket that holds the kneed-th largest and refines the state. It stops early once every
+//    eq key is needed (bucket count == kneed); after the last pass mask = ~0 and prefix is the key.
+//    Invariant: #gt = kk − kneed, where kk = min(k, n).
+//  - Ordered compaction: walk positions from the highest down ("descending index" j = n − 1 − p);
+//    a position is selected if gt, or eq and fewer than kneed eq positions come before it in that
+//    walk (the tie rule: later positions first). Its output slot is
+//      #gt before it + min(#eq before it, kneed),
+//    so the output comes out sorted by position descending without a sort. Counts "before" come
+//    from warp ballots + a block scan per tile (single block) and, in the multi-block path, from
+//    per-block counts summed over the preceding blocks.
+//  - Single-block path: one block per row does everything (histograms in shared memory).
+//  - Multi-block path (few long rows): each row split over many blocks; one kernel per radix pass
+//    (per-block shared histograms added into a global per-row histogram with integer atomics, which
+//    is order-independent; the last block to finish, by an atomic ticket, picks the digit and stores
+//    the next state), then a counting kernel and a writing kernel. No kernel waits for another
+//    block, so nothing assumes co-residency.
+#include "kernels/selection.h"
+
+#include <cstdint>
+
+namespace gsa::kernels {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---- Radix select constants --------------------------------------------------------------------
+constexpr int kRadixBits = 11;
+constexpr int kRadix = 1 << kRadixBits;  // histogram bins (the 10-bit pass uses the lower half)
+constexpr int kNumPasses = 3;
+
+__host__ __device__ constexpr int PassShift(int p) { return p == 0 ? 21 : (p == 1 ? 10 : 0); }
+__host__ __device__ constexpr uint32_t PassDigitMask(int p) { return p == 2 ? 0x3FFu : 0x7FFu; }
+
+// Single-block path.
+constexpr int kSbThreads = 512;
+constexpr int kSbItems = 8;  // per thread per compaction tile: a tile is 4096 positions
+
+// Multi-block path.
+constexpr int kMbThreads = 256;
+constexpr int kMbItems = 4;                    // compaction tile: 1024 positions
+constexpr int64_t kMbMinCandidates = 16384;    // below this one block per row is fast enough
+constexpr int64_t kMbMaxRows = 64;             // above this, one block per row fills the GPU
+constexpr int64_t kMbSegMin = 1024;            // fewest positions per block (per row)
+constexpr int64_t kMbMaxGridBlocks = 1024;     // blocks per row × rows, at most (also per row)
+
+// Per-row workspace layout of the multi-block path, in uint32 words.
+constexpr int64_t kWsHistOff = 0;                                    // [kNumPasses][kRadix]
+constexpr int64_t kWsCounterOff = kWsHistOff + kNumPasses * kRadix;  // [kNumPasses] tickets (+pad)
+constexpr int64_t kWsStateOff = kWsCounterOff + 4;                   // [kNumPasses + 1][4]
+constexpr int64_t kWsCountsOff = kWsStateOff + 4 * (kNumPasses + 1); // [nb][2] (gt, eq) per block
+static_assert(kNumPasses <= 4, "counter area holds 4 words");
+
+__host__ __device__ constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks per row the workspace must allow for rows of up to `max_candidates`.
+int64_t MbMaxBlocksPerRow(int64_t max_candidates) {
+  const int64_t nb = CeilDiv(max_candidates, kMbSegMin);
+  return nb < 1 ? 1 : (nb > kMbMaxGridBlocks ? kMbMaxGridBlocks : nb);
+}
+
+int64_t MbRowWords(int64_t nb_max) {
+  const int64_t words = kWsCountsOff + 2 * nb_max;
+  return CeilDiv(words, 64) * 64;  // 256-byte aligned rows
+}
+
+// ---- Keys --------------------------------------------------------------------------------------
+
+// Order-preserving key: a > b (as the CPU oracle compares scores, −0 == +0, NaN as −inf) ⇔
+// OrderKey(a) > OrderKey(b), and equal scores ⇔ equal keys. Bit operations only (no FTZ effects).
+__device__ __forceinline__ uint32_t OrderKey(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) u = 0xFF800000u;  // NaN → −inf
+  if (u == 0x80000000u) u = 0u;                          // −0 → +0
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The radix-select state; see the file comment.
+struct SelectState {
+  uint32_t mask;
+  uint32_t prefix;
+  int32_t kneed;
+  int32_t done;
+};
+
+__device__ __forceinline__ SelectState InitState(int32_t kk, int64_t n) {
+  SelectState s;
+  s.mask = 0u;
+  s.prefix = 0u;
+  s.kneed = kk;
+  // k ≥ n: every position; with mask 0 every key is "eq" and all n are needed.
+  s.done = (static_cast<int64_t>(kk) >= n) ? 1 : 0;
+  return s;
+}
+
+// One chunk row of a top-k launch, validated.
+struct TopKRow {
+  const float* scores;  // scores of positions 0 … n-1
+  int64_t n;            // position + 1
+  int32_t kk;           // positions to write: min(k, n, sel_stride)
+  int32_t* out;         // sel + r * sel_stride
+};
+
+// False for rows that write nothing: dense rows, and (contract violations, skipped defensively)
+// k ≤ 0 or a negative position.
+__device__ __forceinline__ bool LoadTopKRow(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
+                                            int32_t* sel, int64_t sel_stride, int64_t chunk_row, TopKRow* row) {
+  const int64_t r = chunk.row_begin + chunk_row;
+  if (rows.dense[r] != 0) return false;
+  const int64_t n = static_cast<int64_t>(rows.position[r]) + 1;
+  int64_t kk = k[r];
+  if (n <= 0 || kk <= 0) return false;
+  if (kk > n) kk = n;
+  if (kk > sel_stride) kk = sel_stride;  // contract violation; never write past the row
+  row->scores = chunk.scores + chunk.score_offset[chunk_row];
+  row->n = n;
+  row->kk = static_cast<int32_t>(kk);
+  row->out = sel + r * sel_stride;
+  return true;
+}
+
+// ---- Block primitives (blockDim.x must equal NT) -----------------------------------------------
+
+// Exclusive prefix sum of v over threads in threadIdx order; *total = the sum over the block.
+// Contains two __syncthreads (all threads must call it); s_warp: [NT / 32].
+template <int NT>
+__device__ __forceinline__ int32_t BlockExclusiveSum(int32_t v, int32_t* s_warp, int32_t* total) {
+  static_assert(NT % 32 == 0 && NT <= 1024, "block size");
+  constexpr int kWarps = NT / 32;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  int32_t incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int32_t y = __shfl_up_sync(kFullMask, incl, o);
+    if (lane >= o) incl += y;
+  }
+  if (lane == 31) s_warp[warp] = incl;
+  __syncthreads();
+  int32_t before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const int32_t x = s_warp[w];
+    if (w < warp) before += x;
+    all += x;
+  }
+  __syncthreads();  // s_warp may be reused after return
+  *total = all;
+  return before + incl - v;
+}
+
+// Histogram into s_hist of the keys of positions [p0, p1) with (key & mask) == prefix, by digit
+// (key >> shift) & dmask. Threads (tid of nthreads) take positions p0 + tid + q·nthreads, four
+// loads in flight. Shared-memory integer atomics: the result does not depend on order.
+__device__ __forceinline__ void HistogramRange(const float* __restrict__ scores, int64_t p0, int64_t p1,
+                                               uint32_t mask, uint32_t prefix, int shift, uint32_t dmask,
+                                               int32_t* s_hist, int tid, int nthreads) {
+  constexpr int kUnroll = 4;
+  const int64_t step = static_cast<int64_t>(nthreads);
+  for (int64_t base = p0 + tid; base < p1; base += step * kUnroll) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t p = base + u * step;
+      v[u] = p < p1 ? __ldg(scores + p) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t p = base + u * step;
+      if (p < p1) {
+        const uint32_t key = OrderKey(v[u]);
+        if ((key & mask) == prefix) atomicAdd(&s_hist[(key >> shift) & dmask], 1);
+      }
+    }
+  }
+}
+
+// Given the complete histogram of pass p in s_hist (visible to all threads: caller synced after
+// filling it), finds the digit bucket holding the kneed-th largest eq key and returns the refined
+// state. All threads must call it; all get the same result. s_warp: [NT/32]; s_result: [3].
+// Ends with a __syncthreads after s_result is written; s_hist is only read before the first
+// internal barrier, so the caller may overwrite it after return.
+template <int NT>
+__device__ SelectState AdvanceState(SelectState st, int pass, const int32_t* s_hist, int32_t* s_warp,
+                                    int32_t* s_result) {
+  static_assert(kRadix % NT == 0, "bins per thread");
+  constexpr int kBinsPerThread = kRadix / NT;
+  const int tid = threadIdx.x;
+  // Thread t owns bins in descending digit order: kRadix-1 - (t*B + i), so the exclusive sum over
+  // threads is the number of eq keys with a larger digit.
+  int32_t c[kBinsPerThread];
+  int32_t local = 0;
+#pragma unroll
+  for (int i = 0; i < kBinsPerThread; ++i) {
+    c[i] = s_hist[kRadix - 1 - (tid * kBinsPerThread + i)];
+    local += c[i];
+  }
+  if (tid == 0) s_result[0] = -1;  // "not found" unless a thread finds the bucket below
+  int32_t total;
+  int32_t running = BlockExclusiveSum<NT>(local, s_warp, &total);  // barriers order the write above
+  const int32_t kneed = st.kneed;
+#pragma unroll
+  for (int i = 0; i < kBinsPerThread; ++i) {
+    if (running < kneed && kneed <= running + c[i]) {  // exactly one (thread, i) satisfies this
+      s_result[0] = kRadix - 1 - (tid * kBinsPerThread + i);
+      s_result[1] = running;
+      s_result[2] = c[i];
+    }
+    running += c[i];
+  }
+  __syncthreads();
+  const int32_t digit = s_result[0];
+  const int32_t above = s_result[1];
+  const int32_t count = s_result[2];
+  // s_result is written again only in the next AdvanceState, after at least two more barriers.
+  if (digit < 0) {
+    // Unreachable while the invariant (eq count ≥ kneed) holds; keep the state usable.
+    st.done = 1;
+    return st;
+  }
+  const int shift = PassShift(pass);
+  st.prefix |= static_cast<uint32_t>(digit) << shift;
+  st.mask |= PassDigitMask(pass) << shift;
+  st.kneed = kneed - above;
+  st.done = (count == st.kneed || pass == kNumPasses - 1) ? 1 : 0;
+  return st;
+}
+
+// Ordered compaction over descending indices [j_begin, j_end) of a row (position = n-1-j), with
+// carry_g / carry_e the gt / eq counts of all descending indices before j_begin. Writes each
+// selected position p to out[#gt before + min(#eq before, kneed)]. Tiles of NT*ITEMS: warp w takes
+// the w-th run of 32*ITEMS indices, in ITEMS sub-rows of 32 lanes (coalesced loads, descending
+// addresses). All threads must call it with identical scalar arguments (loop and break uniform).
+// s_tot: [2 buffers][gt, eq][NT/32], double-buffered so one barrier per tile suffices.
+template <int NT, int ITEMS>
+__device__ void OrderedCompact(const float* __restrict__ scores, int64_t n, int64_t j_begin, int64_t j_end,
+                               const SelectState& st, int32_t carry_g, int32_t carry_e, int32_t* __restrict__ out,
+                               int32_t out_limit, int32_t (*s_tot)[2][NT / 32]) {
+  constexpr int kWarps = NT / 32;
+  constexpr int64_t kTile = static_cast<int64_t>(NT) * ITEMS;
+  constexpr int kWarpSpan = 32 * ITEMS;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const uint32_t lt_mask = (1u << lane) - 1u;
+  const int32_t kneed = st.kneed;
+  const int32_t cnt_gt = out_limit - kneed;  // #gt over the whole row (invariant)
+  int buf = 0;
+  for (int64_t tile = j_begin; tile < j_end; tile += kTile) {
+    if (carry_g >= cnt_gt && carry_e >= kneed) break;  // everything selected has been written
+    const int64_t j0 = tile + static_cast<int64_t>(warp) * kWarpSpan + lane;
+    float v[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int64_t j = j0 + i * 32;
+      v[i] = j < j_end ? __ldg(scores + (n - 1 - j)) : 0.0f;
+    }
+    uint32_t bg[ITEMS], be[ITEMS];
+    int32_t wg = 0, we = 0;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int64_t j = j0 + i * 32;
+      const uint32_t km = OrderKey(v[i]) & st.mask;
+      const bool valid = j < j_end;
+      bg[i] = __ballot_sync(kFullMask, valid && km > st.prefix);
+      be[i] = __ballot_sync(kFullMask, valid && km == st.prefix);
+      wg += __popc(bg[i]);
+      we += __popc(be[i]);
+    }
+    if (lane == 0) {
+      s_tot[buf][0][warp] = wg;
+      s_tot[buf][1][warp] = we;
+    }
+    __syncthreads();
+    int32_t pre_g = 0, pre_e = 0, tot_g = 0, tot_e = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const int32_t xg = s_tot[buf][0][w];
+      const int32_t xe = s_tot[buf][1][w];
+      if (w < warp) {
+        pre_g += xg;
+        pre_e += xe;
+      }
+      tot_g += xg;
+      tot_e += xe;
+    }
+    int32_t run_g = carry_g + pre_g;
+    int32_t run_e = carry_e + pre_e;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const bool gt = ((bg[i] >> lane) & 1u) != 0;
+      const bool eq = ((be[i] >> lane) & 1u) != 0;
+      const int32_t g_before = run_g + __popc(bg[i] & lt_mask);
+      const int32_t e_before = run_e + __popc(be[i] & lt_mask);
+      int32_t idx = -1;
+      if (gt) {
+        idx = g_before + min(e_before, kneed);
+      } else if (eq && e_before < kneed) {
+        idx = g_before + e_before;
+      }
+      if (idx >= 0 && idx < out_limit) {
+        const int64_t j = j0 + i * 32;
+        out[idx] = static_cast<int32_t>(n - 1 - j);
+      }
+      run_g += __popc(bg[i]);
+      run_e += __popc(be[i]);
+    }
+    carry_g += tot_g;
+    carry_e += tot_e;
+    // The next tile writes the other buffer; this buffer is rewritten two tiles on, after the next
+    // tile's barrier, which every thread reaches only after finishing its reads above.
+    buf ^= 1;
+  }
+}
+
+// Counts (gt, eq) over positions [p0, p1) of a row: per thread, then summed over the block.
+template <int NT>
+__device__ void CountRange(const float* __restrict__ scores, int64_t p0, int64_t p1, const SelectState& st,
+                           int32_t* s_warp, int32_t* gt_total, int32_t* eq_total) {
+  int32_t g = 0, e = 0;
+  constexpr int kUnroll = 4;
+  const int tid = threadIdx.x;
+  for (int64_t base = p0 + tid; base < p1; base += static_cast<int64_t>(NT) * kUnroll) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t p = base + static_cast<int64_t>(u) * NT;
+      v[u] = p < p1 ? __ldg(scores + p) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t p = base + static_cast<int64_t>(u) * NT;
+      if (p < p1) {
+        const uint32_t km = OrderKey(v[u]) & st.mask;
+        g += km > st.prefix ? 1 : 0;
+        e += km == st.prefix ? 1 : 0;
+      }
+    }
+  }
+  BlockExclusiveSum<NT>(g, s_warp, gt_total);
+  BlockExclusiveSum<NT>(e, s_warp, eq_total);
+}
+
+// ---- Single-block top-k ------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(kSbThreads) TopKSingleBlockKernel(ScoreChunk chunk, RowInfo rows, const int32_t* k,
+                                                                    int32_t* sel, int64_t sel_stride) {
+  __shared__ int32_t s_hist[kRadix];
+  __shared__ int32_t s_warp[kSbThreads / 32];
+  __shared__ int32_t s_result[3];
+  __shared__ int32_t s_tot[2][2][kSbThreads / 32];
+
+  TopKRow row;
+  if (!LoadTopKRow(chunk, rows, k, sel, sel_stride, blockIdx.x, &row)) return;  // uniform per block
+  const int tid = threadIdx.x;
+  SelectState st = InitState(row.kk, row.n);
+  for (int pass = 0; pass < kNumPasses && !st.done; ++pass) {  // st is uniform across the block
+    for (int i = tid; i < kRadix; i += kSbThreads) s_hist[i] = 0;
+    __syncthreads();
+    HistogramRange(row.scores, 0, row.n, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass), s_hist, tid,
+                   kSbThreads);
+    __syncthreads();
+    st = AdvanceState<kSbThreads>(st, pass, s_hist, s_warp, s_result);
+  }
+  OrderedCompact<kSbThreads, kSbItems>(row.scores, row.n, 0, row.n, st, 0, 0, row.out, row.kk, s_tot);
+}
+
+// ---- Multi-block top-k -------------------------------------------------------------------------
+
+struct MbArgs {
+  ScoreChunk chunk;
+  RowInfo rows;
+  const int32_t* k;
+  int32_t* sel;
+  int64_t sel_stride;
+  uint32_t* ws;       // [row_count][row_words]
+  int64_t row_words;
+  int64_t seg;        // descending indices per block; the last block also takes the rest of the row
+};
+
+// Block b of a row (gridDim.x blocks) covers descending indices [*jb, *je) of a row of n.
+__device__ __forceinline__ void MbSegment(int64_t seg, int64_t n, int64_t* jb, int64_t* je) {
+  const int64_t b = blockIdx.x;
+  *jb = min(b * seg, n);
+  *je = (b == static_cast<int64_t>(gridDim.x) - 1) ? n : min((b + 1) * seg, n);
+}
+
+__device__ __forceinline__ SelectState MbLoadState(const uint32_t* ws, int slot) {
+  const uint32_t* s = ws + kWsStateOff + 4 * slot;
+  SelectState st;
+  st.mask = s[0];
+  st.prefix = s[1];
+  st.kneed = static_cast<int32_t>(s[2]);
+  st.done = static_cast<int32_t>(s[3]);
+  return st;
+}
+
+__device__ __forceinline__ void MbStoreState(uint32_t* ws, int slot, const SelectState& st) {
+  uint32_t* s = ws + kWsStateOff + 4 * slot;
+  s[0] = st.mask;
+  s[1] = st.prefix;
+  s[2] = static_cast<uint32_t>(st.kneed);
+  s[3] = static_cast<uint32_t>(st.done);
+}
+
+// Radix pass `pass` for every row of the grid (gridDim.y rows, gridDim.x blocks each). State slot
+// `pass` is the state before the pass (slot 0 is computed, not stored); slot pass+1 after it.
+// Workspace histograms and tickets must be zero at launch (TopK memsets them).
+__global__ void __launch_bounds__(kMbThreads) TopKMbHistogramKernel(MbArgs a, int pass) {
+  __shared__ int32_t s_hist[kRadix];
+  __shared__ int32_t s_warp[kMbThreads / 32];
+  __shared__ int32_t s_result[3];
+  __shared__ int32_t s_is_last;
+
+  TopKRow row;
+  if (!LoadTopKRow(a.chunk, a.rows, a.k, a.sel, a.sel_stride, blockIdx.y, &row)) return;  // whole row skips
+  uint32_t* ws = a.ws + static_cast<int64_t>(blockIdx.y) * a.row_words;
+  const int tid = threadIdx.x;
+  const SelectState st = pass == 0 ? InitState(row.kk, row.n) : MbLoadState(ws, pass);
+  if (st.done) {  // uniform over the row's blocks: one of them carries the state forward
+    if (blockIdx.x == 0 && tid == 0) MbStoreState(ws, pass + 1, st);
+    return;
+  }
+  int64_t jb, je;
+  MbSegment(a.seg, row.n, &jb, &je);
+
+  for (int i = tid; i < kRadix; i += kMbThreads) s_hist[i] = 0;
+  __syncthreads();
+  // Descending indices [jb, je) are positions [n - je, n - jb).
+  HistogramRange(row.scores, row.n - je, row.n - jb, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass),
+                 s_hist, tid, kMbThreads);
+  __syncthreads();
+  uint32_t* g_hist = ws + kWsHistOff + static_cast<int64_t>(pass) * kRadix;
+  for (int i = tid; i < kRadix; i += kMbThreads) {
+    const int32_t c = s_hist[i];
+    if (c != 0) atomicAdd(&g_hist[i], static_cast<uint32_t>(c));
+  }
+  // Last-block pattern (CUDA programming guide, "memory fence functions"): every thread fences its
+  // histogram atomics, the block syncs, one thread fences again and takes a ticket.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    __threadfence();
+    const uint32_t ticket = atomicAdd(ws + kWsCounterOff + pass, 1u);
+    s_is_last = (ticket == gridDim.x - 1) ? 1 : 0;
+  }
+  __syncthreads();
+  if (!s_is_last) return;
+  __threadfence();
+  for (int i = tid; i < kRadix; i += kMbThreads) s_hist[i] = static_cast<int32_t>(__ldcg(&g_hist[i]));
+  __syncthreads();
+  const SelectState next = AdvanceState<kMbThreads>(st, pass, s_hist, s_warp, s_result);
+  if (tid == 0) MbStoreState(ws, pass + 1, next);
+}
+
+// (gt, eq) counts of each block's segment under the final state.
+__global__ void __launch_bounds__(kMbThreads) TopKMbCountKernel(MbArgs a) {
+  __shared__ int32_t s_warp[kMbThreads / 32];
+  TopKRow row;
+  if (!LoadTopKRow(a.chunk, a.rows, a.k, a.sel, a.sel_stride, blockIdx.y, &row)) return;
+  uint32_t* ws = a.ws + static_cast<int64_t>(blockIdx.y) * a.row_words;
+  const SelectState st = MbLoadState(ws, kNumPasses);
+  int64_t jb, je;
+  MbSegment(a.seg, row.n, &jb, &je);
+  int32_t g, e;
+  CountRange<kMbThreads>(row.scores, row.n - je, row.n - jb, st, s_warp, &g, &e);
+  if (threadIdx.x == 0) {
+    ws[kWsCountsOff + 2 * static_cast<int64_t>(blockIdx.x)] = static_cast<uint32_t>(g);
+    ws[kWsCountsOff + 2 * static_cast<int64_t>(blockIdx.x) + 1] = static_cast<uint32_t>(e);
+  }
+}
+
+// Writes each block's selected positions: carries are the counts of the preceding blocks.
+__global__ void __launch_bounds__(kMbThreads) TopKMbWriteKernel(MbArgs a) {
+  __shared__ int32_t s_warp[kMbThreads / 32];
+  __shared__ int32_t s_tot[2][2][kMbThreads / 32];
+  TopKRow row;
+  if (!LoadTopKRow(a.chunk, a.rows, a.k, a.sel, a.sel_stride, blockIdx.y, &row)) return;
+  const uint32_t* ws = a.ws + static_cast<int64_t>(blockIdx.y) * a.row_words;
+  const SelectState st = MbLoadState(ws, kNumPasses);
+  int32_t g = 0, e = 0;
+  for (int b = threadIdx.x; b < static_cast<int>(blockIdx.x); b += kMbThreads) {
+    g += static_cast<int32_t>(ws[kWsCountsOff + 2 * static_cast<int64_t>(b)]);
+    e += static_cast<int32_t>(ws[kWsCountsOff + 2 * static_cast<int64_t>(b) + 1]);
+  }
+  int32_t carry_g, carry_e;
+  BlockExclusiveSum<kMbThreads>(g, s_warp, &carry_g);
+  BlockExclusiveSum<kMbThreads>(e, s_warp, &carry_e);
+  int64_t jb, je;
+  MbSegment(a.seg, row.n, &jb, &je);
+  OrderedCompact<kMbThreads, kMbItems>(row.scores, row.n, jb, je, st, carry_g, carry_e, row.out, row.kk, s_tot);
+}
+
+// ---- Statistics --------------------------------------------------------------------------------
+
+constexpr int kStatsThreads = 512;
+
+// Deterministic block sum: warp shuffle tree, then the warp sums added in warp order by every
+// thread. All threads get the total. s_warp: [NT/32]; two barriers.
+template <int NT>
+__device__ __forceinline__ double BlockSumDouble(double v, double* s_warp) {
+  constexpr int kWarps = NT / 32;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(kFullMask, v, o);
+  if (lane == 0) s_warp[warp] = v;
+  __syncthreads();
+  double total = 0.0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += s_warp[w];
+  __syncthreads();
+  return total;
+}
+
+template <int NT>
+__device__ __forceinline__ float BlockMaxFloat(float v, float* s_warp) {
+  constexpr int kWarps = NT / 32;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(kFullMask, v, o));
+  if (lane == 0) s_warp[warp] = v;
+  __syncthreads();
+  float m = s_warp[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) m = fmaxf(m, s_warp[w]);
+  __syncthreads();
+  return m;
+}
+
+// One block per chunk row. Pass 1: Σx (double) and max x; pass 2: Σ(x − mean)² and, for the
+// entropy, Z = Σ e^(x−m), EZ = Σ e^(x−m)(x−m) — the formulas of ScoreVariance / ScoreEntropy.
+__global__ void __launch_bounds__(kStatsThreads) ScoreStatsKernel(ScoreChunk chunk, RowInfo rows, double* var,
+                                                                  double* entropy) {
+  __shared__ double s_dwarp[kStatsThreads / 32];
+  __shared__ float s_fwarp[kStatsThreads / 32];
+  const int64_t r = chunk.row_begin + blockIdx.x;
+  if (rows.dense[r] != 0) return;
+  const int64_t n = static_cast<int64_t>(rows.position[r]) + 1;
+  if (n <= 0) {  // not a valid row; the CPU functions return 0 for an empty row
+    if (threadIdx.x == 0) {
+      var[r] = 0.0;
+      if (entropy != nullptr) entropy[r] = 0.0;
+    }
+    return;
+  }
+  const float* __restrict__ s = chunk.scores + chunk.score_offset[blockIdx.x];
+  const bool want_entropy = entropy != nullptr;
+  const int tid = threadIdx.x;
+
+  double sum = 0.0;
+  float mx = -INFINITY;
+  for (int64_t i = tid; i < n; i += kStatsThreads) {
+    const float x = __ldg(s + i);
+    sum += static_cast<double>(x);
+    mx = fmaxf(mx, x);
+  }
+  sum = BlockSumDouble<kStatsThreads>(sum, s_dwarp);
+  const double mean = sum / static_cast<double>(n);
+  double m = 0.0;
+  if (want_entropy) {
+    m = static_cast<double>(BlockMaxFloat<kStatsThreads>(mx, s_fwarp));
+    // The CPU's max ignores NaN at i > 0 but not at i = 0; either way a NaN score makes the
+    // entropy NaN below, as on the CPU.
+  }
+
+  double acc_v = 0.0;
+  for (int64_t i = tid; i < n; i += kStatsThreads) {
+    const double d = static_cast<double>(__ldg(s + i)) - mean;
+    acc_v += d * d;
+  }
+  acc_v = BlockSumDouble<kStatsThreads>(acc_v, s_dwarp);
+  double z = 0.0, ez = 0.0;
+  if (want_entropy) {  // a separate loop keeps exp()'s register needs out of the variance loop
+    for (int64_t i = tid; i < n; i += kStatsThreads) {
+      const double dm = static_cast<double>(__ldg(s + i)) - m;
+      const double e = exp(dm);
+      z += e;
+      ez += e * dm;
+    }
+    z = BlockSumDouble<kStatsThreads>(z, s_dwarp);
+    ez = BlockSumDouble<kStatsThreads>(ez, s_dwarp);
+  }
+  if (tid == 0) {
+    var[r] = acc_v / static_cast<double>(n);
+    if (want_entropy) entropy[r] = log(z) - ez / z;
+  }
+}
+
+// ---- k_t ---------------------------------------------------------------------------------------
+
+// Device mirror of SelectedCount (engine/backend/selection.cc), operation for operation; the
+// intrinsics keep the compiler from contracting into FMAs, so every rounding matches the host.
+// log() is CUDA's (≤ 1 ulp), which can differ from the host's in the last bit (entropy method).
+__device__ int64_t SelectedCountDevice(const SelectionRule& rule, int64_t position, double var_t, double ref_t,
+                                       double entropy_t) {
+  const int64_t available = position + 1;
+  if (rule.method == 0) return min(rule.k_base, available);
+  double factor;
+  if (rule.method == 1) {
+    // 0.5 + 1.0 / (1.0 + T * var / (ref + 1e-8))
+    const double ratio = __ddiv_rn(__dmul_rn(rule.temperature, var_t), __dadd_rn(ref_t, 1e-8));
+    factor = __dadd_rn(0.5, __ddiv_rn(1.0, __dadd_rn(1.0, ratio)));
+  } else {
+    // 0.5 + T * H / log(position + 2)
+    const double lg = log(__dadd_rn(static_cast<double>(position), 2.0));
+    factor = __dadd_rn(0.5, __ddiv_rn(__dmul_rn(rule.temperature, entropy_t), lg));
+  }
+  const double raw = floor(__dmul_rn(static_cast<double>(rule.k_base), factor));
+  // std::clamp(raw, lo, hi): raw < lo ? lo : (hi < raw ? hi : raw).
+  const double lo = static_cast<double>(rule.k_min);
+  const double hi = static_cast<double>(rule.k_max);
+  const double clamped = raw < lo ? lo : (hi < raw ? hi : raw);
+  return min(static_cast<int64_t>(clamped), available);
+}
+
+__global__ void SelectionCountsKernel(ScoreChunk chunk, RowInfo rows, PagedLayout paged, const int32_t* seq_first_row,
+                                      int32_t num_seqs, SelectionRule rule, const double* var, const double* entropy,
+                                      float* cumvar, int32_t* k) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= num_seqs) return;
+  const int64_t chunk_end = chunk.row_begin + chunk.row_count;
+  const int64_t r0 = max(static_cast<int64_t>(seq_first_row[i]), chunk.row_begin);
+  const int64_t r1 = min(static_cast<int64_t>(seq_first_row[i + 1]), chunk_end);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t pos = rows.position[r];
+    const int64_t slot = rows.slot[r];
+    if (rows.dense[r] != 0) {
+      cumvar[slot] = __uint_as_float(0x7FC00000u);  // quiet NaN, as the CPU writes
+      k[r] = static_cast<int32_t>(pos + 1);
+      continue;
+    }
+    const double v = var != nullptr ? var[r] : 0.0;
+    // The previous position's slot is written by this same thread earlier in this loop or by an
+    // earlier launch, so a plain load sees it.
+    const double prev = pos > 0 ? static_cast<double>(cumvar[SlotOfPosition(paged, rows.seq[r], pos - 1)]) : 0.0;
+    const float cum = __double2float_rn(__dadd_rn(prev, v));
+    cumvar[slot] = cum;
+    const double ref = __ddiv_rn(static_cast<double>(cum), static_cast<double>(pos + 1));
+    const double ent = (rule.method == 2 && entropy != nullptr) ? entropy[r] : 0.0;
+    k[r] = static_cast<int32_t>(SelectedCountDevice(rule, pos, v, ref, ent));
+  }
+}
+
+}  // namespace
+
+// ---- Launchers ---------------------------------------------------------------------------------
+
+cudaError_t ScoreStats(const ScoreChunk& chunk, const RowInfo& rows, double* var, double* entropy,
+                       cudaStream_t stream) {
+  if (chunk.row_count <= 0) return cudaSuccess;
+  if (var == nullptr || chunk.row_count > 0x7FFFFFFF) return cudaErrorInvalidValue;
+  ScoreStatsKernel<<<static_cast<unsigned>(chunk.row_count), kStatsThreads, 0, stream>>>(chunk, rows, var, entropy);
+  return cudaGetLastError();
+}
+
+cudaError_t SelectionCounts(const ScoreChunk& chunk, const RowInfo& rows, const PagedLayout& paged,
+                            const int32_t* seq_first_row, int32_t num_seqs, const SelectionRule& rule,
+                            const double* var, const double* entropy, float* cumvar, int32_t* k,
+                            cudaStream_t stream) {
+  if (chunk.row_count <= 0 || num_seqs <= 0) return cudaSuccess;
+  if (rule.method < 0 || rule.method > 2) return cudaErrorInvalidValue;
+  if (rule.method == 2 && entropy == nullptr) return cudaErrorInvalidValue;
+  constexpr int kThreads = 128;
+  const unsigned blocks = static_cast<unsigned>(CeilDiv(num_seqs, kThreads));
+  SelectionCountsKernel<<<blocks, kThreads, 0, stream>>>(chunk, rows, paged, seq_first_row, num_seqs, rule, var,
+                                                         entropy, cumvar, k);
+  return cudaGetLastError();
+}
+
+size_t TopKWorkspaceBytes(int64_t max_rows, int64_t max_candidates) {
+  if (max_rows <= 0 || max_candidates < kMbMinCandidates) return 0;
+  const int64_t rows = max_rows < kMbMaxRows ? max_rows : kMbMaxRows;
+  return static_cast<size_t>(rows * MbRowWords(MbMaxBlocksPerRow(max_candidates)) * 4);
+}
+
+bool TopKUsesMultiBlock(int64_t row_count, int64_t max_candidates, const void* workspace, size_t workspace_bytes) {
+  if (workspace == nullptr || row_count <= 0 || row_count > kMbMaxRows) return false;
+  if (max_candidates < kMbMinCandidates) return false;
+  const int64_t needed = row_count * MbRowWords(MbMaxBlocksPerRow(max_candidates)) * 4;
+  return workspace_bytes >= static_cast<size_t>(needed);
+}
+
+cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k, int32_t* sel, int64_t sel_stride,
+                 void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (chunk.row_count <= 0) return cudaSuccess;
+  if (sel_stride <= 0 || chunk.row_count > 0x7FFFFFFF) return cudaErrorInvalidValue;
+
+  if (!TopKUsesMultiBlock(chunk.row_count, chunk.max_candidates, workspace, workspace_bytes)) {
+    TopKSingleBlockKernel<<<static_cast<unsigned>(chunk.row_count), kSbThreads, 0, stream>>>(chunk, rows, k, sel,
+                                                                                            sel_stride);
+    return cudaGetLastError();
+  }
+
+  const int64_t nb_max = MbMaxBlocksPerRow(chunk.max_candidates);
+  int64_t nb = CeilDiv(chunk.max_candidates, kMbSegMin);
+  const int64_t nb_cap = kMbMaxGridBlocks / chunk.row_count;  // row_count ≤ kMbMaxRows < kMbMaxGridBlocks
+  if (nb > nb_cap) nb = nb_cap;
+  if (nb > nb_max) nb = nb_max;
+  if (nb < 1) nb = 1;
+  MbArgs a;
+  a.chunk = chunk;
+  a.rows = rows;
+  a.k = k;
+  a.sel = sel;
+  a.sel_stride = sel_stride;
+  a.ws = static_cast<uint32_t*>(workspace);
+  a.row_words = MbRowWords(nb_max);
+  a.seg = CeilDiv(chunk.max_candidates, nb);
+
+  const size_t used = static_cast<size_t>(chunk.row_count * a.row_words * 4);
+  cudaError_t err = cudaMemsetAsync(workspace, 0, used, stream);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>(nb), static_cast<unsigned>(chunk.row_count));
+  for (int pass = 0; pass < kNumPasses; ++pass) {
+    TopKMbHistogramKernel<<<grid, kMbThreads, 0, stream>>>(a, pass);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  TopKMbCountKernel<<<grid, kMbThreads, 0, stream>>>(a);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  TopKMbWriteKernel<<<grid, kMbThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace gsa::kernels
