@@ -5,17 +5,18 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void EmbedRowsKernel(const bf16* __restrict__ table, const int32_t* __restrict__ ids, int64_t d,
+__global__ void EmbedRowsKernel(const float* __restrict__ table, const int32_t* __restrict__ ids, int64_t d,
                                 float* __restrict__ out) {
   const int64_t r = blockIdx.x;
-  const bf16* src = table + static_cast<int64_t>(ids[r]) * d;
+  const float* src = table + static_cast<int64_t>(ids[r]) * d;
   float* dst = out + r * d;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
 }
 
 // One block per row: Σx² in a fixed tree, then the scaled store.
 __global__ void RmsNormRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ gather,
-                                  const float* __restrict__ w, int64_t d, float eps, bf16* __restrict__ out) {
+                                  const float* __restrict__ w, int64_t d, float eps, bf16* __restrict__ out,
+                                  float* __restrict__ out_f32) {
   const int64_t r = blockIdx.x;
   const int64_t src_row = gather != nullptr ? gather[r] : r;
   const float* xr = x + src_row * d;
@@ -30,7 +31,12 @@ __global__ void RmsNormRowsKernel(const float* __restrict__ x, const int32_t* __
   for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
   const float inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
   bf16* o = out + r * d;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) o[i] = __float2bfloat16((xr[i] * inv) * w[i]);
+  float* of = out_f32 != nullptr ? out_f32 + r * d : nullptr;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float y = (xr[i] * inv) * w[i];
+    o[i] = __float2bfloat16(y);
+    if (of != nullptr) of[i] = y;
+  }
 }
 
 // One block per row; threads stride over the row's work items.
@@ -103,7 +109,7 @@ unsigned GridFor(int64_t n) {
 
 }  // namespace
 
-cudaError_t EmbedRows(const bf16* table, const int32_t* ids, int64_t rows, int64_t d, float* out,
+cudaError_t EmbedRows(const float* table, const int32_t* ids, int64_t rows, int64_t d, float* out,
                       cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   EmbedRowsKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(table, ids, d, out);
@@ -111,9 +117,9 @@ cudaError_t EmbedRows(const bf16* table, const int32_t* ids, int64_t rows, int64
 }
 
 cudaError_t RmsNormRows(const float* x, const int32_t* gather, const float* w, int64_t rows, int64_t d,
-                        float eps, bf16* out, cudaStream_t stream) {
+                        float eps, bf16* out, cudaStream_t stream, float* out_f32) {
   if (rows <= 0) return cudaSuccess;
-  RmsNormRowsKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out);
+  RmsNormRowsKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out, out_f32);
   return cudaGetLastError();
 }
 

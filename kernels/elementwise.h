@@ -9,14 +9,17 @@
 
 namespace gsa::kernels {
 
-// out[r, :] = table[ids[r], :] as fp32.  table: [vocab, d] bf16; ids: [rows]; out: [rows, d].
-cudaError_t EmbedRows(const bf16* table, const int32_t* ids, int64_t rows, int64_t d, float* out,
+// out[r, :] = table[ids[r], :].  table: [vocab, d] fp32 (the embedding stays fp32 on the device:
+// rounding the first layer's input to bf16 flips near-tied indexer selections); ids: [rows];
+// out: [rows, d].
+cudaError_t EmbedRows(const float* table, const int32_t* ids, int64_t rows, int64_t d, float* out,
                       cudaStream_t stream);
 
-// out[i, :] = bf16(x[j, :] / sqrt(mean(x[j, :]²) + eps) * w), j = gather ? gather[i] : i.
-// x: [*, d] fp32; gather: [rows] or null; w: [d] fp32; out: [rows, d] bf16.
+// y = x[j, :] / sqrt(mean(x[j, :]²) + eps) * w, j = gather ? gather[i] : i; out[i, :] = bf16(y) and,
+// when out_f32 is not null, out_f32[i, :] = y (the indexer's projections read fp32: see cuda_backend.h).
+// x: [*, d] fp32; gather: [rows] or null; w: [d] fp32; out: [rows, d] bf16; out_f32: [rows, d] or null.
 cudaError_t RmsNormRows(const float* x, const int32_t* gather, const float* w, int64_t rows, int64_t d,
-                        float eps, bf16* out, cudaStream_t stream);
+                        float eps, bf16* out, cudaStream_t stream, float* out_f32 = nullptr);
 
 // After the fused input projection of one layer. Per row r (num_rows rows), with p = proj + r * proj_stride:
 //   v      = p[off_v …] ⊙ act(p[off_vg …] + vg_bias)       (value gate, when off_vg ≥ 0)

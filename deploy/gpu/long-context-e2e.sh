@@ -16,7 +16,9 @@ model=${MODEL_DIR:-/tmp/gsa-1.7b}
 if [ ! -f "$model/config.json" ]; then
   start=$(date +%s)
   tok_arg=()
-  [ -f "$stage/tokenizer.model" ] && tok_arg=(--tokenizer "$stage/tokenizer.model")
+  # The staged tokenizer (the default model's, 8000 pieces) sets the vocabulary; every attention
+  # shape is gsa-1.7b's.
+  [ -f "$stage/tokenizer.model" ] && tok_arg=(--tokenizer "$stage/tokenizer.model" --vocab-size 8000)
   "$stage/bin/gsa-make-model" --shape gsa-1.7b --dtype bf16 --out "$model" "${tok_arg[@]}" || exit 1
   echo "made $model in $(( $(date +%s) - start )) s"
 fi

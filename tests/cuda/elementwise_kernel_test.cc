@@ -45,12 +45,6 @@ std::vector<T> Download(const DeviceBuffer<T>& b) {
   return std::move(*h);
 }
 
-std::vector<bf16> ToBf16Vec(const std::vector<float>& v) {
-  std::vector<bf16> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = ToBf16(v[i]);
-  return o;
-}
-
 // |got − want| within `rel` of |want| (plus a floor for values near zero).
 void ExpectClose(float got, float want, float rel, float abs_floor, const std::string& what) {
   ASSERT_FALSE(std::isnan(got)) << what << " is NaN (unwritten?)";
@@ -66,19 +60,19 @@ TEST(ElementwiseKernels, EmbedRowsCopiesTheRowsExactly) {
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::vector<int32_t> ids(rows);
   for (auto& i : ids) i = static_cast<int32_t>(rng() % vocab);
-  auto d_table = Upload(ToBf16Vec(table));
+  auto d_table = Upload(table);
   auto d_ids = Upload(ids);
   auto d_out = Poisoned<float>(static_cast<size_t>(rows * d));
   ASSERT_EQ(kernels::EmbedRows(d_table.get(), d_ids.get(), rows, d, d_out.get(), nullptr), cudaSuccess);
   const std::vector<float> out = Download(d_out);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < d; ++i) {
-      ASSERT_EQ(out[r * d + i], RoundBf16(table[ids[r] * d + i])) << "row " << r << " col " << i;
+      ASSERT_EQ(out[r * d + i], table[ids[r] * d + i]) << "row " << r << " col " << i;
     }
   }
 }
 
-TEST(ElementwiseKernels, RmsNormRowsMatchesCpuWithAndWithoutGather) {
+TEST(ElementwiseKernels, RmsNormRowsMatchesCpuWithAndWithoutGatherInBf16AndFp32) {
   GSA_REQUIRE_GPU();
   const uint64_t seed = gsa::testing::FreshSeed();
   SCOPED_TRACE(seed);
@@ -93,10 +87,12 @@ TEST(ElementwiseKernels, RmsNormRowsMatchesCpuWithAndWithoutGather) {
     auto d_g = Upload(gather);
     for (bool use_gather : {false, true}) {
       auto d_out = Poisoned<bf16>(static_cast<size_t>(rows * d));
+      auto d_out32 = Poisoned<float>(static_cast<size_t>(rows * d));
       ASSERT_EQ(kernels::RmsNormRows(d_x.get(), use_gather ? d_g.get() : nullptr, d_w.get(), rows, d, 1e-5f,
-                                     d_out.get(), nullptr),
+                                     d_out.get(), nullptr, use_gather ? d_out32.get() : nullptr),
                 cudaSuccess);
       const std::vector<bf16> out = Download(d_out);
+      const std::vector<float> out32 = Download(d_out32);
       std::vector<float> ref(static_cast<size_t>(d));
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t src = use_gather ? gather[r] : r;
@@ -104,6 +100,10 @@ TEST(ElementwiseKernels, RmsNormRowsMatchesCpuWithAndWithoutGather) {
         for (int64_t i = 0; i < d; ++i) {
           ExpectClose(FromBf16(out[r * d + i]), ref[i], 8e-3f, 1e-6f,
                       "d " + std::to_string(d) + " row " + std::to_string(r) + " col " + std::to_string(i));
+          if (use_gather) {
+            ExpectClose(out32[r * d + i], ref[i], 2e-5f, 1e-6f,
+                        "fp32 d " + std::to_string(d) + " row " + std::to_string(r) + " col " + std::to_string(i));
+          }
         }
       }
     }

@@ -124,11 +124,18 @@ std::string CudaUnavailableReason() {
   return "";
 }
 
-// Device weights of one layer. w_cat rows: [q | k | v | (value gate) | (output gate) | qI | kI | wI].
+// Device weights of one layer. The projections that read the normed input run as two products
+// into one row of `proj` ([rows, proj_stride] fp32):
+//   columns [0, bf16_rows):  [q | k | v | (value gate) | (output gate)], bf16 weights (w_cat);
+//   columns [off_qi, …):     [qI | kI | wI], fp32 weights and fp32 input (w_idx), because bf16
+//                            rounding there moves which tokens are selected (ties within 1e-3 are
+//                            common in the indexer's scores); off_qi and proj_stride are multiples of
+//                            64 columns so both products see 256-byte aligned outputs.
 struct LayerWeightsGpu {
   DeviceBuffer<float> input_norm, post_norm;  // [d_model]
-  DeviceBuffer<bf16> w_cat;                   // [cat_out, d_model]
-  int64_t cat_out = 0;
+  DeviceBuffer<bf16> w_cat;                   // [bf16_rows, d_model]
+  DeviceBuffer<float> w_idx;                  // [idx_rows, d_model]
+  int64_t bf16_rows = 0, idx_rows = 0, proj_stride = 0;
   int64_t off_q = 0, off_k = 0, off_v = 0, off_vg = -1, off_og = -1, off_qi = 0, off_ki = 0, off_wi = 0;
   DeviceBuffer<float> vg_bias, og_bias, wi_bias, idx_bias;
   DeviceBuffer<bf16> o_proj;   // [d_model, q_dim]
@@ -147,7 +154,8 @@ struct Workspace {
   int64_t rows = 0;
   DeviceBuffer<float> hidden;   // [rows, d_model]
   DeviceBuffer<bf16> xn;        // [rows, max(d_model, d_ffn)] bf16 inputs of products
-  DeviceBuffer<float> proj;     // [rows, cat_out]
+  DeviceBuffer<float> proj;     // [rows, proj_stride]
+  DeviceBuffer<float> xf32;     // [rows, d_model] fp32 normed input (indexer projections)
   DeviceBuffer<bf16> q;         // [rows, q_dim]
   DeviceBuffer<bf16> attn;      // [rows, q_dim]
   DeviceBuffer<float> gu;       // [rows, 2 d_ffn]
@@ -164,13 +172,14 @@ struct CudaBackend::Impl {
   int sm_count = 0;
   Stream stream;
   std::unique_ptr<Gemm> gemm;
-  DeviceBuffer<bf16> embed, lm_head;  // lm_head empty when tied
+  DeviceBuffer<float> embed;   // [vocab, d_model] fp32 (see kernels/elementwise.h, EmbedRows)
+  DeviceBuffer<bf16> lm_head;  // [vocab, d_model]
   DeviceBuffer<float> final_norm;
   DeviceBuffer<float> inv_freq;
   std::vector<LayerWeightsGpu> layers;
   std::vector<LayerCacheGpu> cache;
   Workspace ws;
-  int64_t max_cat_out = 0;
+  int64_t max_proj_stride = 0;
   int64_t sel_stride = 0;
   int64_t logit_chunk = 0;
   int64_t max_candidates = 0;  // bound of any row's candidates (max_position_embeddings)
@@ -196,7 +205,8 @@ absl::Status EnsureWorkspace(const ModelConfig& c, CudaBackend::Impl& im, int64_
   n.rows = rows;
   GSA_ASSIGN_OR_RETURN(n.hidden, DeviceBuffer<float>::Allocate(R * D));
   GSA_ASSIGN_OR_RETURN(n.xn, DeviceBuffer<bf16>::Allocate(R * std::max(D, F)));
-  GSA_ASSIGN_OR_RETURN(n.proj, DeviceBuffer<float>::Allocate(R * static_cast<size_t>(im.max_cat_out)));
+  GSA_ASSIGN_OR_RETURN(n.proj, DeviceBuffer<float>::Allocate(R * static_cast<size_t>(im.max_proj_stride)));
+  GSA_ASSIGN_OR_RETURN(n.xf32, DeviceBuffer<float>::Allocate(R * D));
   GSA_ASSIGN_OR_RETURN(n.q, DeviceBuffer<bf16>::Allocate(R * QD));
   GSA_ASSIGN_OR_RETURN(n.attn, DeviceBuffer<bf16>::Allocate(R * QD));
   GSA_ASSIGN_OR_RETURN(n.gu, DeviceBuffer<float>::Allocate(R * 2 * F));
@@ -260,10 +270,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const ModelConf
         " MiB free at start): ", st.message(), "; use a smaller --max-batched-tokens, a larger --gpu-memory-fraction or a GPU with more memory"));
   };
   auto run = [&]() -> absl::Status {
-    GSA_ASSIGN_OR_RETURN(im.embed, TensorToBf16(wts.embed_tokens));
-    if (wts.lm_head != wts.embed_tokens) {
-      GSA_ASSIGN_OR_RETURN(im.lm_head, TensorToBf16(wts.lm_head));
-    }
+    GSA_ASSIGN_OR_RETURN(im.embed, TensorToF32(wts.embed_tokens));
+    GSA_ASSIGN_OR_RETURN(im.lm_head, TensorToBf16(wts.lm_head));  // a bf16 copy of embed when tied
     GSA_ASSIGN_OR_RETURN(im.final_norm, TensorToF32(wts.final_norm));
     GSA_ASSIGN_OR_RETURN(im.inv_freq, DeviceBuffer<float>::FromHost(RopeInvFreq(c)));
     for (const LayerWeights& lw : wts.layers) {
@@ -288,12 +296,24 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const ModelConf
         GSA_RETURN_IF_ERROR(add(lw.output_gate_w, L.off_og));
         GSA_ASSIGN_OR_RETURN(L.og_bias, TensorToF32(lw.output_gate_b));
       }
-      GSA_RETURN_IF_ERROR(add(lw.indexer_q_proj, L.off_qi));
-      GSA_RETURN_IF_ERROR(add(lw.indexer_k_proj, L.off_ki));
-      GSA_RETURN_IF_ERROR(add(lw.indexer_w_proj, L.off_wi));
-      L.cat_out = rows;
-      im.max_cat_out = std::max(im.max_cat_out, rows);
+      L.bf16_rows = rows;
       GSA_ASSIGN_OR_RETURN(L.w_cat, UploadBf16(cat));
+      std::vector<float> idx;
+      auto add_f32 = [&](const TensorView* t) -> absl::Status {
+        const size_t at = idx.size();
+        idx.resize(at + static_cast<size_t>(t->numel()));
+        return ConvertToFloat(*t, idx.data() + at);
+      };
+      GSA_RETURN_IF_ERROR(add_f32(lw.indexer_q_proj));
+      GSA_RETURN_IF_ERROR(add_f32(lw.indexer_k_proj));
+      GSA_RETURN_IF_ERROR(add_f32(lw.indexer_w_proj));
+      L.idx_rows = c.n_indexer_heads * c.d_indexer + c.d_indexer + c.n_indexer_heads;
+      L.off_qi = (rows + 63) / 64 * 64;
+      L.off_ki = L.off_qi + c.n_indexer_heads * c.d_indexer;
+      L.off_wi = L.off_ki + c.d_indexer;
+      L.proj_stride = (L.off_qi + L.idx_rows + 63) / 64 * 64;
+      im.max_proj_stride = std::max(im.max_proj_stride, L.proj_stride);
+      GSA_ASSIGN_OR_RETURN(L.w_idx, DeviceBuffer<float>::FromHost(idx));
       GSA_ASSIGN_OR_RETURN(L.wi_bias, TensorToF32(lw.indexer_w_bias));
       GSA_ASSIGN_OR_RETURN(L.idx_bias, TensorToF32(lw.indexer_bias));
       GSA_ASSIGN_OR_RETURN(L.o_proj, TensorToBf16(lw.o_proj));
@@ -563,13 +583,16 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     int32_t* k_layer = w.k_all.get() + li * R;
 
     // 1. Input norm and the fused projection.
-    GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), nullptr, L.input_norm.get(), R, D, eps, w.xn.get(), st));
-    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, D, L.w_cat.get(), L.cat_out, w.proj.get(), L.cat_out, false, st));
+    GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), nullptr, L.input_norm.get(), R, D, eps, w.xn.get(), st,
+                                                  w.xf32.get()));
+    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, D, L.w_cat.get(), L.bf16_rows, w.proj.get(), L.proj_stride, false, st));
+    GSA_RETURN_IF_ERROR(im.gemm->LinearF32(w.xf32.get(), R, D, L.w_idx.get(), L.idx_rows, w.proj.get() + L.off_qi,
+                                           L.proj_stride, st));
 
     // 2. Value gate, RoPE, indexer head weights; keys into the cache.
     kernels::PostProjectionArgs pp;
     pp.proj = w.proj.get();
-    pp.proj_stride = L.cat_out;
+    pp.proj_stride = L.proj_stride;
     pp.off_q = L.off_q;
     pp.off_k = L.off_k;
     pp.off_v = L.off_v;
@@ -605,7 +628,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
         if (ch.max_candidates > 0) {
           kernels::IndexerScoresArgs ia;
           ia.proj = w.proj.get();
-          ia.proj_stride = L.cat_out;
+          ia.proj_stride = L.proj_stride;
           ia.off_qi = L.off_qi;
           ia.off_wi = L.off_wi;
           ia.bias = L.idx_bias.get();
@@ -653,7 +676,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       ga.sel_stride = im.sel_stride;
       ga.max_tokens = plan.gathered_max_tokens;
       ga.gate_z = gate_z;
-      ga.gate_stride = L.cat_out;
+      ga.gate_stride = L.proj_stride;
       ga.gate_bias = L.og_bias.get();
       ga.gate_act = gate_act;
       ga.n_heads = static_cast<int32_t>(c.n_heads);
@@ -678,7 +701,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       da.num_seq_ids = static_cast<int32_t>(plan.prefill_seqs.size());
       da.max_num_query = plan.prefill_max_query;
       da.gate_z = gate_z;
-      da.gate_stride = L.cat_out;
+      da.gate_stride = L.proj_stride;
       da.gate_bias = L.og_bias.get();
       da.gate_act = gate_act;
       da.n_heads = static_cast<int32_t>(c.n_heads);
@@ -723,7 +746,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
   // Final norm and lm_head on the rows that need logits, in chunks of logit_chunk rows.
   const int64_t n_out = static_cast<int64_t>(batch.logits_rows.size());
   out.logits.resize(static_cast<size_t>(n_out * c.vocab_size));
-  const bf16* head = im.lm_head.empty() ? im.embed.get() : im.lm_head.get();
+  const bf16* head = im.lm_head.get();
   const int64_t chunk_rows = static_cast<int64_t>(w.logits.size() / static_cast<size_t>(c.vocab_size));
   for (int64_t r0 = 0; r0 < n_out; r0 += chunk_rows) {
     const int64_t n = std::min(chunk_rows, n_out - r0);

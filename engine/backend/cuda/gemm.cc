@@ -55,8 +55,8 @@ Gemm::~Gemm() {
 }
 
 absl::StatusOr<const Gemm::Plan*> Gemm::PlanFor(int64_t rows, int64_t in, int64_t out, int64_t ldy,
-                                                bool accumulate) {
-  const auto key = std::make_tuple(rows, in, out, ldy, accumulate);
+                                                bool accumulate, bool fp32) {
+  const auto key = std::make_tuple(rows, in, out, ldy, accumulate, fp32);
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second.get();
   auto plan = std::make_unique<Plan>();
@@ -64,9 +64,10 @@ absl::StatusOr<const Gemm::Plan*> Gemm::PlanFor(int64_t rows, int64_t in, int64_
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   GSA_LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   GSA_LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  GSA_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, static_cast<uint64_t>(in),
+  const cudaDataType_t ab = fp32 ? CUDA_R_32F : CUDA_R_16BF;
+  GSA_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, ab, static_cast<uint64_t>(in),
                                                     static_cast<uint64_t>(out), in));
-  GSA_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, static_cast<uint64_t>(in),
+  GSA_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, ab, static_cast<uint64_t>(in),
                                                     static_cast<uint64_t>(rows), in));
   GSA_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->c, CUDA_R_32F, static_cast<uint64_t>(out),
                                                     static_cast<uint64_t>(rows), ldy));
@@ -83,7 +84,7 @@ absl::StatusOr<const Gemm::Plan*> Gemm::PlanFor(int64_t rows, int64_t in, int64_
   cublasLtMatmulPreferenceDestroy(pref);
   GSA_RETURN_IF_ERROR(LtStatus(st, "cublasLtMatmulAlgoGetHeuristic"));
   if (found == 0) {
-    return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm for a bf16 product of [", rows, ", ",
+    return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm for a ", fp32 ? "fp32" : "bf16", " product of [", rows, ", ",
                                             in, "] x [", out, ", ", in, "]ᵀ"));
   }
   plan->algo = result.algo;
@@ -95,9 +96,21 @@ absl::StatusOr<const Gemm::Plan*> Gemm::PlanFor(int64_t rows, int64_t in, int64_
 absl::Status Gemm::Linear(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
                           int64_t out, float* y, int64_t ldy, bool accumulate, cudaStream_t stream) {
   if (rows <= 0) return absl::OkStatus();
-  absl::StatusOr<const Plan*> plan = PlanFor(rows, in, out, ldy, accumulate);
+  absl::StatusOr<const Plan*> plan = PlanFor(rows, in, out, ldy, accumulate, /*fp32=*/false);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  GSA_LT_RETURN_IF_ERROR(cublasLtMatmul(handle_, (*plan)->op, &alpha, w, (*plan)->a, x, (*plan)->b, &beta, y,
+                                        (*plan)->c, y, (*plan)->c, &(*plan)->algo, workspace_.get(),
+                                        workspace_.bytes(), stream));
+  return absl::OkStatus();
+}
+
+absl::Status Gemm::LinearF32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y,
+                             int64_t ldy, cudaStream_t stream) {
+  if (rows <= 0) return absl::OkStatus();
+  absl::StatusOr<const Plan*> plan = PlanFor(rows, in, out, ldy, /*accumulate=*/false, /*fp32=*/true);
+  if (!plan.ok()) return plan.status();
+  const float alpha = 1.0f, beta = 0.0f;
   GSA_LT_RETURN_IF_ERROR(cublasLtMatmul(handle_, (*plan)->op, &alpha, w, (*plan)->a, x, (*plan)->b, &beta, y,
                                         (*plan)->c, y, (*plan)->c, &(*plan)->algo, workspace_.get(),
                                         workspace_.bytes(), stream));

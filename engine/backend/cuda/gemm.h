@@ -34,6 +34,11 @@ class Gemm {
   absl::Status Linear(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
                       int64_t out, float* y, int64_t ldy, bool accumulate, cudaStream_t stream);
 
+  // The same in full fp32 (operands, accumulation and output; no TF32), for the small products
+  // whose rounding would move token selection (the indexer's projections). x: [rows, in] fp32.
+  absl::Status LinearF32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y,
+                         int64_t ldy, cudaStream_t stream);
+
   struct CreateTag {
     explicit CreateTag() = default;
   };
@@ -41,11 +46,12 @@ class Gemm {
 
  private:
   struct Plan;
-  absl::StatusOr<const Plan*> PlanFor(int64_t rows, int64_t in, int64_t out, int64_t ldy, bool accumulate);
+  absl::StatusOr<const Plan*> PlanFor(int64_t rows, int64_t in, int64_t out, int64_t ldy, bool accumulate,
+                                      bool fp32);
 
   cublasLtHandle_t handle_;
   DeviceBuffer<uint8_t> workspace_;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>, std::unique_ptr<Plan>> plans_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>, std::unique_ptr<Plan>> plans_;
 };
 
 }  // namespace gsa
