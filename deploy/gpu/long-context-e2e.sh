@@ -40,9 +40,9 @@ for mode in default dense; do
 done
 # The long prompt through gsa-cli (prompt ids from a file), then gsa-bench for the timings.
 if [ -f "$stage/long-prompt.txt" ]; then
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   "$stage/bin/gsa-cli" --target $target --max-tokens 32 --json --prompt-file "$stage/long-prompt.txt" >"$out/cli-long.jsonl" 2>&1 || rc=1
-  echo "gsa-cli long prompt: $(wc -l <"$out/cli-long.jsonl") messages in $(echo "$(date +%s.%N) - $start" | bc) s; last: $(tail -c 400 "$out/cli-long.jsonl")"
+  echo "gsa-cli long prompt: $(wc -l <"$out/cli-long.jsonl") messages in $(( ($(date +%s%N) - start) / 1000000 )) ms; last: $(tail -c 400 "$out/cli-long.jsonl")"
 fi
 for mode in default dense; do
   "$stage/bin/gsa-bench" --target $target --num-requests 1 --input-len "$tokens" --output-len 64 \
