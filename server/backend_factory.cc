@@ -28,6 +28,7 @@ absl::StatusOr<BackendChoice> MakeBackend(const ServerOptions& options, const Lo
     CudaBackendOptions co;
     co.gpu_memory_fraction = options.gpu_memory_fraction;
     co.max_rows = std::max(options.engine.max_batched_tokens, options.engine.max_num_seqs);
+    co.use_cuda_graphs = !options.enforce_eager;
     absl::StatusOr<std::unique_ptr<CudaBackend>> b = CudaBackend::Create(model.config, model.weights, co);
     if (!b.ok()) return b.status();
     absl::StatusOr<int64_t> blocks = (*b)->MaxCacheBlocks(options.engine.block_size);

@@ -28,6 +28,7 @@ std::string ServerUsage() {
   --max-model-len N           prompt + max_tokens limit (default: the model's max_position_embeddings)
   --max-cache-tokens N        CPU backend: KV-cache size in tokens (default 65536)
   --gpu-memory-fraction F     CUDA backend: share of GPU memory to reserve (default 0.9)
+  --enforce-eager             CUDA backend: no CUDA graphs for decode steps (launch each kernel)
   --max-batched-tokens N      tokens per engine step (default 2048)
   --max-num-seqs N            sequences running at once (default 64)
   --max-queue N               waiting requests before RESOURCE_EXHAUSTED (default 1024)
@@ -60,6 +61,10 @@ absl::StatusOr<ServerOptions> ParseServerFlags(const std::vector<std::string>& a
       has_inline = true;
     }
     if (flag == "--help" || flag == "-h") return absl::CancelledError("help");
+    if (flag == "--enforce-eager") {
+      o.enforce_eager = true;
+      continue;
+    }
     if (flag == "--no-prefix-caching") {
       o.engine.enable_prefix_caching = false;
       continue;

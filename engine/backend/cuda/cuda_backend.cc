@@ -368,10 +368,12 @@ absl::Status CudaBackend::AllocateCache(int64_t num_blocks, int64_t block_size) 
   }
   GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(impl_->stream.get()));
+  graphs_.clear();  // they address the old pages
   impl_->cache.clear();
   cache_spec_ = CacheSpec{};
   const CacheSpec spec = CacheSpec::ForModel(config_, num_blocks, block_size);
-  const size_t slots = static_cast<size_t>(spec.num_slots());
+  // One block more than the engine sees: the scratch block that padding rows of decode graphs write.
+  const size_t slots = static_cast<size_t>(spec.num_slots() + block_size);
   auto alloc = [&]() -> absl::Status {
     for (int64_t l = 0; l < config_.n_layers; ++l) {
       LayerCacheGpu lc;
@@ -399,6 +401,7 @@ absl::Status CudaBackend::AllocateCache(int64_t num_blocks, int64_t block_size) 
     return st;
   }
   cache_spec_ = spec;
+  scratch_block_ = num_blocks;
   return absl::OkStatus();
 }
 
@@ -407,6 +410,7 @@ namespace {
 // The host's plan for one step (reused by every layer).
 struct StepPlan {
   int64_t rows = 0;
+  std::vector<int32_t> token_ids;
   std::vector<int32_t> row_seq, position;
   std::vector<int64_t> slot;
   std::vector<uint8_t> dense;
@@ -422,12 +426,21 @@ struct StepPlan {
   int32_t prefill_max_query = 0;
   int32_t max_blocks = 0;
   std::vector<int32_t> block_tables, seq_first_row, query_start, num_query, context_len;
+  std::vector<int32_t> logits_rows;
+};
+
+// Fixed sizes for a graph-captured decode step: every array has the same length every time, so
+// the device addresses the graph was captured with stay valid.
+struct FixedShape {
+  int64_t max_context = 0;  // every row's candidates and attended tokens are ≤ this
 };
 
 StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_size, int64_t score_floats,
-                  bool dense_prefill_kernel) {
+                  bool dense_prefill_kernel, const FixedShape* fixed) {
   StepPlan p;
   p.rows = batch.num_rows();
+  p.token_ids = batch.token_ids;
+  p.logits_rows = batch.logits_rows;
   const size_t R = static_cast<size_t>(p.rows);
   p.row_seq.resize(R);
   p.position.resize(R);
@@ -437,6 +450,7 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
   for (const SequenceInBatch& s : batch.seqs) {
     p.max_blocks = std::max<int32_t>(p.max_blocks, static_cast<int32_t>((s.context_len + block_size - 1) / block_size));
   }
+  if (fixed != nullptr) p.max_blocks = static_cast<int32_t>((fixed->max_context + block_size - 1) / block_size);
   p.max_blocks = std::max(p.max_blocks, 1);
   p.block_tables.assign(S * static_cast<size_t>(p.max_blocks), 0);
   p.seq_first_row.resize(S + 1);
@@ -474,13 +488,25 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
     if (!dense) p.any_sparse = true;
   }
   p.seq_first_row[S] = static_cast<int32_t>(p.rows);
+  if (fixed != nullptr) {
+    // One chunk of every row at a fixed stride; the same launch sizes every step.
+    p.any_sparse = true;
+    p.gathered_max_tokens = fixed->max_context;
+    StepPlan::Chunk ch;
+    ch.row_begin = 0;
+    ch.row_count = p.rows;
+    ch.offset_index = 0;
+    ch.max_candidates = fixed->max_context;
+    p.chunks.push_back(ch);
+    for (int64_t r = 0; r < p.rows; ++r) p.score_offset.push_back(r * fixed->max_context);
+    return p;
+  }
   // Score chunks: consecutive rows whose sparse candidates fit the score buffer.
   StepPlan::Chunk cur;
   int64_t used = 0;
   auto close = [&]() {
     if (cur.row_count > 0) p.chunks.push_back(cur);
     cur = StepPlan::Chunk{};
-    cur.row_begin = 0;
     used = 0;
   };
   for (int64_t r = 0; r < p.rows; ++r) {
@@ -499,26 +525,19 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
   return p;
 }
 
-}  // namespace
+// Device addresses of a step's metadata, uploaded as one blob.
+struct StepDevice {
+  const int32_t* tokens = nullptr;
+  kernels::RowInfo rows;
+  kernels::PagedLayout paged;
+  const int32_t *first = nullptr, *qstart = nullptr, *nq = nullptr, *ctx = nullptr;
+  const int64_t* offsets = nullptr;
+  const int32_t *grows = nullptr, *pseqs = nullptr, *logit_rows = nullptr;
+};
 
-absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
-  if (impl_->cache.empty()) return absl::FailedPreconditionError("CudaBackend::Step before AllocateCache");
-  GSA_RETURN_IF_ERROR(ValidateBatch(batch, cache_spec_, config_.vocab_size));
-  GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  Impl& im = *impl_;
-  const ModelConfig& c = config_;
-  const cudaStream_t st = im.stream.get();
-  const int64_t R = batch.num_rows();
-  const int64_t D = c.d_model, F = c.d_ffn, QD = c.q_dim();
-  const int64_t bs = cache_spec_.block_size;
-  GSA_RETURN_IF_ERROR(EnsureWorkspace(c, im, R, im.score_floats));
-  Workspace& w = im.ws;
-
-  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, options_.use_dense_prefill_kernel);
-
-  // Metadata to the device in one copy.
-  StagingBlob blob;
-  const size_t o_tokens = blob.Add(batch.token_ids);
+// Packs the plan's arrays into `blob`; returns the device addresses they will have at `base`.
+StepDevice PackStep(const StepPlan& plan, int64_t block_size, StagingBlob& blob, const uint8_t* base) {
+  const size_t o_tokens = blob.Add(plan.token_ids);
   const size_t o_seq = blob.Add(plan.row_seq);
   const size_t o_pos = blob.Add(plan.position);
   const size_t o_slot = blob.Add(plan.slot);
@@ -531,31 +550,59 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
   const size_t o_offsets = blob.Add(plan.score_offset);
   const size_t o_grows = blob.Add(plan.gathered_rows);
   const size_t o_pseqs = blob.Add(plan.prefill_seqs);
-  const size_t o_logit_rows = blob.Add(batch.logits_rows);
-  if (w.meta.bytes() < blob.bytes().size()) {
-    GSA_ASSIGN_OR_RETURN(w.meta, DeviceBuffer<uint8_t>::Allocate(blob.bytes().size() * 2));
-  }
-  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(w.meta.get(), blob.bytes().data(), blob.bytes().size(), cudaMemcpyHostToDevice, st));
-  auto at = [&](size_t off) { return w.meta.get() + off; };
-  const int32_t* d_tokens = reinterpret_cast<const int32_t*>(at(o_tokens));
-  kernels::RowInfo rows_info;
-  rows_info.seq = reinterpret_cast<const int32_t*>(at(o_seq));
-  rows_info.position = reinterpret_cast<const int32_t*>(at(o_pos));
-  rows_info.slot = reinterpret_cast<const int64_t*>(at(o_slot));
-  rows_info.dense = reinterpret_cast<const uint8_t*>(at(o_dense));
-  kernels::PagedLayout paged;
-  paged.block_tables = reinterpret_cast<const int32_t*>(at(o_tables));
-  paged.max_blocks_per_seq = plan.max_blocks;
-  paged.block_size = static_cast<int32_t>(bs);
-  const int32_t* d_first = reinterpret_cast<const int32_t*>(at(o_first));
-  const int32_t* d_qstart = reinterpret_cast<const int32_t*>(at(o_qstart));
-  const int32_t* d_nq = reinterpret_cast<const int32_t*>(at(o_nq));
-  const int32_t* d_ctx = reinterpret_cast<const int32_t*>(at(o_ctx));
-  const int64_t* d_offsets = reinterpret_cast<const int64_t*>(at(o_offsets));
-  const int32_t* d_grows = reinterpret_cast<const int32_t*>(at(o_grows));
-  const int32_t* d_pseqs = reinterpret_cast<const int32_t*>(at(o_pseqs));
-  const int32_t* d_logit_rows = reinterpret_cast<const int32_t*>(at(o_logit_rows));
+  const size_t o_logit_rows = blob.Add(plan.logits_rows);
+  auto at = [&](size_t off) { return base + off; };
+  StepDevice d;
+  d.tokens = reinterpret_cast<const int32_t*>(at(o_tokens));
+  d.rows.seq = reinterpret_cast<const int32_t*>(at(o_seq));
+  d.rows.position = reinterpret_cast<const int32_t*>(at(o_pos));
+  d.rows.slot = reinterpret_cast<const int64_t*>(at(o_slot));
+  d.rows.dense = reinterpret_cast<const uint8_t*>(at(o_dense));
+  d.paged.block_tables = reinterpret_cast<const int32_t*>(at(o_tables));
+  d.paged.max_blocks_per_seq = plan.max_blocks;
+  d.paged.block_size = static_cast<int32_t>(block_size);
+  d.first = reinterpret_cast<const int32_t*>(at(o_first));
+  d.qstart = reinterpret_cast<const int32_t*>(at(o_qstart));
+  d.nq = reinterpret_cast<const int32_t*>(at(o_nq));
+  d.ctx = reinterpret_cast<const int32_t*>(at(o_ctx));
+  d.offsets = reinterpret_cast<const int64_t*>(at(o_offsets));
+  d.grows = reinterpret_cast<const int32_t*>(at(o_grows));
+  d.pseqs = reinterpret_cast<const int32_t*>(at(o_pseqs));
+  d.logit_rows = reinterpret_cast<const int32_t*>(at(o_logit_rows));
+  return d;
+}
 
+// Decode batch sizes that get a CUDA graph, and the context caps graphs are captured for.
+constexpr int64_t kGraphBuckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+constexpr int64_t kGraphContextCaps[] = {4096, 16384, 65536, 131072, 262144, 524288, 1048576};
+
+}  // namespace
+
+// A captured decode step for `bucket` rows whose contexts are ≤ `max_context`: its own metadata
+// buffer (fixed layout) and the instantiated graph.
+struct DecodeGraph {
+  int64_t bucket = 0, max_context = 0;
+  DeviceBuffer<uint8_t> meta;
+  cudaGraphExec_t exec = nullptr;
+  ~DecodeGraph() {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+  }
+};
+
+struct CudaBackend::StepRunner {
+  static absl::Status EnqueueLayers(CudaBackend& b, const StepPlan& plan, const StepDevice& d, int32_t num_seqs,
+                                    bool record_selection, StepOutput* out);
+  static absl::Status EnqueueLogits(CudaBackend& b, const StepDevice& d, int64_t r0, int64_t n);
+};
+
+absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPlan& plan, const StepDevice& d,
+                                                    int32_t num_seqs, bool record_selection, StepOutput* out) {
+  Impl& im = *b.impl_;
+  const ModelConfig& c = b.config_;
+  const cudaStream_t st = im.stream.get();
+  const int64_t R = plan.rows;
+  const int64_t D = c.d_model, F = c.d_ffn, QD = c.q_dim();
+  Workspace& w = im.ws;
   kernels::SelectionRule rule;
   rule.method = !c.use_adaptive_k ? 0 : (c.adaptive_k_method == AdaptiveKMethod::kVariance ? 1 : 2);
   rule.k_base = c.k_base;
@@ -565,16 +612,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
   if (rule.method != 1 && plan.any_sparse) {
     GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w.var.get(), 0, static_cast<size_t>(R) * sizeof(double), st));
   }
-
-  StepOutput out;
-  out.vocab_size = c.vocab_size;
-  if (batch.record_selection) out.selections.resize(static_cast<size_t>(c.n_layers));
-  out.selected_sum.assign(static_cast<size_t>(c.n_layers), 0);
-  for (const SequenceInBatch& s : batch.seqs) {
-    if (s.attention != AttentionMode::kDense) out.selected_rows += s.num_query;
-  }
-
-  GSA_CUDA_RETURN_IF_ERROR(kernels::EmbedRows(im.embed.get(), d_tokens, R, D, w.hidden.get(), st));
+  GSA_CUDA_RETURN_IF_ERROR(kernels::EmbedRows(im.embed.get(), d.tokens, R, D, w.hidden.get(), st));
   const float eps = static_cast<float>(c.norm_eps);
   const kernels::GateActivation gate_act = ToKernel(c.gate_activation);
   for (int64_t li = 0; li < c.n_layers; ++li) {
@@ -582,7 +620,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     LayerCacheGpu& cache = im.cache[static_cast<size_t>(li)];
     int32_t* k_layer = w.k_all.get() + li * R;
 
-    // 1. Input norm and the fused projection.
+    // 1. Input norm and the two projections (bf16 for q, k, v and the gates; fp32 for the indexer).
     GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), nullptr, L.input_norm.get(), R, D, eps, w.xn.get(), st,
                                                   w.xf32.get()));
     GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, D, L.w_cat.get(), L.bf16_rows, w.proj.get(), L.proj_stride, false, st));
@@ -608,7 +646,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     pp.d_head = static_cast<int32_t>(c.d_head);
     pp.d_indexer = static_cast<int32_t>(c.d_indexer);
     pp.n_indexer_heads = static_cast<int32_t>(c.n_indexer_heads);
-    pp.rows = rows_info;
+    pp.rows = d.rows;
     pp.num_rows = R;
     pp.q_out = w.q.get();
     pp.k_cache = cache.k.get();
@@ -621,7 +659,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       for (const StepPlan::Chunk& ch : plan.chunks) {
         kernels::ScoreChunk chunk;
         chunk.scores = w.scores.get();
-        chunk.score_offset = d_offsets + ch.offset_index;
+        chunk.score_offset = d.offsets + ch.offset_index;
         chunk.row_begin = ch.row_begin;
         chunk.row_count = ch.row_count;
         chunk.max_candidates = ch.max_candidates;
@@ -633,8 +671,8 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
           ia.off_wi = L.off_wi;
           ia.bias = L.idx_bias.get();
           ia.ki_cache = cache.ki.get();
-          ia.paged = paged;
-          ia.rows = rows_info;
+          ia.paged = d.paged;
+          ia.rows = d.rows;
           ia.n_indexer_heads = static_cast<int32_t>(c.n_indexer_heads);
           ia.d_indexer = static_cast<int32_t>(c.d_indexer);
           ia.relu = c.indexer_activation == IndexerActivation::kRelu;
@@ -645,16 +683,15 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
           ia.max_candidates = ch.max_candidates;
           GSA_CUDA_RETURN_IF_ERROR(kernels::IndexerScores(ia, st));
           if (rule.method != 0) {
-            GSA_CUDA_RETURN_IF_ERROR(kernels::ScoreStats(chunk, rows_info, w.var.get(),
+            GSA_CUDA_RETURN_IF_ERROR(kernels::ScoreStats(chunk, d.rows, w.var.get(),
                                                          rule.method == 2 ? w.entropy.get() : nullptr, st));
           }
         }
-        GSA_CUDA_RETURN_IF_ERROR(kernels::SelectionCounts(chunk, rows_info, paged, d_first,
-                                                          static_cast<int32_t>(batch.seqs.size()), rule, w.var.get(),
+        GSA_CUDA_RETURN_IF_ERROR(kernels::SelectionCounts(chunk, d.rows, d.paged, d.first, num_seqs, rule, w.var.get(),
                                                           rule.method == 2 ? w.entropy.get() : nullptr,
                                                           cache.cumvar.get(), k_layer, st));
         if (ch.max_candidates > 0) {
-          GSA_CUDA_RETURN_IF_ERROR(kernels::TopK(chunk, rows_info, k_layer, w.sel.get(), im.sel_stride, w.topk_ws.get(),
+          GSA_CUDA_RETURN_IF_ERROR(kernels::TopK(chunk, d.rows, k_layer, w.sel.get(), im.sel_stride, w.topk_ws.get(),
                                                  w.topk_ws.bytes(), st));
         }
       }
@@ -662,14 +699,15 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
 
     // 4. Attention (output gate fused).
     const float* gate_z = L.off_og >= 0 ? w.proj.get() + L.off_og : nullptr;
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
     if (!plan.gathered_rows.empty()) {
       kernels::GatheredAttentionArgs ga;
       ga.q = w.q.get();
       ga.k_cache = cache.k.get();
       ga.v_cache = cache.v.get();
-      ga.paged = paged;
-      ga.rows = rows_info;
-      ga.row_ids = d_grows;
+      ga.paged = d.paged;
+      ga.rows = d.rows;
+      ga.row_ids = d.grows;
       ga.num_row_ids = static_cast<int64_t>(plan.gathered_rows.size());
       ga.sel = w.sel.get();
       ga.sel_count = k_layer;
@@ -682,7 +720,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       ga.n_heads = static_cast<int32_t>(c.n_heads);
       ga.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
       ga.d_head = static_cast<int32_t>(c.d_head);
-      ga.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
+      ga.scale = scale;
       ga.out = w.attn.get();
       ga.workspace = w.attn_ws.get();
       ga.workspace_bytes = w.attn_ws.bytes();
@@ -693,11 +731,11 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       da.q = w.q.get();
       da.k_cache = cache.k.get();
       da.v_cache = cache.v.get();
-      da.paged = paged;
-      da.query_start = d_qstart;
-      da.num_query = d_nq;
-      da.context_len = d_ctx;
-      da.seq_ids = d_pseqs;
+      da.paged = d.paged;
+      da.query_start = d.qstart;
+      da.num_query = d.nq;
+      da.context_len = d.ctx;
+      da.seq_ids = d.pseqs;
       da.num_seq_ids = static_cast<int32_t>(plan.prefill_seqs.size());
       da.max_num_query = plan.prefill_max_query;
       da.gate_z = gate_z;
@@ -707,7 +745,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       da.n_heads = static_cast<int32_t>(c.n_heads);
       da.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
       da.d_head = static_cast<int32_t>(c.d_head);
-      da.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
+      da.scale = scale;
       da.out = w.attn.get();
       GSA_CUDA_RETURN_IF_ERROR(kernels::DensePrefill(da, st));
     }
@@ -719,7 +757,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     GSA_CUDA_RETURN_IF_ERROR(kernels::SwiGlu(w.gu.get(), R, F, w.xn.get(), st));
     GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, F, L.down.get(), D, w.hidden.get(), D, true, st));
 
-    if (batch.record_selection) {
+    if (record_selection) {
       std::vector<int32_t> sel_host(static_cast<size_t>(R * im.sel_stride));
       std::vector<int32_t> k_host(static_cast<size_t>(R));
       if (plan.any_sparse) {
@@ -727,7 +765,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
         GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(k_host.data(), k_layer, k_host.size() * 4, cudaMemcpyDeviceToHost, st));
       }
       GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
-      std::vector<std::vector<int32_t>>& layer_sel = out.selections[static_cast<size_t>(li)];
+      std::vector<std::vector<int32_t>>& layer_sel = out->selections[static_cast<size_t>(li)];
       layer_sel.resize(static_cast<size_t>(R));
       for (int64_t r = 0; r < R; ++r) {
         std::vector<int32_t>& v = layer_sel[static_cast<size_t>(r)];
@@ -742,37 +780,212 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       }
     }
   }
+  return absl::OkStatus();
+}
 
-  // Final norm and lm_head on the rows that need logits, in chunks of logit_chunk rows.
+// Final norm and lm_head for logits rows [r0, r0 + n) into the workspace's logits buffer.
+absl::Status CudaBackend::StepRunner::EnqueueLogits(CudaBackend& b, const StepDevice& d, int64_t r0, int64_t n) {
+  Impl& im = *b.impl_;
+  const ModelConfig& c = b.config_;
+  Workspace& w = im.ws;
+  const cudaStream_t st = im.stream.get();
+  GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), d.logit_rows + r0, im.final_norm.get(), n, c.d_model,
+                                                static_cast<float>(c.norm_eps), w.xn.get(), st));
+  return im.gemm->Linear(w.xn.get(), n, c.d_model, im.lm_head.get(), c.vocab_size, w.logits.get(), c.vocab_size, false, st);
+}
+
+namespace {
+
+// Fills `out.selected_sum` from the per-layer k of every row (dense rows are not counted).
+absl::Status CollectSelectedSums(const StepPlan& plan, int64_t real_rows, const int32_t* k_all_dev, int64_t n_layers,
+                                 cudaStream_t st, StepOutput& out) {
+  std::vector<int32_t> k_all(static_cast<size_t>(plan.rows * n_layers));
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(k_all.data(), k_all_dev, k_all.size() * 4, cudaMemcpyDeviceToHost, st));
+  GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
+  for (int64_t li = 0; li < n_layers; ++li) {
+    int64_t kept = 0;
+    for (int64_t r = 0; r < real_rows; ++r) {
+      if (!plan.dense[static_cast<size_t>(r)]) kept += k_all[static_cast<size_t>(li * plan.rows + r)];
+    }
+    out.selected_sum[static_cast<size_t>(li)] = kept;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
+  if (impl_->cache.empty()) return absl::FailedPreconditionError("CudaBackend::Step before AllocateCache");
+  GSA_RETURN_IF_ERROR(ValidateBatch(batch, cache_spec_, config_.vocab_size));
+  GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  Impl& im = *impl_;
+  const ModelConfig& c = config_;
+  const cudaStream_t st = im.stream.get();
+  const int64_t R = batch.num_rows();
+  const int64_t bs = cache_spec_.block_size;
+
+  StepOutput out;
+  out.vocab_size = c.vocab_size;
+  if (batch.record_selection) out.selections.resize(static_cast<size_t>(c.n_layers));
+  out.selected_sum.assign(static_cast<size_t>(c.n_layers), 0);
+  for (const SequenceInBatch& s : batch.seqs) {
+    if (s.attention != AttentionMode::kDense) out.selected_rows += s.num_query;
+  }
   const int64_t n_out = static_cast<int64_t>(batch.logits_rows.size());
   out.logits.resize(static_cast<size_t>(n_out * c.vocab_size));
-  const bf16* head = im.lm_head.get();
+
+  if (DecodeGraph* g = nullptr; options_.use_cuda_graphs && !batch.record_selection) {
+    absl::StatusOr<DecodeGraph*> found = GraphFor(batch);
+    if (!found.ok()) return found.status();
+    g = *found;
+    if (g != nullptr) {
+      // Pad the batch to the bucket with one-token dense rows on the scratch block.
+      StepBatch padded = batch;
+      for (int64_t r = R; r < g->bucket; ++r) {
+        SequenceInBatch s;
+        s.query_start = static_cast<int32_t>(r);
+        s.num_query = 1;
+        s.context_len = 1;
+        s.block_table = {static_cast<int32_t>(scratch_block_)};
+        s.attention = AttentionMode::kDense;
+        padded.token_ids.push_back(0);
+        padded.seqs.push_back(std::move(s));
+        padded.logits_rows.push_back(static_cast<int32_t>(r));
+      }
+      FixedShape fixed{g->max_context};
+      const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
+      StagingBlob blob;
+      (void)PackStep(plan, bs, blob, g->meta.get());
+      if (blob.bytes().size() > g->meta.bytes()) {
+        return absl::InternalError("decode graph metadata outgrew its buffer");
+      }
+      GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(g->meta.get(), blob.bytes().data(), blob.bytes().size(), cudaMemcpyHostToDevice, st));
+      GSA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->exec, st));
+      GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.logits.data(), im.ws.logits.get(),
+                                               static_cast<size_t>(n_out * c.vocab_size) * sizeof(float),
+                                               cudaMemcpyDeviceToHost, st));
+      GSA_RETURN_IF_ERROR(CollectSelectedSums(plan, R, im.ws.k_all.get(), c.n_layers, st, out));
+      GSA_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      return out;
+    }
+  }
+
+  if (R > im.ws.rows) {
+    graphs_.clear();  // they address the workspace about to be replaced
+    GSA_RETURN_IF_ERROR(EnsureWorkspace(c, im, R, im.score_floats));
+  }
+  Workspace& w = im.ws;
+  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, options_.use_dense_prefill_kernel, nullptr);
+  StagingBlob blob;
+  (void)PackStep(plan, bs, blob, nullptr);
+  if (w.meta.bytes() < blob.bytes().size()) {
+    GSA_ASSIGN_OR_RETURN(w.meta, DeviceBuffer<uint8_t>::Allocate(blob.bytes().size() * 2));
+  }
+  StagingBlob blob2;
+  const StepDevice d = PackStep(plan, bs, blob2, w.meta.get());
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(w.meta.get(), blob2.bytes().data(), blob2.bytes().size(), cudaMemcpyHostToDevice, st));
+  GSA_RETURN_IF_ERROR(StepRunner::EnqueueLayers(*this, plan, d, static_cast<int32_t>(batch.seqs.size()),
+                                                batch.record_selection, &out));
   const int64_t chunk_rows = static_cast<int64_t>(w.logits.size() / static_cast<size_t>(c.vocab_size));
   for (int64_t r0 = 0; r0 < n_out; r0 += chunk_rows) {
     const int64_t n = std::min(chunk_rows, n_out - r0);
-    GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), d_logit_rows + r0, im.final_norm.get(), n, D, eps,
-                                                  w.xn.get(), st));
-    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), n, D, head, c.vocab_size, w.logits.get(), c.vocab_size, false, st));
+    GSA_RETURN_IF_ERROR(StepRunner::EnqueueLogits(*this, d, r0, n));
     GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.logits.data() + r0 * c.vocab_size, w.logits.get(),
                                              static_cast<size_t>(n * c.vocab_size) * sizeof(float), cudaMemcpyDeviceToHost, st));
   }
-  std::vector<int32_t> k_all;
   if (plan.any_sparse) {
-    k_all.resize(static_cast<size_t>(R * c.n_layers));
-    GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(k_all.data(), w.k_all.get(), k_all.size() * 4, cudaMemcpyDeviceToHost, st));
+    GSA_RETURN_IF_ERROR(CollectSelectedSums(plan, R, w.k_all.get(), c.n_layers, st, out));
   }
   GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
   GSA_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  if (plan.any_sparse) {
-    for (int64_t li = 0; li < c.n_layers; ++li) {
-      int64_t kept = 0;
-      for (int64_t r = 0; r < R; ++r) {
-        if (!plan.dense[static_cast<size_t>(r)]) kept += k_all[static_cast<size_t>(li * R + r)];
-      }
-      out.selected_sum[static_cast<size_t>(li)] = kept;
+  return out;
+}
+
+absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
+  // Only pure decode steps (one new token per sequence, logits for every row in order).
+  const int64_t R = batch.num_rows();
+  if (R == 0 || static_cast<int64_t>(batch.seqs.size()) != R) return nullptr;
+  int64_t max_context = 0;
+  for (size_t i = 0; i < batch.seqs.size(); ++i) {
+    if (batch.seqs[i].num_query != 1) return nullptr;
+    max_context = std::max<int64_t>(max_context, batch.seqs[i].context_len);
+  }
+  if (static_cast<int64_t>(batch.logits_rows.size()) != R) return nullptr;
+  for (int64_t r = 0; r < R; ++r) {
+    if (batch.logits_rows[static_cast<size_t>(r)] != r) return nullptr;
+  }
+  int64_t bucket = 0;
+  for (int64_t b : kGraphBuckets) {
+    if (b >= R) {
+      bucket = b;
+      break;
     }
   }
-  return out;
+  int64_t cap = 0;
+  for (int64_t ctx : kGraphContextCaps) {
+    if (ctx >= max_context) {
+      cap = ctx;
+      break;
+    }
+  }
+  Impl& im = *impl_;
+  if (bucket == 0 || cap == 0 || bucket > im.logit_chunk || bucket * cap > im.score_floats) return nullptr;
+  auto key = std::make_pair(bucket, cap);
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) return it->second.get();
+
+  // Capture: a padded batch of `bucket` dense one-token rows on the scratch block stands in for
+  // the real ones (only sizes matter; every step uploads its own metadata before the launch).
+  const ModelConfig& c = config_;
+  const int64_t bs = cache_spec_.block_size;
+  const cudaStream_t st = im.stream.get();
+  if (bucket > im.ws.rows) {
+    graphs_.clear();
+    GSA_RETURN_IF_ERROR(EnsureWorkspace(c, im, bucket, im.score_floats));
+  }
+  StepBatch shape;
+  for (int64_t r = 0; r < bucket; ++r) {
+    SequenceInBatch s;
+    s.query_start = static_cast<int32_t>(r);
+    s.num_query = 1;
+    s.context_len = 1;
+    s.block_table = {static_cast<int32_t>(scratch_block_)};
+    s.attention = AttentionMode::kDense;
+    shape.token_ids.push_back(0);
+    shape.seqs.push_back(std::move(s));
+    shape.logits_rows.push_back(static_cast<int32_t>(r));
+  }
+  FixedShape fixed{cap};
+  const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
+  auto g = std::make_unique<DecodeGraph>();
+  g->bucket = bucket;
+  g->max_context = cap;
+  StagingBlob sizing;
+  (void)PackStep(plan, bs, sizing, nullptr);
+  GSA_ASSIGN_OR_RETURN(g->meta, DeviceBuffer<uint8_t>::Allocate(sizing.bytes().size()));
+  StagingBlob blob;
+  const StepDevice d = PackStep(plan, bs, blob, g->meta.get());
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(g->meta.get(), blob.bytes().data(), blob.bytes().size(), cudaMemcpyHostToDevice, st));
+  // Warm up once outside capture (cuBLASLt plans, kernel attributes, occupancy queries).
+  GSA_RETURN_IF_ERROR(StepRunner::EnqueueLayers(*this, plan, d, static_cast<int32_t>(bucket), false, nullptr));
+  GSA_RETURN_IF_ERROR(StepRunner::EnqueueLogits(*this, d, 0, bucket));
+  GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
+  GSA_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  absl::Status captured = StepRunner::EnqueueLayers(*this, plan, d, static_cast<int32_t>(bucket), false, nullptr);
+  if (captured.ok()) captured = StepRunner::EnqueueLogits(*this, d, 0, bucket);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(st, &graph);
+  if (!captured.ok()) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    return captured;
+  }
+  GSA_RETURN_IF_ERROR(CudaStatus(end, "cudaStreamEndCapture (decode graph)"));
+  const cudaError_t inst = cudaGraphInstantiate(&g->exec, graph, 0);
+  cudaGraphDestroy(graph);
+  GSA_RETURN_IF_ERROR(CudaStatus(inst, "cudaGraphInstantiate (decode graph)"));
+  DecodeGraph* raw = g.get();
+  graphs_.emplace(key, std::move(g));
+  return raw;
 }
 
 }  // namespace gsa

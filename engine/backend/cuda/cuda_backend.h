@@ -29,8 +29,10 @@
 // Thread-safety: driven by one thread (the engine thread); the CUDA stream is its own.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -45,7 +47,13 @@ struct CudaBackendOptions {
   int64_t max_rows = 2048;           // rows (new tokens) per step the workspace is sized for
   int64_t score_budget_bytes = int64_t{256} << 20;  // one chunk of indexer scores, at most
   bool use_dense_prefill_kernel = true;  // false: dense prefill through the gathered kernel (tests)
+  // Pure decode steps (one new token per sequence) run as CUDA graphs captured per batch-size
+  // bucket (1, 2, 4, … 256, padded with idle rows) and context cap (4K, 16K, 64K, 128K, …),
+  // captured on first use. false: every step launches its kernels one by one.
+  bool use_cuda_graphs = true;
 };
+
+struct DecodeGraph;
 
 // Empty when a CUDA device is usable; otherwise why not (for `--backend auto` and test skips).
 std::string CudaUnavailableReason();
@@ -78,15 +86,22 @@ class CudaBackend : public Backend {
   const std::string& device_description() const { return device_description_; }
 
   struct Impl;
+  struct StepRunner;
   struct CreateTag {
     explicit CreateTag() = default;
   };
   CudaBackend(CreateTag, const ModelConfig& config, const CudaBackendOptions& options);
 
  private:
+  // The decode graph for this batch, captured on first use; null when the batch is not a pure
+  // decode step that a graph covers.
+  absl::StatusOr<DecodeGraph*> GraphFor(const StepBatch& batch);
+
   ModelConfig config_;
   CudaBackendOptions options_;
   CacheSpec cache_spec_;
+  int64_t scratch_block_ = 0;  // one cache block past the engine's, where graph padding rows write
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<DecodeGraph>> graphs_;  // (bucket, context cap)
   std::string device_description_;
   std::unique_ptr<Impl> impl_;
 };
