@@ -910,6 +910,7 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
     if (batch.seqs[i].num_query != 1) return nullptr;
     max_context = std::max<int64_t>(max_context, batch.seqs[i].context_len);
   }
+  if (max_context > options_.cuda_graph_max_context) return nullptr;
   if (static_cast<int64_t>(batch.logits_rows.size()) != R) return nullptr;
   for (int64_t r = 0; r < R; ++r) {
     if (batch.logits_rows[static_cast<size_t>(r)] != r) return nullptr;

@@ -48,9 +48,13 @@ struct CudaBackendOptions {
   int64_t score_budget_bytes = int64_t{256} << 20;  // one chunk of indexer scores, at most
   bool use_dense_prefill_kernel = true;  // false: dense prefill through the gathered kernel (tests)
   // Pure decode steps (one new token per sequence) run as CUDA graphs captured per batch-size
-  // bucket (1, 2, 4, … 256, padded with idle rows) and context cap (4K, 16K, 64K, 128K, …),
-  // captured on first use. false: every step launches its kernels one by one.
+  // bucket (1, 2, 4, … 256, padded with idle rows) and context cap (4K, 16K, 64K, …), captured on
+  // first use, when their longest context is ≤ cuda_graph_max_context. Measured on an H200 with
+  // the gsa-1.7b shapes, batch 1 (tests/gpu-record/decode-graphs.json): 3.04 vs 3.49 ms a token
+  // at 4K context, but 4.26 vs 3.98 ms at 32K and 5.74 vs 4.30 ms at 127K (cause not yet found:
+  // issue 6), so long contexts launch eagerly by default. false: never.
   bool use_cuda_graphs = true;
+  int64_t cuda_graph_max_context = 16384;
 };
 
 struct DecodeGraph;
