@@ -20,30 +20,10 @@ using gsa::testing::FromBf16;
 using gsa::testing::RandomFloats;
 using gsa::testing::RoundBf16;
 using gsa::testing::ToBf16;
+using gsa::testing::Download;
+using gsa::testing::Poisoned;
+using gsa::testing::Upload;
 using kernels::bf16;
-
-template <typename T>
-DeviceBuffer<T> Upload(const std::vector<T>& v) {
-  auto b = DeviceBuffer<T>::FromHost(v);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return std::move(*b);
-}
-
-template <typename T>
-DeviceBuffer<T> Poisoned(size_t n) {
-  auto b = DeviceBuffer<T>::Allocate(n);
-  EXPECT_TRUE(b.ok()) << b.status();
-  EXPECT_EQ(cudaMemset(b->get(), gsa::testing::kPoisonByte, b->bytes()), cudaSuccess);
-  return std::move(*b);
-}
-
-template <typename T>
-std::vector<T> Download(const DeviceBuffer<T>& b) {
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  auto h = b.ToHost();
-  EXPECT_TRUE(h.ok()) << h.status();
-  return std::move(*h);
-}
 
 // |got − want| within `rel` of |want| (plus a floor for values near zero).
 void ExpectClose(float got, float want, float rel, float abs_floor, const std::string& what) {

@@ -18,14 +18,8 @@ namespace {
 using gsa::testing::FromBf16;
 using gsa::testing::RandomFloats;
 using gsa::testing::ToBf16;
+using gsa::testing::Upload;
 using kernels::bf16;
-
-template <typename T>
-DeviceBuffer<T> Upload(const std::vector<T>& v) {
-  auto b = DeviceBuffer<T>::FromHost(v);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return std::move(*b);
-}
 
 struct Case {
   int32_t d_indexer, n_heads;

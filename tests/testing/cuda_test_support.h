@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "engine/backend/cuda/device_buffer.h"
 #include "gtest/gtest.h"
 
 namespace gsa::testing {
@@ -82,5 +83,32 @@ inline uint64_t FreshSeed() { return std::random_device{}() * 0x9E3779B97F4A7C15
 // Byte patterns written over outputs before a kernel runs, so unwritten elements are caught:
 // 0xFF bytes read as NaN in fp32 and bf16, and as −1 in int32.
 inline constexpr int kPoisonByte = 0xFF;
+
+// Device copies for tests; failures are recorded as gtest failures (and give an empty buffer).
+template <typename T>
+DeviceBuffer<T> Upload(const std::vector<T>& v) {
+  auto b = DeviceBuffer<T>::FromHost(v);
+  EXPECT_TRUE(b.ok()) << b.status();
+  return b.ok() ? std::move(*b) : DeviceBuffer<T>();
+}
+
+// `n` elements filled with kPoisonByte.
+template <typename T>
+DeviceBuffer<T> Poisoned(size_t n) {
+  auto b = DeviceBuffer<T>::Allocate(n);
+  EXPECT_TRUE(b.ok()) << b.status();
+  if (!b.ok()) return DeviceBuffer<T>();
+  EXPECT_EQ(cudaMemset(b->get(), kPoisonByte, b->bytes()), cudaSuccess);
+  return std::move(*b);
+}
+
+// Waits for the device, then copies the buffer back.
+template <typename T>
+std::vector<T> Download(const DeviceBuffer<T>& b) {
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  auto h = b.ToHost();
+  EXPECT_TRUE(h.ok()) << h.status();
+  return h.ok() ? std::move(*h) : std::vector<T>();
+}
 
 }  // namespace gsa::testing

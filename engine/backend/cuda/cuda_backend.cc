@@ -572,6 +572,22 @@ StepDevice PackStep(const StepPlan& plan, int64_t block_size, StagingBlob& blob,
   return d;
 }
 
+// Pads a decode batch to `rows` rows with idle ones: one-token dense sequences at position 0 on
+// the scratch block (what they write there is never read by a real sequence).
+void AppendIdleDecodeRows(StepBatch& batch, int64_t rows, int64_t scratch_block) {
+  for (int64_t r = batch.num_rows(); r < rows; ++r) {
+    SequenceInBatch s;
+    s.query_start = static_cast<int32_t>(r);
+    s.num_query = 1;
+    s.context_len = 1;
+    s.block_table = {static_cast<int32_t>(scratch_block)};
+    s.attention = AttentionMode::kDense;
+    batch.token_ids.push_back(0);
+    batch.seqs.push_back(std::move(s));
+    batch.logits_rows.push_back(static_cast<int32_t>(r));
+  }
+}
+
 // Decode batch sizes that get a CUDA graph, and the context caps graphs are captured for.
 constexpr int64_t kGraphBuckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 constexpr int64_t kGraphContextCaps[] = {4096, 16384, 65536, 131072, 262144, 524288, 1048576};
@@ -839,19 +855,8 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     if (!found.ok()) return found.status();
     g = *found;
     if (g != nullptr) {
-      // Pad the batch to the bucket with one-token dense rows on the scratch block.
       StepBatch padded = batch;
-      for (int64_t r = R; r < g->bucket; ++r) {
-        SequenceInBatch s;
-        s.query_start = static_cast<int32_t>(r);
-        s.num_query = 1;
-        s.context_len = 1;
-        s.block_table = {static_cast<int32_t>(scratch_block_)};
-        s.attention = AttentionMode::kDense;
-        padded.token_ids.push_back(0);
-        padded.seqs.push_back(std::move(s));
-        padded.logits_rows.push_back(static_cast<int32_t>(r));
-      }
+      AppendIdleDecodeRows(padded, g->bucket, scratch_block_);
       FixedShape fixed{g->max_context};
       const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
       StagingBlob blob;
@@ -945,17 +950,7 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
     GSA_RETURN_IF_ERROR(EnsureWorkspace(c, im, bucket, im.score_floats));
   }
   StepBatch shape;
-  for (int64_t r = 0; r < bucket; ++r) {
-    SequenceInBatch s;
-    s.query_start = static_cast<int32_t>(r);
-    s.num_query = 1;
-    s.context_len = 1;
-    s.block_table = {static_cast<int32_t>(scratch_block_)};
-    s.attention = AttentionMode::kDense;
-    shape.token_ids.push_back(0);
-    shape.seqs.push_back(std::move(s));
-    shape.logits_rows.push_back(static_cast<int32_t>(r));
-  }
+  AppendIdleDecodeRows(shape, bucket, scratch_block_);
   FixedShape fixed{cap};
   const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
   auto g = std::make_unique<DecodeGraph>();
