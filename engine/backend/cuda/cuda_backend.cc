@@ -75,7 +75,6 @@ class StagingBlob {
     return at;
   }
   const std::vector<uint8_t>& bytes() const { return bytes_; }
-  void Clear() { bytes_.clear(); }
 
  private:
   std::vector<uint8_t> bytes_;
@@ -535,41 +534,56 @@ struct StepDevice {
   const int32_t *grows = nullptr, *pseqs = nullptr, *logit_rows = nullptr;
 };
 
-// Packs the plan's arrays into `blob`; returns the device addresses they will have at `base`.
-StepDevice PackStep(const StepPlan& plan, int64_t block_size, StagingBlob& blob, const uint8_t* base) {
-  const size_t o_tokens = blob.Add(plan.token_ids);
-  const size_t o_seq = blob.Add(plan.row_seq);
-  const size_t o_pos = blob.Add(plan.position);
-  const size_t o_slot = blob.Add(plan.slot);
-  const size_t o_dense = blob.Add(plan.dense);
-  const size_t o_tables = blob.Add(plan.block_tables);
-  const size_t o_first = blob.Add(plan.seq_first_row);
-  const size_t o_qstart = blob.Add(plan.query_start);
-  const size_t o_nq = blob.Add(plan.num_query);
-  const size_t o_ctx = blob.Add(plan.context_len);
-  const size_t o_offsets = blob.Add(plan.score_offset);
-  const size_t o_grows = blob.Add(plan.gathered_rows);
-  const size_t o_pseqs = blob.Add(plan.prefill_seqs);
-  const size_t o_logit_rows = blob.Add(plan.logits_rows);
-  auto at = [&](size_t off) { return base + off; };
-  StepDevice d;
-  d.tokens = reinterpret_cast<const int32_t*>(at(o_tokens));
-  d.rows.seq = reinterpret_cast<const int32_t*>(at(o_seq));
-  d.rows.position = reinterpret_cast<const int32_t*>(at(o_pos));
-  d.rows.slot = reinterpret_cast<const int64_t*>(at(o_slot));
-  d.rows.dense = reinterpret_cast<const uint8_t*>(at(o_dense));
-  d.paged.block_tables = reinterpret_cast<const int32_t*>(at(o_tables));
-  d.paged.max_blocks_per_seq = plan.max_blocks;
-  d.paged.block_size = static_cast<int32_t>(block_size);
-  d.first = reinterpret_cast<const int32_t*>(at(o_first));
-  d.qstart = reinterpret_cast<const int32_t*>(at(o_qstart));
-  d.nq = reinterpret_cast<const int32_t*>(at(o_nq));
-  d.ctx = reinterpret_cast<const int32_t*>(at(o_ctx));
-  d.offsets = reinterpret_cast<const int64_t*>(at(o_offsets));
-  d.grows = reinterpret_cast<const int32_t*>(at(o_grows));
-  d.pseqs = reinterpret_cast<const int32_t*>(at(o_pseqs));
-  d.logit_rows = reinterpret_cast<const int32_t*>(at(o_logit_rows));
-  return d;
+// A step's metadata packed for one upload: the blob, and where each array sits in it.
+struct PackedStep {
+  StagingBlob blob;
+  size_t tokens = 0, seq = 0, pos = 0, slot = 0, dense = 0, tables = 0, first = 0, qstart = 0, nq = 0, ctx = 0,
+         offsets = 0, grows = 0, pseqs = 0, logit_rows = 0;
+  int32_t max_blocks = 0, block_size = 0;
+
+  // The device addresses of the arrays once the blob is copied to `base`.
+  StepDevice At(const uint8_t* base) const {
+    auto at = [base](size_t off) { return base + off; };
+    StepDevice d;
+    d.tokens = reinterpret_cast<const int32_t*>(at(tokens));
+    d.rows.seq = reinterpret_cast<const int32_t*>(at(seq));
+    d.rows.position = reinterpret_cast<const int32_t*>(at(pos));
+    d.rows.slot = reinterpret_cast<const int64_t*>(at(slot));
+    d.rows.dense = reinterpret_cast<const uint8_t*>(at(dense));
+    d.paged.block_tables = reinterpret_cast<const int32_t*>(at(tables));
+    d.paged.max_blocks_per_seq = max_blocks;
+    d.paged.block_size = block_size;
+    d.first = reinterpret_cast<const int32_t*>(at(first));
+    d.qstart = reinterpret_cast<const int32_t*>(at(qstart));
+    d.nq = reinterpret_cast<const int32_t*>(at(nq));
+    d.ctx = reinterpret_cast<const int32_t*>(at(ctx));
+    d.offsets = reinterpret_cast<const int64_t*>(at(offsets));
+    d.grows = reinterpret_cast<const int32_t*>(at(grows));
+    d.pseqs = reinterpret_cast<const int32_t*>(at(pseqs));
+    d.logit_rows = reinterpret_cast<const int32_t*>(at(logit_rows));
+    return d;
+  }
+};
+
+PackedStep PackStep(const StepPlan& plan, int64_t block_size) {
+  PackedStep p;
+  p.tokens = p.blob.Add(plan.token_ids);
+  p.seq = p.blob.Add(plan.row_seq);
+  p.pos = p.blob.Add(plan.position);
+  p.slot = p.blob.Add(plan.slot);
+  p.dense = p.blob.Add(plan.dense);
+  p.tables = p.blob.Add(plan.block_tables);
+  p.first = p.blob.Add(plan.seq_first_row);
+  p.qstart = p.blob.Add(plan.query_start);
+  p.nq = p.blob.Add(plan.num_query);
+  p.ctx = p.blob.Add(plan.context_len);
+  p.offsets = p.blob.Add(plan.score_offset);
+  p.grows = p.blob.Add(plan.gathered_rows);
+  p.pseqs = p.blob.Add(plan.prefill_seqs);
+  p.logit_rows = p.blob.Add(plan.logits_rows);
+  p.max_blocks = plan.max_blocks;
+  p.block_size = static_cast<int32_t>(block_size);
+  return p;
 }
 
 // Pads a decode batch to `rows` rows with idle ones: one-token dense sequences at position 0 on
@@ -859,12 +873,12 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       AppendIdleDecodeRows(padded, g->bucket, scratch_block_);
       FixedShape fixed{g->max_context};
       const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
-      StagingBlob blob;
-      (void)PackStep(plan, bs, blob, g->meta.get());
-      if (blob.bytes().size() > g->meta.bytes()) {
+      const PackedStep packed = PackStep(plan, bs);
+      const std::vector<uint8_t>& bytes = packed.blob.bytes();
+      if (bytes.size() > g->meta.bytes()) {
         return absl::InternalError("decode graph metadata outgrew its buffer");
       }
-      GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(g->meta.get(), blob.bytes().data(), blob.bytes().size(), cudaMemcpyHostToDevice, st));
+      GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(g->meta.get(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice, st));
       GSA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->exec, st));
       GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.logits.data(), im.ws.logits.get(),
                                                static_cast<size_t>(n_out * c.vocab_size) * sizeof(float),
@@ -881,14 +895,13 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
   }
   Workspace& w = im.ws;
   const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, options_.use_dense_prefill_kernel, nullptr);
-  StagingBlob blob;
-  (void)PackStep(plan, bs, blob, nullptr);
-  if (w.meta.bytes() < blob.bytes().size()) {
-    GSA_ASSIGN_OR_RETURN(w.meta, DeviceBuffer<uint8_t>::Allocate(blob.bytes().size() * 2));
+  const PackedStep packed = PackStep(plan, bs);
+  const std::vector<uint8_t>& bytes = packed.blob.bytes();
+  if (w.meta.bytes() < bytes.size()) {
+    GSA_ASSIGN_OR_RETURN(w.meta, DeviceBuffer<uint8_t>::Allocate(bytes.size() * 2));
   }
-  StagingBlob blob2;
-  const StepDevice d = PackStep(plan, bs, blob2, w.meta.get());
-  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(w.meta.get(), blob2.bytes().data(), blob2.bytes().size(), cudaMemcpyHostToDevice, st));
+  const StepDevice d = packed.At(w.meta.get());
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(w.meta.get(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice, st));
   GSA_RETURN_IF_ERROR(StepRunner::EnqueueLayers(*this, plan, d, static_cast<int32_t>(batch.seqs.size()),
                                                 batch.record_selection, &out));
   const int64_t chunk_rows = static_cast<int64_t>(w.logits.size() / static_cast<size_t>(c.vocab_size));
@@ -956,12 +969,11 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
   auto g = std::make_unique<DecodeGraph>();
   g->bucket = bucket;
   g->max_context = cap;
-  StagingBlob sizing;
-  (void)PackStep(plan, bs, sizing, nullptr);
-  GSA_ASSIGN_OR_RETURN(g->meta, DeviceBuffer<uint8_t>::Allocate(sizing.bytes().size()));
-  StagingBlob blob;
-  const StepDevice d = PackStep(plan, bs, blob, g->meta.get());
-  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(g->meta.get(), blob.bytes().data(), blob.bytes().size(), cudaMemcpyHostToDevice, st));
+  const PackedStep packed = PackStep(plan, bs);
+  const std::vector<uint8_t>& bytes = packed.blob.bytes();
+  GSA_ASSIGN_OR_RETURN(g->meta, DeviceBuffer<uint8_t>::Allocate(bytes.size()));
+  const StepDevice d = packed.At(g->meta.get());
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(g->meta.get(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice, st));
   // Warm up once outside capture (cuBLASLt plans, kernel attributes, occupancy queries).
   GSA_RETURN_IF_ERROR(StepRunner::EnqueueLayers(*this, plan, d, static_cast<int32_t>(bucket), false, nullptr));
   GSA_RETURN_IF_ERROR(StepRunner::EnqueueLogits(*this, d, 0, bucket));
