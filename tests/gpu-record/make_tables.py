@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Markdown tables from the GPU records in this folder (the README's benchmark section).
+
+  python3 tests/gpu-record/make_tables.py                      print the tables
+  python3 tests/gpu-record/make_tables.py --write-readme README.md
+        replace what lies between <!-- bench:begin --> and <!-- bench:end --> in README.md
+  python3 tests/gpu-record/make_tables.py --check README.md    exit 1 if README.md is not up to date
+
+Reads kernel-bench.json (gsa-kernel-bench), sdpa-baseline.json (deploy/gpu/sdpa_baseline.py),
+e2e-bench.json (deploy/gpu/e2e-bench.sh) and, while there is no e2e-bench.json, the older
+long-context-e2e.json; a missing file leaves its table out (with the command that makes it).
+Every table names its file, card, commit and the command that produced it. Standard library only.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+BEGIN = "<!-- bench:begin -->"
+END = "<!-- bench:end -->"
+
+
+def load(directory, name):
+    path = os.path.join(directory, name)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError:
+        return None
+    except ValueError as e:
+        print("make_tables: %s is not valid JSON: %s" % (path, e), file=sys.stderr)
+        return None
+
+
+def compare_module():
+    path = os.path.join(ROOT, "deploy", "gpu", "compare_dense.py")
+    spec = importlib.util.spec_from_file_location("compare_dense", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def num(v, fmt="%.1f"):
+    return fmt % v if isinstance(v, (int, float)) else "–"
+
+
+def ctx(L):
+    return "%dK" % (L // 1024) if L % 1024 == 0 else str(L)
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def source_line(name, rec, command):
+    return "`tests/gpu-record/%s`: %s, commit `%s`, %s. Command: `%s`" % (
+        name, rec.get("card", "?"), rec.get("commit", "?"), rec.get("date", "?"), command)
+
+
+def kernel_tables(kb):
+    recs = kb.get("records", [])
+    by = {(r["case"], r["L"], r["B"]): r for r in recs}
+    out = ["### Kernels, one gsa-1.7b layer (gsa-kernel-bench)", "",
+           source_line("kernel-bench.json", kb, kb.get("command_line", "?")), ""]
+    ce = kb.get("ceilings", {})
+    if ce:
+        out += ["Ceilings measured in the same run: copy %s GB/s (read + write), bf16 matrix product %s TFLOP/s." % (
+            num(ce.get("copy_gbps"), "%.0f"), num(ce.get("bf16_tflops"), "%.0f")), ""]
+    rows = []
+    for (case, L, B), r in sorted(by.items(), key=lambda x: (x[0][1], x[0][2])):
+        if case != "decode_dense_attention":
+            continue
+        g = by.get(("gsa_decode", L, B))
+        frac = r.get("fraction_of_ceiling")
+        rows.append([ctx(L), B, num(r["time_us"]), "%s (%s)" % (num(r.get("gbps"), "%.0f"),
+                                                                 num(100 * frac, "%.0f%%") if frac else "–"),
+                     num(g["time_us"]) if g else "–", num(g.get("dense_over_gsa"), "%.2f×") if g else "–"])
+    if rows:
+        out += ["Decode attention (B rows, one query token each, over L cached tokens):", "",
+                table(["L", "B", "dense µs", "dense GB/s (of copy)", "GSA µs (indexer + top-k + sparse)",
+                       "dense / GSA"], rows), ""]
+    rows = []
+    for L in sorted({r["L"] for r in recs if r["case"] == "prefill_dense_full"}):
+        full, chunk, gsa = by.get(("prefill_dense_full", L, 1)), by.get(("prefill_dense_chunk", L, 1)), \
+            by.get(("prefill_gsa_chunk", L, 1))
+        rows.append([ctx(L),
+                     "%s (%s TFLOP/s)" % (num(full["time_us"] / 1000, "%.2f"), num(full.get("tflops"), "%.0f"))
+                     if full else "–",
+                     "%s (%s TFLOP/s)" % (num(chunk["time_us"] / 1000, "%.2f"), num(chunk.get("tflops"), "%.0f"))
+                     if chunk else "–",
+                     num(gsa["time_us"] / 1000, "%.2f") if gsa else "–",
+                     num(gsa.get("dense_over_gsa"), "%.2f×") if gsa else "–"])
+    if rows:
+        out += ["Prefill (B = 1; chunk = the prompt's last 2048 rows; GSA on random-weight selections):", "",
+                table(["L", "dense, whole prompt ms", "dense, chunk ms", "GSA, chunk ms", "dense / GSA (chunk)"],
+                      rows), ""]
+    return out
+
+
+def sdpa_tables(kb, sd):
+    cmp = compare_module()
+    out = ["### Dense kernels against PyTorch SDPA (issue 6: ours within %.2f× of SDPA flash)" % cmp.DEFAULT_TARGET,
+           ""]
+    if sd is None:
+        out += ["Not recorded yet: `deploy/gpu/sdpa_baseline.py` writes `sdpa-baseline.json` "
+                "(see `deploy/gpu/bench-all.sh`).", ""]
+        return out
+    out += [source_line("sdpa-baseline.json", sd, sd.get("command_line", "?")) +
+            "; torch %s, CUDA %s, cuDNN %s." % (sd.get("torch_version"), sd.get("torch_cuda"), sd.get("cudnn_version")),
+            ""]
+    if kb is None:
+        out += ["(no kernel-bench.json to compare with)", ""]
+        return out
+    if kb.get("card") != sd.get("card"):
+        out += ["**Different cards**: ours on %s, SDPA on %s." % (kb.get("card"), sd.get("card")), ""]
+    if kb.get("commit") != sd.get("commit"):
+        out += ["Ours measured at commit `%s`, SDPA recorded with commit `%s`." % (kb.get("commit"), sd.get("commit")),
+                ""]
+    rows = cmp.compare(kb, sd, "flash", cmp.DEFAULT_TARGET)
+    if not rows:
+        out += ["(no shape in common)", ""]
+        return out
+    names = {"decode_dense_attention": "decode", "prefill_dense_full": "prefill, whole prompt",
+             "prefill_dense_chunk": "prefill, 2048-row chunk"}
+    body = []
+    for r in rows:
+        ratio = r.get("ratio")
+        body.append([names[r["case"]], ctx(r["L"]), r["B"], num(r["ours_us"]),
+                     "%s (%s)" % (num(r["sdpa_us"]), r["sdpa_variant"]) if "sdpa_us" in r else "–",
+                     ("**%s**" % num(ratio, "%.2f") if ratio > cmp.DEFAULT_TARGET else num(ratio, "%.2f"))
+                     if ratio is not None else "–",
+                     "%s (%s)" % (num(r["best_sdpa_us"]), r["best_sdpa_backend"]) if "best_sdpa_us" in r else "–",
+                     num(r.get("ratio_to_best"), "%.2f")])
+    s = cmp.summary(rows)
+    out += [table(["case", "L", "B", "ours µs", "SDPA flash µs (variant)", "ours / flash", "fastest SDPA µs (backend)",
+                   "ours / fastest"], body), "",
+            "%d of %d shapes within %.2f× of SDPA flash (bold: over). Ours includes the output gate and reads a paged "
+            "cache; SDPA reads contiguous K/V. `gqa`: `enable_gqa=True`; `packed`: the 2 query heads of a KV group "
+            "as 2 query rows." % (s["within_target"], s["compared_to_backend"], cmp.DEFAULT_TARGET), ""]
+    return out
+
+
+def e2e_tables(e2e, old):
+    out = ["### End to end: gsa-server + gsa-bench, GSA against dense", ""]
+    if e2e is not None:
+        out += [source_line("e2e-bench.json", e2e, e2e.get("command", "?")), ""]
+        srv = e2e.get("server", {})
+        model = e2e.get("model", {})
+        info = model.get("info") or {}
+        out += ["Server: `%s` (%s, cache %s tokens). Model: %s shapes, %s random weights, vocabulary %s, k = %s." % (
+            srv.get("command", "?"), srv.get("device", "?"), srv.get("cache_tokens", "?"), model.get("shape", "?"),
+            model.get("dtype", "?"), info.get("vocab_size", "?"), info.get("k_base", "?")), ""]
+        cases = e2e.get("cases", [])
+        rows = []
+        for c in sorted(cases, key=lambda c: (c["context"], c["batch"], c["attention"] != "gsa")):
+            note = "" if c.get("ok") else "failed"
+            if c["batch"] > 1 and not c.get("prefix_cache_hit"):
+                note = (note + "; " if note else "") + "prefill not excluded"
+            rows.append([ctx(c["context"]), c["batch"], c["attention"], num(c.get("ttft_ms") / 1000, "%.2f")
+                         if isinstance(c.get("ttft_ms"), (int, float)) else "–",
+                         num(c.get("decode_step_ms"), "%.2f"), num(c.get("itl_ms_p50"), "%.2f"),
+                         num(c.get("decode_tokens_per_s"), "%.0f"), note])
+        out += [table(["context", "batch", "attention", "TTFT s", "decode step ms", "ITL p50 ms",
+                       "decode tokens/s", "note"], rows), ""]
+        comp = e2e.get("comparisons", [])
+        if comp:
+            rows = [[ctx(r["context"]), r["batch"], num(r["dense_over_gsa_step"], "%.2f×"),
+                     num(r.get("gsa_over_dense_ttft"), "%.2f×")]
+                    for r in sorted(comp, key=lambda r: (r["context"], r["batch"]))]
+            out += [table(["context", "batch", "decode step dense / GSA", "TTFT GSA / dense"], rows), ""]
+        t = e2e.get("target")
+        if t:
+            out += ["Target (%s): %s." % (t["what"], "met" if t.get("met") else "not met, %s" % num(
+                t.get("dense_over_gsa"), "%.2f×")), ""]
+        out += ["Prompts are %s tokens, so decode runs up to the context; decode step = (e2e − TTFT) / (tokens − 1) "
+                "per request; batch %s: distinct prompts prefilled first, then sent again at once and served from "
+                "the prefix cache, so the step is decode only. One TTFT sample each." % (
+                    ", ".join(str(v) for v in e2e.get("settings", {}).get("prompt_tokens", {}).values()),
+                    e2e.get("settings", {}).get("batch", "?")), ""]
+        return out
+    if old is not None:
+        out += [source_line("long-context-e2e.json", old, old.get("command", "?")), ""]
+        rows = []
+        for key, label in (("gsa_bench_sparse_default", "gsa"), ("gsa_bench_dense", "dense")):
+            r = old.get(key)
+            if r:
+                rows.append([r.get("prompt_tokens"), 1, label, num(r.get("ttft_ms", 0) / 1000, "%.2f"),
+                             num(r.get("tpot_ms"), "%.2f"), num(r.get("itl_ms_p50"), "%.2f"),
+                             num(1000.0 / r["tpot_ms"], "%.0f") if r.get("tpot_ms") else "–"])
+        out += [table(["prompt tokens", "batch", "attention", "TTFT s", "decode step ms", "ITL p50 ms",
+                       "decode tokens/s"], rows), ""]
+        if old.get("note"):
+            out += [old["note"], ""]
+        out += ["Batch 4 and 32K, GSA against dense: not recorded yet (`deploy/gpu/e2e-bench.sh` writes "
+                "`e2e-bench.json`).", ""]
+        return out
+    return out + ["Not recorded yet: `deploy/gpu/e2e-bench.sh` writes `e2e-bench.json`.", ""]
+
+
+def render(directory):
+    kb = load(directory, "kernel-bench.json")
+    sd = load(directory, "sdpa-baseline.json")
+    e2e = load(directory, "e2e-bench.json")
+    old = load(directory, "long-context-e2e.json")
+    lines = ["<!-- Generated by `python3 tests/gpu-record/make_tables.py --write-readme README.md` from the JSON "
+             "records in tests/gpu-record/; edit those, not these tables. -->", ""]
+    lines += e2e_tables(e2e, old)
+    lines += sdpa_tables(kb, sd)
+    if kb is not None:
+        lines += kernel_tables(kb)
+    else:
+        lines += ["### Kernels (gsa-kernel-bench)", "", "Not recorded yet: `kernel-bench.json`.", ""]
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def splice(text, body):
+    b, e = text.find(BEGIN), text.find(END)
+    if b < 0 or e < 0 or e < b:
+        raise ValueError("README has no %s ... %s markers" % (BEGIN, END))
+    return text[:b + len(BEGIN)] + "\n" + body + text[e:]
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default=HERE, help="folder of the JSON records (default: this script's)")
+    ap.add_argument("--write-readme", metavar="README", help="replace the tables between the markers in this file")
+    ap.add_argument("--check", metavar="README", help="exit 1 if this file's tables are not what the records give")
+    args = ap.parse_args(argv)
+    body = render(args.dir)
+    target = args.write_readme or args.check
+    if not target:
+        sys.stdout.write(body)
+        return 0
+    with open(target) as f:
+        text = f.read()
+    try:
+        new = splice(text, body)
+    except ValueError as e:
+        print("make_tables: %s: %s" % (target, e), file=sys.stderr)
+        return 2
+    if args.check:
+        if new != text:
+            print("make_tables: %s is out of date; run make_tables.py --write-readme %s" % (target, target),
+                  file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        with open(target, "w") as f:
+            f.write(new)
+        print("make_tables: updated %s" % target)
+    else:
+        print("make_tables: %s already up to date" % target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
