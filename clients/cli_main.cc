@@ -1,6 +1,7 @@
 // gsa-cli: one request against a gsa-server. Streams the completion's text as it arrives (or,
 // with --json, prints every response message as protobuf JSON, one a line), then a summary
-// line on stderr. Also --tokenize and --model-info.
+// line on stderr (and, with --attention-stats, the attention statistics table). Also --tokenize
+// and --model-info.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
@@ -16,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "clients/attention_stats_table.h"
 #include "clients/client_channel.h"
 #include "clients/retry_policy.h"
 #include "gsa/v1/generation.grpc.pb.h"
@@ -41,6 +43,10 @@ const char kUsage[] = R"(gsa-cli: send one request to a gsa-server
   --logprobs N                logprob of each token and N alternatives
   --prompt-logprobs N         logprobs of the prompt's tokens
   --attention default|dense   the model's sparse attention (default) or dense
+  --attention-stats           measure how the request's queries attend (keys per query, weight on
+                              the first token, gate means); printed per layer on stderr after the
+                              summary (with --json: in the last message's attention_stats). The
+                              whole prompt is then computed (no prefix-cache reuse)
   --request-id ID
   --timeout S                 deadline in seconds, retries included (default: none)
   --max-retries N             send the request again, up to N times (0 to 10, default 3), when it
@@ -182,6 +188,8 @@ int main(int argc, char** argv) {
       const std::string* v = value();
       ok = v != nullptr && (*v == "default" || *v == "dense");
       if (ok) req.set_attention(*v == "dense" ? gsa::v1::ATTENTION_DENSE : gsa::v1::ATTENTION_DEFAULT);
+    } else if (a == "--attention-stats") {
+      req.set_attention_stats(true);
     } else if (a == "--prompt-ids") {
       const std::string* v = value();
       ok = v != nullptr && ParseIds(*v, req.mutable_token_ids()->mutable_ids());
@@ -328,6 +336,7 @@ int main(int argc, char** argv) {
               << " cached), completion " << last.usage().completion_tokens() << " tokens, first token "
               << last.timings().first_token_seconds() * 1e3 << " ms, total "
               << last.timings().total_seconds() * 1e3 << " ms\n";
+    if (last.has_attention_stats()) std::cerr << gsa::AttentionStatsTable(last.attention_stats());
   }
   return 0;
 }

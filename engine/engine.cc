@@ -12,6 +12,32 @@ double Seconds(Request::Clock::time_point from, Request::Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
+// Checks that the backend returned attention statistics for exactly the rows of the sequences
+// that asked, every layer of each: InternalError naming the first discrepancy.
+absl::Status CheckAttentionStats(const StepBatch& batch, const StepOutput& out, int64_t n_layers) {
+  std::vector<int32_t> want;
+  for (const SequenceInBatch& s : batch.seqs) {
+    if (!s.attention_stats) continue;
+    for (int32_t j = 0; j < s.num_query; ++j) want.push_back(s.query_start + j);
+  }
+  if (out.stats_rows.size() != want.size()) {
+    return absl::InternalError(absl::StrCat("the backend returned attention statistics for ", out.stats_rows.size(),
+                                            " rows; the step asked for ", want.size()));
+  }
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (out.stats_rows[i] != want[i]) {
+      return absl::InternalError(absl::StrCat("the backend's attention statistics entry ", i, " is for row ",
+                                              out.stats_rows[i], "; expected row ", want[i]));
+    }
+  }
+  if (out.attention_stats.size() != want.size() * static_cast<size_t>(n_layers)) {
+    return absl::InternalError(absl::StrCat("the backend returned ", out.attention_stats.size(),
+                                            " attention statistics entries; expected ", want.size(), " rows x ",
+                                            n_layers, " layers"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> backend,
@@ -110,6 +136,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerateRequest g)
   r->stopping = std::move(g.stopping);
   r->attention = g.attention.value_or(options_.attention);
   r->prompt_logprobs = g.prompt_logprobs;
+  if (g.attention_stats) r->attention_stats.emplace(config_);
   r->deadline = g.deadline;
   r->arrival = Request::Clock::now();
   if (tokenizer_) {
@@ -225,6 +252,7 @@ void Engine::RunStep() {
     s.context_len = static_cast<int32_t>(c.start + c.num_tokens);
     s.block_table = cache_.Table(r->id);
     s.attention = r->attention;
+    s.attention_stats = r->attention_stats.has_value();
     const bool want_prompt = r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent;
     rows[i].first_logits = static_cast<int32_t>(batch.logits_rows.size());
     for (int64_t j = 0; j < c.num_tokens; ++j) {
@@ -256,8 +284,33 @@ void Engine::RunStep() {
     stats_.selected_rows += out->selected_rows;
   }
 
+  // Attention statistics: every position computed this step, in order, into its request's sums
+  // (stats_rows are the asking sequences' rows, ascending, so they come chunk by chunk).
+  std::vector<bool> failed(plan.chunks.size(), false);
+  if (!out->stats_rows.empty() || std::any_of(batch.seqs.begin(), batch.seqs.end(),
+                                              [](const SequenceInBatch& s) { return s.attention_stats; })) {
+    const absl::Status ok = CheckAttentionStats(batch, *out, config_.n_layers);
+    size_t next = 0;
+    for (size_t i = 0; i < plan.chunks.size(); ++i) {
+      Request* r = plan.chunks[i].request;
+      if (!r->attention_stats) continue;
+      if (!ok.ok()) {
+        failed[i] = true;
+        continue;
+      }
+      for (int64_t j = 0; j < plan.chunks[i].num_tokens; ++j, ++next) {
+        r->attention_stats->Add(plan.chunks[i].start + j,
+                                out->attention_stats.data() + next * static_cast<size_t>(config_.n_layers));
+      }
+    }
+    for (size_t i = 0; i < plan.chunks.size(); ++i) {
+      if (failed[i]) Finish(plan.chunks[i].request, FinishReason::kError, std::string(ok.message()));
+    }
+  }
+
   const int64_t V = out->vocab_size;
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    if (failed[i]) continue;  // finished above: the request is gone
     const ScheduledChunk& c = plan.chunks[i];
     Request* r = c.request;
     int32_t li = rows[i].first_logits;
@@ -363,6 +416,7 @@ void Engine::Finish(Request* r, FinishReason reason, std::string error) {
   if (r->first_scheduled) d.timings.queued_s = Seconds(r->arrival, *r->first_scheduled);
   if (r->first_token) d.timings.first_token_s = Seconds(r->arrival, *r->first_token);
   d.timings.total_s = Seconds(r->arrival, now);
+  if (r->attention_stats) d.attention_stats = r->attention_stats->Summary();
   r->status = RequestStatus::kFinished;
   r->stream->Push(std::move(d));
   {

@@ -4,8 +4,9 @@
 //
 // Each step: take new requests and cancellations from the inbox, expire deadlines, schedule
 // (decodes first, then prefill chunks FCFS under the token budget), run the backend once over the
-// whole batch, sample each finished chunk's next token, detokenize, check stops, and push deltas.
-// A request's tokens and logprobs never depend on what else is in the batch.
+// whole batch, add the attention statistics of the requests that asked for them, sample each
+// finished chunk's next token, detokenize, check stops, and push deltas. A request's tokens,
+// logprobs and attention statistics never depend on what else is in the batch.
 //
 // Thread-safety: Submit, Cancel, Stats and the destructor may be called from any thread.
 #pragma once
@@ -53,6 +54,9 @@ struct GenerateRequest {
   StoppingParams stopping;
   std::optional<AttentionMode> attention;  // unset: the engine's default
   int32_t prompt_logprobs = -1;        // -1: none; else top-N per prompt position
+  // Attention statistics on the final output (GenerationDelta::attention_stats). The whole prompt
+  // is then computed (no prefix-cache reuse).
+  bool attention_stats = false;
   std::optional<std::chrono::steady_clock::time_point> deadline;
 };
 

@@ -14,6 +14,21 @@ std::string Piece(const Tokenizer* tokenizer, int32_t id) {
   return p.ok() ? *p : "";
 }
 
+void Fill(const AttentionStats& in, v1::AttentionStats& out) {
+  out.set_positions(static_cast<uint64_t>(in.positions));
+  out.set_mean_selected_k(in.mean_selected_k);
+  out.set_first_token_share(in.first_token_share);
+  if (in.value_gate_mean) out.set_value_gate_mean(*in.value_gate_mean);
+  if (in.output_gate_mean) out.set_output_gate_mean(*in.output_gate_mean);
+  for (const LayerAttentionStats& l : in.layers) {
+    v1::LayerAttentionStats* o = out.add_layers();
+    o->set_mean_selected_k(l.mean_selected_k);
+    o->set_first_token_share(l.first_token_share);
+    if (l.value_gate_mean) o->set_value_gate_mean(*l.value_gate_mean);
+    if (l.output_gate_mean) o->set_output_gate_mean(*l.output_gate_mean);
+  }
+}
+
 void Fill(const TokenLogprob& in, const Tokenizer* tokenizer, v1::TokenLogprob& out) {
   out.set_token_id(in.token_id);
   out.set_logprob(in.logprob);
@@ -103,6 +118,7 @@ absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& in,
     }
     out.prompt_logprobs = in.prompt_logprobs();
   }
+  out.attention_stats = in.attention_stats();
   switch (in.attention()) {
     case v1::ATTENTION_DEFAULT: break;  // the engine's default
     case v1::ATTENTION_DENSE: out.attention = AttentionMode::kDense; break;
@@ -132,6 +148,7 @@ void AppendDelta(const GenerationDelta& d, const Tokenizer* tokenizer, v1::Gener
     r.mutable_timings()->set_queued_seconds(d.timings.queued_s);
     r.mutable_timings()->set_first_token_seconds(d.timings.first_token_s);
     r.mutable_timings()->set_total_seconds(d.timings.total_s);
+    if (d.attention_stats) Fill(*d.attention_stats, *r.mutable_attention_stats());
   }
 }
 

@@ -13,7 +13,7 @@
 namespace gsa {
 
 // Validates an API request and converts it: the prompt (text through `tokenizer`, or ids), every
-// sampling and stopping value, logprob counts and the attention enum. InvalidArgument naming the
+// sampling and stopping value, logprob counts, the attention enum and the attention-statistics flag. InvalidArgument naming the
 // field for anything out of range; FailedPrecondition for text without a tokenizer. The engine
 // checks what depends on its state (lengths against max_model_len and the cache) at Submit.
 absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& request,
@@ -21,7 +21,7 @@ absl::StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& reque
                                                 int32_t max_logprobs);
 
 // Appends a delta to a response (token ids, text, logprobs, prompt logprobs; and finish reason,
-// usage, timings when the delta is final). `tokenizer` may be null (no piece strings then).
+// usage, timings and attention statistics (when asked for) when the delta is final). `tokenizer` may be null (no piece strings then).
 void AppendDelta(const GenerationDelta& delta, const Tokenizer* tokenizer,
                  v1::GenerateResponse& response);
 

@@ -1,6 +1,7 @@
 // The engine as a whole, on the CPU backend: many requests at once, each answered as if it
 // were alone; preemption, prefix caching, cancellation and deadlines free every block; stops,
-// EOS, max_tokens and streaming text behave as specified.
+// EOS, max_tokens and streaming text behave as specified; attention statistics come on the final
+// delta only, the same alone, batched, chunked and preempted, over the whole prompt.
 #include "engine/engine.h"
 
 #include <gmock/gmock.h>
@@ -33,6 +34,7 @@ struct Collected {
   std::vector<std::string> deltas;
   std::vector<TokenLogprob> logprobs;
   std::optional<std::vector<std::optional<TokenLogprob>>> prompt_logprobs;
+  int deltas_with_attention_stats = 0;
   GenerationDelta final;
   bool ok = false;
 };
@@ -48,6 +50,7 @@ Collected Drain(RequestStream& s, std::chrono::seconds limit = 120s) {
     c.deltas.push_back(d->text);
     for (auto& l : d->logprobs) c.logprobs.push_back(l);
     if (d->prompt_logprobs) c.prompt_logprobs = d->prompt_logprobs;
+    if (d->attention_stats) ++c.deltas_with_attention_stats;
     if (d->finished) {
       c.final = std::move(*d);
       c.ok = true;
@@ -447,6 +450,138 @@ TEST_F(EngineTest, PromptLogprobsMatchTheGoldenLogSoftmax) {
     EXPECT_NEAR((*c.prompt_logprobs)[p]->logprob, want, 1e-4) << "position " << p;
     EXPECT_EQ((*c.prompt_logprobs)[p]->top.size(), 2u);
   }
+}
+
+// Attention statistics must be bitwise equal: each position's values do not depend on the
+// batch (cpu_ops.h) and the engine adds them in position order.
+void ExpectSameAttentionStats(const AttentionStats& a, const AttentionStats& b, const std::string& what) {
+  EXPECT_EQ(a.positions, b.positions) << what;
+  EXPECT_EQ(a.mean_selected_k, b.mean_selected_k) << what;
+  EXPECT_EQ(a.first_token_share, b.first_token_share) << what;
+  EXPECT_EQ(a.value_gate_mean, b.value_gate_mean) << what;
+  EXPECT_EQ(a.output_gate_mean, b.output_gate_mean) << what;
+  ASSERT_EQ(a.layers.size(), b.layers.size()) << what;
+  for (size_t l = 0; l < a.layers.size(); ++l) {
+    EXPECT_EQ(a.layers[l].mean_selected_k, b.layers[l].mean_selected_k) << what << " layer " << l;
+    EXPECT_EQ(a.layers[l].first_token_share, b.layers[l].first_token_share) << what << " layer " << l;
+    EXPECT_EQ(a.layers[l].value_gate_mean, b.layers[l].value_gate_mean) << what << " layer " << l;
+    EXPECT_EQ(a.layers[l].output_gate_mean, b.layers[l].output_gate_mean) << what << " layer " << l;
+  }
+}
+
+TEST_F(EngineTest, AttentionStatsComeOnTheFinalDeltaAndAreTheSameAloneBatchedAndChunked) {
+  GenerateRequest target = Req(Prompt(37, 1), 12);
+  target.attention_stats = true;
+  GenerateRequest dense = Req(Prompt(23, 2), 9, 0.8f, 42);
+  dense.attention = AttentionMode::kDense;
+  dense.attention_stats = true;
+  const Collected alone = RunAlone(model_dir_, target);
+  const Collected dense_alone = RunAlone(model_dir_, dense);
+  ASSERT_TRUE(alone.ok && dense_alone.ok);
+  ASSERT_TRUE(alone.final.attention_stats.has_value());
+  EXPECT_EQ(alone.deltas_with_attention_stats, 1) << "statistics belong on the final delta only";
+  // Every prompt position and every generated token but the last (never fed back) is counted.
+  const AttentionStats& s = *alone.final.attention_stats;
+  EXPECT_EQ(s.positions, 37 + 12 - 1);
+  ASSERT_EQ(s.layers.size(), 2u);
+  EXPECT_GT(s.mean_selected_k, 4.0);
+  EXPECT_LT(s.mean_selected_k, 24.0);
+  EXPECT_GT(s.first_token_share, 0.0);
+  EXPECT_LT(s.first_token_share, 1.0);
+  ASSERT_TRUE(s.value_gate_mean.has_value() && s.output_gate_mean.has_value());
+  EXPECT_GT(*s.value_gate_mean, 0.0);
+  EXPECT_LT(*s.value_gate_mean, 1.0);  // sigmoid gates
+  // Dense: position t attends to t + 1 keys, so the mean over positions 0 … N-1 is (N + 1) / 2.
+  const AttentionStats& d = *dense_alone.final.attention_stats;
+  EXPECT_EQ(d.positions, 23 + 9 - 1);
+  for (const LayerAttentionStats& l : d.layers) EXPECT_EQ(l.mean_selected_k, (d.positions + 1) / 2.0);
+
+  // Not asked: no statistics.
+  const Collected plain = RunAlone(model_dir_, Req(Prompt(37, 1), 12));
+  EXPECT_FALSE(plain.final.attention_stats.has_value());
+  EXPECT_EQ(plain.deltas_with_attention_stats, 0);
+  ExpectSameGeneration(plain, alone, "asking for statistics changes the generation");
+
+  // Among others, with the prompts chunked (16 tokens a step) and mixed with decodes.
+  EngineOptions o;
+  o.max_batched_tokens = 16;
+  auto e = MakeEngine(model_dir_, o);
+  std::vector<std::shared_ptr<RequestStream>> others;
+  for (int i = 0; i < 3; ++i) {
+    auto s_other = e->Submit(Req(Prompt(9 + 7 * i, 60 + i), 10 + i, 0.7f, 5 + i));
+    ASSERT_TRUE(s_other.ok());
+    others.push_back(*s_other);
+  }
+  auto st = e->Submit(target);
+  auto sd = e->Submit(dense);
+  ASSERT_TRUE(st.ok() && sd.ok());
+  const Collected batched = Drain(**st);
+  const Collected dense_batched = Drain(**sd);
+  for (auto& other : others) EXPECT_FALSE(Drain(*other).final.attention_stats.has_value());
+  ASSERT_TRUE(batched.final.attention_stats.has_value());
+  ASSERT_TRUE(dense_batched.final.attention_stats.has_value());
+  ExpectSameAttentionStats(*batched.final.attention_stats, s, "sparse request, batched and chunked");
+  ExpectSameAttentionStats(*dense_batched.final.attention_stats, d, "dense request, batched and chunked");
+}
+
+TEST_F(EngineTest, AttentionStatsRequestsComputeTheirWholePromptAndStillFillThePrefixCache) {
+  const std::vector<int32_t> prompt = Prompt(101, 78);
+  GenerateRequest with_stats = Req(prompt, 4);
+  with_stats.attention_stats = true;
+  {
+    // The prompt is in the cache, but a request asking for statistics computes it all.
+    auto e = MakeEngine(model_dir_);
+    auto s1 = e->Submit(Req(prompt, 4));
+    ASSERT_TRUE(s1.ok());
+    EXPECT_EQ(Drain(**s1).final.usage.cached_tokens, 0);
+    auto s2 = e->Submit(with_stats);
+    ASSERT_TRUE(s2.ok());
+    const Collected c = Drain(**s2);
+    EXPECT_EQ(c.final.usage.cached_tokens, 0);
+    ASSERT_TRUE(c.final.attention_stats.has_value());
+    EXPECT_EQ(c.final.attention_stats->positions, 101 + 4 - 1);
+    ExpectSameAttentionStats(*c.final.attention_stats, *RunAlone(model_dir_, with_stats).final.attention_stats,
+                             "after a cached run");
+  }
+  {
+    // A request asking for statistics fills the cache for the next one.
+    auto e = MakeEngine(model_dir_);
+    auto s1 = e->Submit(with_stats);
+    ASSERT_TRUE(s1.ok());
+    Drain(**s1);
+    auto s2 = e->Submit(Req(prompt, 4));
+    ASSERT_TRUE(s2.ok());
+    EXPECT_EQ(Drain(**s2).final.usage.cached_tokens, 96);
+  }
+}
+
+TEST_F(EngineTest, PreemptedRequestsRestartTheirAttentionStatsAndCountEveryPositionOnce) {
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < 8; ++i) {
+    reqs.push_back(Req(Prompt(12 + 2 * i, 90 + i), 20, i % 2 ? 0.9f : 0.f, 17 + i));
+    reqs.back().attention_stats = true;
+  }
+  std::vector<Collected> alone;
+  for (const auto& r : reqs) alone.push_back(RunAlone(model_dir_, r));
+
+  EngineOptions o;
+  o.max_cache_tokens = 8 * 12;  // 12 blocks of 8: room for about 2 requests at a time
+  o.max_batched_tokens = 64;
+  auto e = MakeEngine(model_dir_, o);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const auto& r : reqs) {
+    auto s = e->Submit(r);
+    ASSERT_TRUE(s.ok()) << s.status();
+    streams.push_back(*s);
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const Collected c = Drain(*streams[i]);
+    ExpectSameGeneration(c, alone[i], absl::StrCat("request ", i));
+    ASSERT_TRUE(c.final.attention_stats.has_value());
+    EXPECT_EQ(c.final.attention_stats->positions, static_cast<int64_t>(reqs[i].prompt.size()) + 20 - 1);
+    ExpectSameAttentionStats(*c.final.attention_stats, *alone[i].final.attention_stats, absl::StrCat("request ", i));
+  }
+  EXPECT_GT(e->Stats().preemptions, 0) << "the cache was large enough that nothing was preempted";
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Scheduler: decodes first, prefill chunks FCFS under the token budget and the sequence cap;
-// preemption of the newest running request when blocks run out.
+// preemption of the newest running request when blocks run out; requests asking for attention
+// statistics compute their whole prompt and restart their statistics when preempted.
 #include "engine/sched/scheduler.h"
 
 #include <gtest/gtest.h>
@@ -89,6 +90,56 @@ TEST(Scheduler, PreemptsTheNewestRunningRequestWhenBlocksRunOut) {
   s.Remove(a.get());
   s.Remove(b.get());
   EXPECT_EQ(cache.pool().num_used(), 0);
+}
+
+TEST(Scheduler, AttentionStatsRequestsSkipThePrefixCacheAndRestartWhenPreempted) {
+  KvCacheManager cache(6, 4, /*enable_prefix_caching=*/true);
+  Scheduler s({100, 8}, cache);
+  ModelConfig config;
+  config.n_layers = 1;
+  auto first = MakeRequest(1, 9);
+  s.AddWaiting(first.get());
+  Advance(s, s.Schedule());  // its two full blocks are now in the prefix cache
+  s.Remove(first.get());
+
+  auto plain = MakeRequest(2, 9);
+  plain->prompt = first->prompt;
+  auto asking = MakeRequest(3, 9);
+  asking->prompt = first->prompt;
+  asking->attention_stats.emplace(config);
+  s.AddWaiting(asking.get());
+  s.AddWaiting(plain.get());
+  SchedulerOutput o = s.Schedule();
+  ASSERT_EQ(o.chunks.size(), 2u);
+  EXPECT_EQ(o.chunks[0].request, asking.get());
+  EXPECT_EQ(o.chunks[0].start, 0) << "a request asking for attention statistics computes its whole prompt";
+  EXPECT_EQ(asking->num_cached, 0);
+  EXPECT_EQ(o.chunks[1].start, 8) << "the others still reuse the cached prefix";
+  EXPECT_EQ(plain->num_cached, 8);
+  Advance(s, o);
+
+  s.Remove(asking.get());
+  s.Remove(plain.get());
+  EXPECT_EQ(cache.pool().num_used(), 0);
+
+  // Preemption (as in PreemptsTheNewestRunningRequestWhenBlocksRunOut): the statistics gathered so
+  // far are dropped, since the recompute counts every position again.
+  KvCacheManager small(4, 4, false);  // 16 tokens in all
+  Scheduler s2({100, 8}, small);
+  auto a = MakeRequest(4, 7);
+  auto b = MakeRequest(5, 8);
+  b->attention_stats.emplace(config);
+  s2.AddWaiting(a.get());
+  s2.AddWaiting(b.get());
+  Advance(s2, s2.Schedule());
+  const AttentionRowStats row[1] = {{1, 1.0, 0.0, 0.0}};
+  for (int64_t t = 0; t < 8; ++t) b->attention_stats->Add(t, row);  // what the engine adds
+  SchedulerOutput o2 = s2.Schedule();
+  ASSERT_EQ(o2.preempted.size(), 1u);
+  EXPECT_EQ(o2.preempted[0], b.get());
+  EXPECT_EQ(b->attention_stats->positions(), 0);
+  s2.Remove(a.get());
+  s2.Remove(b.get());
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The gRPC surface, in process on an ephemeral loopback port: streaming, Complete, Tokenize,
 // GetModelInfo, health, every validation error, a full queue, cancellation, deadlines, 64
-// concurrent clients, prompt logprobs against the golden logits, and draining.
+// concurrent clients, prompt logprobs against the golden logits, attention statistics on the final
+// message of Generate and in Complete, and draining.
 #include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -10,11 +11,13 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/model_loader.h"
 #include "engine/model/safetensors.h"
 #include "engine/tools/random_model.h"
 #include "gsa/v1/generation.grpc.pb.h"
 #include "server/server.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "tests/testing/golden.h"
 #include "tests/testing/spm_fixture.h"
 #include "tests/testing/test_support.h"
 
@@ -350,6 +353,78 @@ TEST_F(ServerTest, PromptLogprobsMatchTheGoldenLogits) {
       max_err = std::max(max_err, std::fabs(first.prompt_logprobs(static_cast<int>(p)).logprob() - want));
     }
     EXPECT_LE(max_err, 1e-4) << name;
+  }
+}
+
+TEST_F(ServerTest, AttentionStatsComeOnTheFinalMessageOfGenerateAndInComplete) {
+  v1::GenerateRequest r = Ids({5, 6, 7, 8, 9, 10, 11, 12, 13, 14}, 6);
+  r.set_attention_stats(true);
+  StreamResult s = Stream(r);
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  ASSERT_GE(s.messages.size(), 2u);
+  for (size_t i = 0; i + 1 < s.messages.size(); ++i) {
+    EXPECT_FALSE(s.messages[i].has_attention_stats()) << "message " << i << " is not the last";
+  }
+  ASSERT_TRUE(s.messages.back().has_attention_stats());
+  const v1::AttentionStats& st = s.messages.back().attention_stats();
+  EXPECT_EQ(st.positions(), 10u + 6u - 1u);
+  ASSERT_EQ(st.layers_size(), 2);
+  double k_mean = 0, share = 0;
+  for (const v1::LayerAttentionStats& l : st.layers()) {
+    EXPECT_GE(l.mean_selected_k(), 1.0);
+    EXPECT_LE(l.mean_selected_k(), 15.0);  // position t attends to at most t + 1 ≤ 15 keys
+    EXPECT_GT(l.first_token_share(), 0.0);
+    EXPECT_LT(l.first_token_share(), 1.0);
+    EXPECT_TRUE(l.has_value_gate_mean());
+    EXPECT_TRUE(l.has_output_gate_mean());
+    k_mean += l.mean_selected_k() / 2;
+    share += l.first_token_share() / 2;
+  }
+  EXPECT_NEAR(st.mean_selected_k(), k_mean, 1e-12);
+  EXPECT_NEAR(st.first_token_share(), share, 1e-12);
+  EXPECT_TRUE(st.has_value_gate_mean());
+  EXPECT_TRUE(st.has_output_gate_mean());
+
+  // Complete: the same statistics in its one message (greedy, so the same sequence).
+  {
+    grpc::ClientContext ctx;
+    v1::GenerateResponse resp;
+    ASSERT_TRUE(stub_->Complete(&ctx, r, &resp).ok());
+    ASSERT_TRUE(resp.has_attention_stats());
+    EXPECT_EQ(resp.attention_stats().SerializeAsString(), st.SerializeAsString());
+  }
+  // Not asked: none anywhere.
+  r.set_attention_stats(false);
+  for (const v1::GenerateResponse& m : Stream(r).messages) EXPECT_FALSE(m.has_attention_stats());
+  {
+    grpc::ClientContext ctx;
+    v1::GenerateResponse resp;
+    ASSERT_TRUE(stub_->Complete(&ctx, r, &resp).ok());
+    EXPECT_FALSE(resp.has_attention_stats());
+  }
+
+  // A golden model without gates: gate means unset; the keys per query are those of the
+  // reference implementation's selections.
+  server_.reset();
+  StartServer(Options(gsa::testing::GoldenDir("sparse-relu-tiny")));
+  auto m = LoadModel(gsa::testing::GoldenDir("sparse-relu-tiny"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  const gsa::testing::Golden golden = gsa::testing::ReadGolden(m->dir, m->config.n_layers, m->config.vocab_size);
+  v1::GenerateRequest g = Ids(golden.input_ids, 1);
+  g.set_attention_stats(true);
+  grpc::ClientContext ctx;
+  v1::GenerateResponse resp;
+  ASSERT_TRUE(stub_->Complete(&ctx, g, &resp).ok());
+  const v1::AttentionStats& gs = resp.attention_stats();
+  EXPECT_EQ(gs.positions(), golden.input_ids.size());
+  EXPECT_FALSE(gs.has_value_gate_mean());
+  EXPECT_FALSE(gs.has_output_gate_mean());
+  ASSERT_EQ(gs.layers_size(), static_cast<int>(golden.sel.size()));
+  for (size_t l = 0; l < golden.sel.size(); ++l) {
+    double kept = 0;
+    for (const auto& row : golden.sel[l]) kept += static_cast<double>(row.size());
+    EXPECT_DOUBLE_EQ(gs.layers(static_cast<int>(l)).mean_selected_k(), kept / static_cast<double>(golden.sel[l].size()));
+    EXPECT_FALSE(gs.layers(static_cast<int>(l)).has_value_gate_mean());
   }
 }
 

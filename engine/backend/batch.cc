@@ -68,4 +68,13 @@ absl::Status ValidateBatch(const StepBatch& batch, const CacheSpec& cache, int64
   return absl::OkStatus();
 }
 
+std::vector<int32_t> AttentionStatsRows(const StepBatch& batch) {
+  std::vector<int32_t> rows;
+  for (const SequenceInBatch& s : batch.seqs) {
+    if (!s.attention_stats) continue;
+    for (int32_t j = 0; j < s.num_query; ++j) rows.push_back(s.query_start + j);
+  }
+  return rows;
+}
+
 }  // namespace gsa

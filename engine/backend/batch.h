@@ -28,6 +28,9 @@ struct SequenceInBatch {
   int32_t context_len = 0;            // tokens in the cache after this step, new ones included
   std::vector<int32_t> block_table;   // [≥ ceil(context_len / block_size)] physical block ids
   AttentionMode attention = AttentionMode::kModelDefault;
+  // Measure how this sequence's new rows attend (StepOutput::attention_stats). Costs nothing for
+  // sequences that leave it false.
+  bool attention_stats = false;
 };
 
 struct StepBatch {
@@ -37,6 +40,16 @@ struct StepBatch {
   bool record_selection = false;      // return each row's selected positions per layer
 
   int64_t num_rows() const { return static_cast<int64_t>(token_ids.size()); }
+};
+
+// How one query row attended in one layer, for a sequence that asked (SequenceInBatch::
+// attention_stats). Sums over heads and channels, so that the engine can average them over a
+// request's positions (engine/sched/attention_stats.h).
+struct AttentionRowStats {
+  int32_t selected = 0;      // key positions attended: k_t (sparse rows), t + 1 (dense rows)
+  double first_token = 0;    // Σ over query heads of the softmax weight on position 0 (0 where not attended)
+  double value_gate = 0;     // Σ over the n_kv_heads·d_head value-gate activations (0 without the gate)
+  double output_gate = 0;    // Σ over the n_heads·d_head output-gate activations (0 without the gate)
 };
 
 struct StepOutput {
@@ -49,12 +62,20 @@ struct StepOutput {
   // and how many rows that sums over (dense rows are not counted). For metrics.
   std::vector<int64_t> selected_sum;  // [n_layers]
   int64_t selected_rows = 0;
+  // The rows of the sequences that asked for attention statistics, ascending, and their
+  // statistics: attention_stats[i * n_layers + l] is row stats_rows[i] in layer l. Both empty when
+  // no sequence asked.
+  std::vector<int32_t> stats_rows;
+  std::vector<AttentionRowStats> attention_stats;  // [stats_rows.size(), n_layers]
 };
 
 // Checks a batch against the cache shape and vocabulary: rows contiguous and fully covered,
 // token ids in range, block tables long enough with ids in range, no two new tokens writing the
 // same cache slot, logits rows in range. Errors are InvalidArgument naming the sequence or row.
 absl::Status ValidateBatch(const StepBatch& batch, const CacheSpec& cache, int64_t vocab_size);
+
+// The rows of the sequences with attention_stats set, ascending (StepOutput::stats_rows).
+std::vector<int32_t> AttentionStatsRows(const StepBatch& batch);
 
 // Physical cache slot of `position` for a sequence (REQUIRES: the table covers the position).
 inline int64_t SlotOf(const SequenceInBatch& seq, int64_t position, int64_t block_size) {

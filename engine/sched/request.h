@@ -15,6 +15,7 @@
 #include "engine/sample/sampler.h"
 #include "engine/sample/sampling_params.h"
 #include "engine/sample/stop_matcher.h"
+#include "engine/sched/attention_stats.h"
 #include "engine/sched/request_stream.h"
 
 namespace gsa {
@@ -33,6 +34,10 @@ struct Request {
   uint64_t seed = 0;               // sampling.seed, or one the engine drew at submit
   AttentionMode attention = AttentionMode::kModelDefault;
   int32_t prompt_logprobs = -1;    // top-N per prompt position; -1: not requested
+  // Set when the request asked for attention statistics: the sums over the positions computed so
+  // far (since the last preemption, which resets them: the recompute counts every position again).
+  // Such a request never takes its prompt from the prefix cache.
+  std::optional<AttentionStatsAccumulator> attention_stats;
   std::optional<Clock::time_point> deadline;
 
   RequestStatus status = RequestStatus::kWaiting;

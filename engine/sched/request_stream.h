@@ -1,6 +1,7 @@
 // RequestStream: the per-request channel from the engine thread to whoever consumes the output
 // (a gRPC writer, a test). The engine pushes deltas; the consumer pulls them in order. The last
-// delta has `finished` set and carries the finish reason, usage and timings.
+// delta has `finished` set and carries the finish reason, usage and timings (and the attention
+// statistics, when asked for).
 //
 // Thread-safety: Push from the engine thread, Next from one consumer thread; safe together.
 #pragma once
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "engine/sample/sampler.h"
+#include "engine/sched/attention_stats.h"
 
 namespace gsa {
 
@@ -46,6 +48,8 @@ struct GenerationDelta {
   std::string error;                    // why, for kError (and kCancelled: who cancelled)
   Usage usage;
   Timings timings;
+  // Final delta only, when the request asked for attention statistics.
+  std::optional<AttentionStats> attention_stats;
 };
 
 class RequestStream {

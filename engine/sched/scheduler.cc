@@ -24,8 +24,10 @@ void Scheduler::Preempt(Request* r) {
   r->num_computed = 0;
   r->status = RequestStatus::kWaiting;
   ++r->num_preemptions;
-  // Prompt logprobs not yet sent are collected again by the recompute.
+  // Prompt logprobs not yet sent are collected again by the recompute, and attention statistics
+  // restart with it (the recompute counts every position once more).
   if (!r->prompt_logprobs_sent) r->prompt_logprob_entries.clear();
+  if (r->attention_stats) r->attention_stats->Reset();
   waiting_.push_front(r);
 }
 
@@ -59,9 +61,10 @@ SchedulerOutput Scheduler::Schedule() {
     Request* r = waiting_.front();
     const std::vector<int32_t> tokens = r->AllTokens();
     if (r->num_computed == 0 && !cache_.Has(r->id)) {
-      // Prompt logprobs need logits at every prompt position, so such requests recompute.
-      const int64_t cached =
-          r->prompt_logprobs >= 0 ? 0 : cache_.AcquireCachedPrefix(r->id, tokens, r->cache_salt());
+      // Prompt logprobs need logits at every prompt position, and attention statistics every
+      // position's attention, so such requests compute their whole prompt.
+      const bool whole_prompt = r->prompt_logprobs >= 0 || r->attention_stats.has_value();
+      const int64_t cached = whole_prompt ? 0 : cache_.AcquireCachedPrefix(r->id, tokens, r->cache_salt());
       r->num_computed = cached;
       if (!r->admitted_once) r->num_cached = cached;
     }

@@ -3,7 +3,9 @@
 // prefilled prompts), then waiting requests FCFS, under a token budget and a cap on running
 // sequences. When the cache runs out of blocks the newest running request is preempted: its
 // blocks are freed and it goes back to the front of the queue to be recomputed later (its
-// output so far is kept, and seeded sampling by step makes the resumed output identical).
+// output so far is kept, and seeded sampling by step makes the resumed output identical; its
+// attention statistics, if asked for, restart). Requests that need every prompt position
+// computed (prompt logprobs, attention statistics) never take prefix-cached blocks.
 //
 // The result is plain data: which requests run which tokens this step. The engine turns it into
 // a StepBatch and reports back with Update.

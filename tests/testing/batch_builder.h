@@ -32,6 +32,7 @@ class BatchBuilder {
     int64_t start = 0;                // position of tokens[0]
     bool all_logits = true;           // logits for every new token (else the last only)
     AttentionMode attention = AttentionMode::kModelDefault;
+    bool attention_stats = false;     // SequenceInBatch::attention_stats
   };
 
   StepBatch Make(const std::vector<Chunk>& chunks, bool record_selection = false) {
@@ -44,6 +45,7 @@ class BatchBuilder {
       s.context_len = static_cast<int32_t>(c.start + static_cast<int64_t>(c.tokens.size()));
       s.block_table = Blocks(c.id, s.context_len);
       s.attention = c.attention;
+      s.attention_stats = c.attention_stats;
       for (size_t i = 0; i < c.tokens.size(); ++i) {
         if (c.all_logits || i + 1 == c.tokens.size()) {
           b.logits_rows.push_back(static_cast<int32_t>(b.token_ids.size() + i));

@@ -168,8 +168,8 @@ void CpuBackend::IndexerScores(const Layer& w, const LayerCache& cache, const Se
 }
 
 void CpuBackend::RunLayer(int64_t li, const StepBatch& batch, const std::vector<int64_t>& positions,
-                          const std::vector<int32_t>& row_seq, std::vector<float>& hidden,
-                          StepOutput& out) {
+                          const std::vector<int32_t>& row_seq, const std::vector<int32_t>& stats_index,
+                          std::vector<float>& hidden, StepOutput& out) {
   const Layer& w = *layers_[static_cast<size_t>(li)];
   LayerCache& cache = *cache_[static_cast<size_t>(li)];
   const ModelConfig& c = config_;
@@ -179,6 +179,12 @@ void CpuBackend::RunLayer(int64_t li, const StepBatch& batch, const std::vector<
   const int64_t kv_row = c.kv_dim();
   const int64_t bs = cache_spec_.block_size;
   ThreadPool& pool = *pool_;
+  // Attention statistics of the rows that asked: the row's entry in this layer, or null.
+  const int64_t n_layers = c.n_layers;
+  auto stats_of = [&](int64_t r) -> AttentionRowStats* {
+    const int32_t i = stats_index[static_cast<size_t>(r)];
+    return i < 0 ? nullptr : &out.attention_stats[static_cast<size_t>(i * n_layers + li)];
+  };
 
   // 1. Input norm and the fused projections.
   std::vector<float> xn(static_cast<size_t>(rows * D));
@@ -197,7 +203,14 @@ void CpuBackend::RunLayer(int64_t li, const StepBatch& batch, const std::vector<
       float* v = p + w.off_v;
       if (w.off_vg >= 0) {
         const float* g = p + w.off_vg;
-        for (int64_t i = 0; i < kv_row; ++i) v[i] *= GateAct(c.gate_activation, g[i] + w.vg_bias[static_cast<size_t>(i)]);
+        AttentionRowStats* st = stats_of(r);
+        double gate_sum = 0.0;
+        for (int64_t i = 0; i < kv_row; ++i) {
+          const float a = GateAct(c.gate_activation, g[i] + w.vg_bias[static_cast<size_t>(i)]);
+          v[i] *= a;
+          if (st != nullptr) gate_sum += a;
+        }
+        if (st != nullptr) st->value_gate = gate_sum;
       }
       ApplyRope(p + w.off_q, H, dh, positions[static_cast<size_t>(r)], rope_inv_freq_.data());
       ApplyRope(p + w.off_k, Hkv, dh, positions[static_cast<size_t>(r)], rope_inv_freq_.data());
@@ -269,16 +282,23 @@ void CpuBackend::RunLayer(int64_t li, const StepBatch& batch, const std::vector<
       } else {
         SelectTopK(scores.data(), pos + 1, k, sel, scratch);
       }
+      if (AttentionRowStats* st = stats_of(r)) st->selected = static_cast<int32_t>(sel.size());
     }
   });
 
-  // 5. Attention over the selected positions, per (row, query head), then the output gate.
+  // 5. Attention over the selected positions, per (row, query head), then the output gate. Rows
+  //    that asked for statistics also keep, per head, the weight on position 0 and the output
+  //    gate's sum (summed over heads in head order below, so the result is thread-independent).
   std::vector<float> attn(static_cast<size_t>(rows * H * dh));
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
+  const size_t num_stats = out.stats_rows.size();
+  std::vector<double> head_first(num_stats * static_cast<size_t>(H), 0.0);
+  std::vector<double> head_gate(num_stats * static_cast<size_t>(H), 0.0);
   pool.ParallelFor(rows * H, 1, [&](int64_t b, int64_t e) {
     std::vector<float> p;
     for (int64_t idx = b; idx < e; ++idx) {
       const int64_t r = idx / H, h = idx % H, g = h / group;
+      const int32_t si = stats_index[static_cast<size_t>(r)];
       const SequenceInBatch& seq = batch.seqs[static_cast<size_t>(row_seq[static_cast<size_t>(r)])];
       const std::vector<int32_t>& sel = selected[static_cast<size_t>(r)];
       const float* q = proj.data() + r * w.cat_out + w.off_q + h * dh;
@@ -300,14 +320,28 @@ void CpuBackend::RunLayer(int64_t li, const StepBatch& batch, const std::vector<
         const float* v = cache.v.data() + SlotOf(seq, sel[i], bs) * kv_row + g * dh;
         const float pi = p[i] / sum;
         for (int64_t d = 0; d < dh; ++d) o[d] += pi * v[d];
+        if (si >= 0 && sel[i] == 0) head_first[static_cast<size_t>(si * H + h)] = pi;
       }
       if (w.off_og >= 0) {
         const float* gz = proj.data() + r * w.cat_out + w.off_og + h * dh;
         const float* gb = w.og_bias.data() + h * dh;
-        for (int64_t d = 0; d < dh; ++d) o[d] *= GateAct(c.gate_activation, gz[d] + gb[d]);
+        double gate_sum = 0.0;
+        for (int64_t d = 0; d < dh; ++d) {
+          const float a = GateAct(c.gate_activation, gz[d] + gb[d]);
+          o[d] *= a;
+          gate_sum += a;
+        }
+        if (si >= 0) head_gate[static_cast<size_t>(si * H + h)] = gate_sum;
       }
     }
   });
+  for (size_t i = 0; i < num_stats; ++i) {
+    AttentionRowStats& st = out.attention_stats[i * static_cast<size_t>(n_layers) + static_cast<size_t>(li)];
+    for (int64_t h = 0; h < H; ++h) {
+      st.first_token += head_first[i * static_cast<size_t>(H) + static_cast<size_t>(h)];
+      st.output_gate += head_gate[i * static_cast<size_t>(H) + static_cast<size_t>(h)];
+    }
+  }
   int64_t kept = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const SequenceInBatch& seq = batch.seqs[static_cast<size_t>(row_seq[static_cast<size_t>(r)])];
@@ -356,6 +390,12 @@ absl::StatusOr<StepOutput> CpuBackend::Step(const StepBatch& batch) {
 
   StepOutput out;
   out.vocab_size = config_.vocab_size;
+  out.stats_rows = AttentionStatsRows(batch);
+  out.attention_stats.resize(out.stats_rows.size() * static_cast<size_t>(config_.n_layers));
+  std::vector<int32_t> stats_index(static_cast<size_t>(rows), -1);
+  for (size_t i = 0; i < out.stats_rows.size(); ++i) {
+    stats_index[static_cast<size_t>(out.stats_rows[i])] = static_cast<int32_t>(i);
+  }
   if (batch.record_selection) out.selections.resize(static_cast<size_t>(config_.n_layers));
   out.selected_sum.assign(static_cast<size_t>(config_.n_layers), 0);
   for (const SequenceInBatch& s : batch.seqs) {
@@ -367,7 +407,7 @@ absl::StatusOr<StepOutput> CpuBackend::Step(const StepBatch& batch) {
     std::copy_n(embed_.data() + static_cast<int64_t>(batch.token_ids[static_cast<size_t>(r)]) * D, D,
                 hidden.data() + r * D);
   }
-  for (int64_t l = 0; l < config_.n_layers; ++l) RunLayer(l, batch, positions, row_seq, hidden, out);
+  for (int64_t l = 0; l < config_.n_layers; ++l) RunLayer(l, batch, positions, row_seq, stats_index, hidden, out);
 
   const int64_t n_out = static_cast<int64_t>(batch.logits_rows.size());
   std::vector<float> normed(static_cast<size_t>(n_out * D));

@@ -46,8 +46,10 @@ class CpuBackend : public Backend {
   CpuBackend(CreateTag, const ModelConfig& config, int num_threads);
 
  private:
+  // stats_index[r]: row r's index in out.stats_rows, or -1 (no attention statistics).
   void RunLayer(int64_t layer_index, const StepBatch& batch, const std::vector<int64_t>& positions,
-                const std::vector<int32_t>& row_seq, std::vector<float>& hidden, StepOutput& out);
+                const std::vector<int32_t>& row_seq, const std::vector<int32_t>& stats_index,
+                std::vector<float>& hidden, StepOutput& out);
   void AttendRow(int64_t layer_index, const StepBatch& batch, int64_t row, int64_t position,
                  const SequenceInBatch& seq, const float* proj_row, const float* cumvar_prev,
                  float* attn_out, std::vector<int32_t>* selection_out, std::vector<float>& scores,

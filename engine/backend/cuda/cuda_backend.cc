@@ -16,6 +16,7 @@
 #include "engine/backend/rope.h"
 #include "engine/util/status_macros.h"
 #include "kernels/attention.h"
+#include "kernels/attention_stats.h"
 #include "kernels/dense_prefill.h"
 #include "kernels/elementwise.h"
 #include "kernels/indexer.h"
@@ -167,6 +168,15 @@ struct Workspace {
   DeviceBuffer<uint8_t> meta;   // the step's metadata blob
 };
 
+// Outputs of the attention-statistics pass (kernels/attention_stats.h) for the rows that asked,
+// [stats rows, n_layers] each; grown on demand, only by steps that carry such rows.
+struct StatsBuffers {
+  int64_t rows = 0;  // stats rows the buffers hold
+  DeviceBuffer<int32_t> selected;
+  DeviceBuffer<double> first_token, value_gate, output_gate;
+  DeviceBuffer<uint8_t> workspace;  // [rows, n_heads] fp32 per-head weights
+};
+
 struct CudaBackend::Impl {
   int sm_count = 0;
   Stream stream;
@@ -178,6 +188,7 @@ struct CudaBackend::Impl {
   std::vector<LayerWeightsGpu> layers;
   std::vector<LayerCacheGpu> cache;
   Workspace ws;
+  StatsBuffers stats;
   int64_t max_proj_stride = 0;
   int64_t sel_stride = 0;
   int64_t logit_chunk = 0;
@@ -426,6 +437,7 @@ struct StepPlan {
   int32_t max_blocks = 0;
   std::vector<int32_t> block_tables, seq_first_row, query_start, num_query, context_len;
   std::vector<int32_t> logits_rows;
+  std::vector<int32_t> stats_rows;      // rows whose attention statistics the step returns
 };
 
 // Fixed sizes for a graph-captured decode step: every array has the same length every time, so
@@ -440,6 +452,7 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
   p.rows = batch.num_rows();
   p.token_ids = batch.token_ids;
   p.logits_rows = batch.logits_rows;
+  p.stats_rows = AttentionStatsRows(batch);
   const size_t R = static_cast<size_t>(p.rows);
   p.row_seq.resize(R);
   p.position.resize(R);
@@ -531,14 +544,14 @@ struct StepDevice {
   kernels::PagedLayout paged;
   const int32_t *first = nullptr, *qstart = nullptr, *nq = nullptr, *ctx = nullptr;
   const int64_t* offsets = nullptr;
-  const int32_t *grows = nullptr, *pseqs = nullptr, *logit_rows = nullptr;
+  const int32_t *grows = nullptr, *pseqs = nullptr, *logit_rows = nullptr, *stats_rows = nullptr;
 };
 
 // A step's metadata packed for one upload: the blob, and where each array sits in it.
 struct PackedStep {
   StagingBlob blob;
   size_t tokens = 0, seq = 0, pos = 0, slot = 0, dense = 0, tables = 0, first = 0, qstart = 0, nq = 0, ctx = 0,
-         offsets = 0, grows = 0, pseqs = 0, logit_rows = 0;
+         offsets = 0, grows = 0, pseqs = 0, logit_rows = 0, stats_rows = 0;
   int32_t max_blocks = 0, block_size = 0;
 
   // The device addresses of the arrays once the blob is copied to `base`.
@@ -561,6 +574,7 @@ struct PackedStep {
     d.grows = reinterpret_cast<const int32_t*>(at(grows));
     d.pseqs = reinterpret_cast<const int32_t*>(at(pseqs));
     d.logit_rows = reinterpret_cast<const int32_t*>(at(logit_rows));
+    d.stats_rows = reinterpret_cast<const int32_t*>(at(stats_rows));
     return d;
   }
 };
@@ -581,6 +595,7 @@ PackedStep PackStep(const StepPlan& plan, int64_t block_size) {
   p.grows = p.blob.Add(plan.gathered_rows);
   p.pseqs = p.blob.Add(plan.prefill_seqs);
   p.logit_rows = p.blob.Add(plan.logits_rows);
+  p.stats_rows = p.blob.Add(plan.stats_rows);
   p.max_blocks = plan.max_blocks;
   p.block_size = static_cast<int32_t>(block_size);
   return p;
@@ -780,6 +795,39 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
       GSA_CUDA_RETURN_IF_ERROR(kernels::DensePrefill(da, st));
     }
 
+    // Attention statistics of the rows that asked (none in a graph-captured step).
+    if (!plan.stats_rows.empty()) {
+      StatsBuffers& sb = im.stats;
+      kernels::AttentionStatsArgs sa;
+      sa.q = w.q.get();
+      sa.k_cache = cache.k.get();
+      sa.paged = d.paged;
+      sa.rows = d.rows;
+      sa.row_ids = d.stats_rows;
+      sa.num_row_ids = static_cast<int64_t>(plan.stats_rows.size());
+      sa.sel = w.sel.get();
+      sa.sel_count = k_layer;
+      sa.sel_stride = im.sel_stride;
+      sa.value_gate_z = L.off_vg >= 0 ? w.proj.get() + L.off_vg : nullptr;
+      sa.value_gate_bias = L.vg_bias.get();
+      sa.output_gate_z = gate_z;
+      sa.output_gate_bias = L.og_bias.get();
+      sa.gate_stride = L.proj_stride;
+      sa.gate_act = gate_act;
+      sa.n_heads = static_cast<int32_t>(c.n_heads);
+      sa.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
+      sa.d_head = static_cast<int32_t>(c.d_head);
+      sa.scale = scale;
+      sa.selected = sb.selected.get() + li;
+      sa.first_token = sb.first_token.get() + li;
+      sa.value_gate = sb.value_gate.get() + li;
+      sa.output_gate = sb.output_gate.get() + li;
+      sa.out_stride = c.n_layers;
+      sa.workspace = sb.workspace.get();
+      sa.workspace_bytes = sb.workspace.bytes();
+      GSA_CUDA_RETURN_IF_ERROR(kernels::AttentionStats(sa, st));
+    }
+
     // 5. Output projection (+= residual); post norm; SwiGLU MLP (+= residual).
     GSA_RETURN_IF_ERROR(im.gemm->Linear(w.attn.get(), R, QD, L.o_proj.get(), D, w.hidden.get(), D, true, st));
     GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), nullptr, L.post_norm.get(), R, D, eps, w.xn.get(), st));
@@ -842,6 +890,40 @@ absl::Status CollectSelectedSums(const StepPlan& plan, int64_t real_rows, const 
   return absl::OkStatus();
 }
 
+// Makes room for the attention statistics of `rows` rows (all layers).
+absl::Status EnsureStatsBuffers(const ModelConfig& c, StatsBuffers& sb, int64_t rows) {
+  if (rows <= sb.rows) return absl::OkStatus();
+  const size_t n = static_cast<size_t>(rows * c.n_layers);
+  StatsBuffers fresh;
+  fresh.rows = rows;
+  GSA_ASSIGN_OR_RETURN(fresh.selected, DeviceBuffer<int32_t>::Allocate(n));
+  GSA_ASSIGN_OR_RETURN(fresh.first_token, DeviceBuffer<double>::Allocate(n));
+  GSA_ASSIGN_OR_RETURN(fresh.value_gate, DeviceBuffer<double>::Allocate(n));
+  GSA_ASSIGN_OR_RETURN(fresh.output_gate, DeviceBuffer<double>::Allocate(n));
+  GSA_ASSIGN_OR_RETURN(fresh.workspace,
+                       DeviceBuffer<uint8_t>::Allocate(std::max<size_t>(
+                           1, kernels::AttentionStatsWorkspaceBytes(rows, static_cast<int32_t>(c.n_heads)))));
+  sb = std::move(fresh);
+  return absl::OkStatus();
+}
+
+// Enqueues the copies of the step's attention statistics ([stats rows, n_layers] each) into the
+// host vectors; they are valid once `st` is synchronized.
+absl::Status CollectAttentionStats(const StepPlan& plan, const StatsBuffers& sb, const ModelConfig& c,
+                                   cudaStream_t st, std::vector<int32_t>& selected, std::vector<double>& first,
+                                   std::vector<double>& value_gate, std::vector<double>& output_gate) {
+  const size_t n = plan.stats_rows.size() * static_cast<size_t>(c.n_layers);
+  selected.resize(n);
+  first.resize(n);
+  value_gate.resize(n);
+  output_gate.resize(n);
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(selected.data(), sb.selected.get(), n * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(first.data(), sb.first_token.get(), n * sizeof(double), cudaMemcpyDeviceToHost, st));
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(value_gate.data(), sb.value_gate.get(), n * sizeof(double), cudaMemcpyDeviceToHost, st));
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(output_gate.data(), sb.output_gate.get(), n * sizeof(double), cudaMemcpyDeviceToHost, st));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
@@ -864,7 +946,11 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
   const int64_t n_out = static_cast<int64_t>(batch.logits_rows.size());
   out.logits.resize(static_cast<size_t>(n_out * c.vocab_size));
 
-  if (DecodeGraph* g = nullptr; options_.use_cuda_graphs && !batch.record_selection) {
+  // Steps that record selections or measure attention statistics run eagerly: a graph captures
+  // neither the per-layer copies nor the statistics pass.
+  const bool any_stats = std::any_of(batch.seqs.begin(), batch.seqs.end(),
+                                     [](const SequenceInBatch& s) { return s.attention_stats; });
+  if (DecodeGraph* g = nullptr; options_.use_cuda_graphs && !batch.record_selection && !any_stats) {
     absl::StatusOr<DecodeGraph*> found = GraphFor(batch);
     if (!found.ok()) return found.status();
     g = *found;
@@ -901,6 +987,9 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     GSA_ASSIGN_OR_RETURN(w.meta, DeviceBuffer<uint8_t>::Allocate(bytes.size() * 2));
   }
   const StepDevice d = packed.At(w.meta.get());
+  if (!plan.stats_rows.empty()) {
+    GSA_RETURN_IF_ERROR(EnsureStatsBuffers(c, im.stats, static_cast<int64_t>(plan.stats_rows.size())));
+  }
   GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(w.meta.get(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice, st));
   GSA_RETURN_IF_ERROR(StepRunner::EnqueueLayers(*this, plan, d, static_cast<int32_t>(batch.seqs.size()),
                                                 batch.record_selection, &out));
@@ -914,8 +1003,23 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
   if (plan.any_sparse) {
     GSA_RETURN_IF_ERROR(CollectSelectedSums(plan, R, w.k_all.get(), c.n_layers, st, out));
   }
+  std::vector<int32_t> stats_selected;
+  std::vector<double> stats_first, stats_value_gate, stats_output_gate;
+  if (!plan.stats_rows.empty()) {
+    GSA_RETURN_IF_ERROR(CollectAttentionStats(plan, im.stats, c, st, stats_selected, stats_first, stats_value_gate,
+                                              stats_output_gate));
+  }
   GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
   GSA_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  out.stats_rows = plan.stats_rows;
+  out.attention_stats.resize(stats_selected.size());
+  for (size_t i = 0; i < stats_selected.size(); ++i) {
+    AttentionRowStats& a = out.attention_stats[i];
+    a.selected = stats_selected[i];
+    a.first_token = stats_first[i];
+    a.value_gate = stats_value_gate[i];
+    a.output_gate = stats_output_gate[i];
+  }
   return out;
 }
 

@@ -18,9 +18,10 @@
 // One step (Step), per layer: RMSNorm → fused projection → PostProjection (value gate, RoPE,
 // cache writes) → for sparse rows, per score chunk: indexer scores → statistics → k_t (running
 // variance sum per cache slot) → top-k → attention (dense prefill chunks: the flash kernel;
-// everything else: gathered split-k attention; output gate fused) → o_proj (+= residual) →
-// RMSNorm → gate/up product → SwiGLU → down (+= residual). The host plans the score chunks and the
-// attention routing once per step; every layer reuses the plan.
+// everything else: gathered split-k attention; output gate fused) → for the rows of sequences that
+// asked for attention statistics only, the statistics pass (kernels/attention_stats.h) → o_proj
+// (+= residual) → RMSNorm → gate/up product → SwiGLU → down (+= residual). The host plans the score
+// chunks and the attention routing once per step; every layer reuses the plan.
 //
 // Memory: weights and the step workspace (sized for `max_rows` rows) are allocated by Create;
 // MaxCacheBlocks says how many cache blocks fit in the share of the GPU the options allow, and
@@ -52,7 +53,8 @@ struct CudaBackendOptions {
   // first use, when their longest context is ≤ cuda_graph_max_context. Measured on an H200 with
   // the gsa-1.7b shapes, batch 1 (tests/gpu-record/decode-graphs.json): 3.04 vs 3.49 ms a token
   // at 4K context, but 4.26 vs 3.98 ms at 32K and 5.74 vs 4.30 ms at 127K (cause not yet found:
-  // issue 6), so long contexts launch eagerly by default. false: never.
+  // issue 6), so long contexts launch eagerly by default. false: never. Steps that record
+  // selections or carry a sequence asking for attention statistics always launch eagerly.
   bool use_cuda_graphs = true;
   int64_t cuda_graph_max_context = 16384;
 };
