@@ -270,6 +270,67 @@ void ExpectStatsClose(const ModelConfig& c, const RowStats& gpu, const RowStats&
   }
 }
 
+// The bundled default model (trained; few near-ties, unlike the random golden models) on the GPU
+// against its training script's float64 forward pass: a 583-token held-out prompt in chunks of
+// 256 rows, and 24 greedy tokens after "In the beginning" fed back one at a time.
+TEST(CudaDefaultModel, FollowsTheTrainingForwardPass) {
+  GSA_REQUIRE_GPU_BACKEND();
+  auto m = LoadModel(gsa::testing::DefaultModelDir());
+  ASSERT_TRUE(m.ok()) << m.status();
+  const int64_t V = m->config.vocab_size;
+  gsa::testing::DefaultModelFixture x = gsa::testing::ReadDefaultModelFixture(V);
+  ASSERT_FALSE(x.input_ids.empty() || x.logits.empty());
+  auto gpu = MakeCuda(*m, 128, 16);
+  ASSERT_NE(gpu, nullptr);
+  gsa::testing::BatchBuilder builder(128, 16);
+  std::vector<float> logits;
+  const int64_t T = static_cast<int64_t>(x.input_ids.size());
+  for (int64_t start = 0; start < T; start += 256) {
+    gsa::testing::BatchBuilder::Chunk c;
+    c.tokens.assign(x.input_ids.begin() + start, x.input_ids.begin() + std::min(T, start + 256));
+    c.start = start;
+    auto out = gpu->Step(builder.Make({c}));
+    ASSERT_TRUE(out.ok()) << out.status();
+    logits.insert(logits.end(), out->logits.begin(), out->logits.end());
+  }
+  ASSERT_EQ(static_cast<int64_t>(logits.size()), T * V);
+  double worst = 0, scale = 0;
+  int top1_same = 0;
+  for (size_t i = 0; i < x.positions.size(); ++i) {
+    const float* got = logits.data() + x.positions[i] * V;
+    const float* want = x.logits.data() + i * V;
+    for (int64_t v = 0; v < V; ++v) {
+      ASSERT_TRUE(std::isfinite(got[v])) << "position " << x.positions[i];
+      worst = std::max(worst, static_cast<double>(std::fabs(got[v] - want[v])));
+      scale = std::max(scale, static_cast<double>(std::fabs(want[v])));
+    }
+    top1_same += std::max_element(got, got + V) - got == std::max_element(want, want + V) - want;
+  }
+  std::printf("[ default model ] max |logit gpu - float64| %.3g (logit scale %.3g); top-1 equal at %d of %zu positions\n",
+              worst, scale, top1_same, x.positions.size());
+  // bf16 weights and activations over 8 layers: a few 1e-2 of the logit scale.
+  EXPECT_LE(worst, 0.03 * scale);
+  EXPECT_GE(top1_same * 10, static_cast<int>(x.positions.size()) * 9);
+  auto fresh = MakeCuda(*m, 128, 16);
+  ASSERT_NE(fresh, nullptr);
+  gsa::testing::BatchBuilder b2(128, 16);
+  std::vector<int32_t> next = x.greedy_prompt, got;
+  int64_t pos = 0;
+  for (size_t i = 0; i < x.greedy_tokens.size(); ++i) {
+    gsa::testing::BatchBuilder::Chunk c;
+    c.tokens = next;
+    c.start = pos;
+    c.all_logits = false;
+    auto out = fresh->Step(b2.Make({c}));
+    ASSERT_TRUE(out.ok()) << out.status();
+    ASSERT_EQ(static_cast<int64_t>(out->logits.size()), V);
+    got.push_back(static_cast<int32_t>(std::max_element(out->logits.begin(), out->logits.end()) - out->logits.begin()));
+    pos += static_cast<int64_t>(next.size());
+    next = {got.back()};
+  }
+  EXPECT_EQ(got, x.greedy_tokens);
+}
+
 TEST(CudaBackendNoGpu, CreateFailsClearlyWithoutAGpu) {
   if (CudaUnavailableReason().empty()) GTEST_SKIP() << "a GPU is present: this test is for machines without one";
   auto m = LoadModel(gsa::testing::GoldenDir("gsa-tiny"));

@@ -14,44 +14,26 @@
 
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/model/model_loader.h"
-#include "engine/model/safetensors.h"
 #include "tests/testing/batch_builder.h"
+#include "tests/testing/golden.h"
 #include "tests/testing/test_support.h"
 
 namespace gsa {
 namespace {
 
-std::vector<int32_t> ReadIds(const SafetensorsFile& f, const std::string& name) {
-  std::vector<int32_t> out;
-  const TensorView* t = f.Find(name);
-  EXPECT_NE(t, nullptr) << name;
-  if (!t) return out;
-  for (int64_t i = 0; i < t->shape[0]; ++i) {
-    int64_t v;
-    std::memcpy(&v, t->data + i * 8, 8);
-    out.push_back(static_cast<int32_t>(v));
-  }
-  return out;
-}
-
 class DefaultModel : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto m = LoadModel(GSA_DEFAULT_MODEL_SOURCE_DIR);
+    auto m = LoadModel(gsa::testing::DefaultModelDir());
     ASSERT_TRUE(m.ok()) << m.status();
     model_ = std::make_unique<LoadedModel>(std::move(*m));
-    auto f = SafetensorsFile::Open(gsa::testing::TestDataDir() + "/default-model-parity.safetensors");
-    ASSERT_TRUE(f.ok()) << f.status();
-    input_ids_ = ReadIds(**f, "input_ids");
-    positions_ = ReadIds(**f, "positions");
-    prompt_ = ReadIds(**f, "greedy_prompt");
-    greedy_ = ReadIds(**f, "greedy_tokens");
-    const TensorView* logits = (*f)->Find("logits");
-    ASSERT_NE(logits, nullptr);
-    ASSERT_EQ(logits->shape, (std::vector<int64_t>{static_cast<int64_t>(positions_.size()),
-                                                   model_->config.vocab_size}));
-    expected_.resize(static_cast<size_t>(logits->shape[0] * logits->shape[1]));
-    ASSERT_TRUE(ConvertToFloat(*logits, expected_.data()).ok());
+    gsa::testing::DefaultModelFixture x = gsa::testing::ReadDefaultModelFixture(model_->config.vocab_size);
+    ASSERT_FALSE(x.input_ids.empty() || x.logits.empty());
+    input_ids_ = x.input_ids;
+    positions_ = x.positions;
+    prompt_ = x.greedy_prompt;
+    greedy_ = x.greedy_tokens;
+    expected_ = x.logits;
   }
 
   std::unique_ptr<CpuBackend> MakeBackend() {
@@ -109,7 +91,7 @@ TEST_F(DefaultModel, IsTrainedGsaAndShipsItsTokenizer) {
   EXPECT_TRUE(c.use_value_gate && c.use_output_gate && c.use_adaptive_k);
   EXPECT_GE(c.max_position_embeddings, 2048);
   EXPECT_NE(model_->tokenizer, nullptr) << "the default model must carry its tokenizer";
-  const auto bytes = std::filesystem::file_size(std::string(GSA_DEFAULT_MODEL_SOURCE_DIR) + "/model.safetensors");
+  const auto bytes = std::filesystem::file_size(gsa::testing::DefaultModelDir() + "/model.safetensors");
   EXPECT_LE(bytes, 40u << 20) << "the default model must stay within 40 MB to ship in the repository";
 }
 

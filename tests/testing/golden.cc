@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "engine/model/safetensors.h"
+#include "tests/testing/test_support.h"
 
 namespace gsa::testing {
 
@@ -42,6 +43,41 @@ Golden ReadGolden(const std::string& dir, int64_t n_layers, int64_t vocab) {
     g.sel.push_back(std::move(rows));
   }
   return g;
+}
+
+namespace {
+std::vector<int32_t> ReadIds(const SafetensorsFile& f, const std::string& name) {
+  std::vector<int32_t> out;
+  const TensorView* t = f.Find(name);
+  EXPECT_NE(t, nullptr) << name;
+  if (!t) return out;
+  for (int64_t i = 0; i < t->shape[0]; ++i) {
+    int64_t v;
+    std::memcpy(&v, t->data + i * 8, 8);
+    out.push_back(static_cast<int32_t>(v));
+  }
+  return out;
+}
+}  // namespace
+
+std::string DefaultModelDir() { return TestDataDir() + "/../../deploy/default-model"; }
+
+DefaultModelFixture ReadDefaultModelFixture(int64_t vocab) {
+  DefaultModelFixture x;
+  auto f = SafetensorsFile::Open(TestDataDir() + "/default-model-parity.safetensors");
+  EXPECT_TRUE(f.ok()) << f.status();
+  if (!f.ok()) return x;
+  x.input_ids = ReadIds(**f, "input_ids");
+  x.positions = ReadIds(**f, "positions");
+  x.greedy_prompt = ReadIds(**f, "greedy_prompt");
+  x.greedy_tokens = ReadIds(**f, "greedy_tokens");
+  const TensorView* logits = (*f)->Find("logits");
+  EXPECT_NE(logits, nullptr);
+  if (!logits) return x;
+  EXPECT_EQ(logits->shape, (std::vector<int64_t>{static_cast<int64_t>(x.positions.size()), vocab}));
+  x.logits.resize(static_cast<size_t>(logits->shape[0] * logits->shape[1]));
+  EXPECT_TRUE(ConvertToFloat(*logits, x.logits.data()).ok());
+  return x;
 }
 
 }  // namespace gsa::testing
