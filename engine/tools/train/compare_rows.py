@@ -5,7 +5,8 @@
 attention statistics, and report held-out perplexity and the share of attention on the first
 token, plus mean keys per query and gate means. Writes JSON and prints a Markdown table.
 
-  compare_rows.py --bin build/bin --data DATA_DIR --rows ROWS_DIR --json OUT.json [--windows N]
+  compare_rows.py --bin build/bin --data DATA_DIR --rows ROWS_DIR --json OUT.json [--windows N] [--readme README.md]
+  compare_rows.py --json OUT.json --table-only [--readme README.md]
 
 Python's standard library only; gsa-server and gsa-cli do the work (--backend cpu by default,
 the fp32 reference, so the figures do not depend on a GPU).
@@ -60,15 +61,49 @@ def serve(bin_dir, model, dense, backend):
     raise SystemExit(f"compare_rows: {' '.join(cmd)} did not start; see {log.name}")
 
 
+def table(rec):
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"
+    lines = [f"Command: `{rec['command']}` (commit `{rec['commit']}`, backend {rec['backend']}, "
+             f"{rec['windows_per_row']} held-out windows a row).", "",
+             "| row | attention | held-out ppl (server) | held-out ppl (training script) | first-token share | "
+             "mean keys per query | value gate mean | output gate mean | training steps (of 800) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rec["rows"]:
+        lines.append(f"| {r['what']} | {r['attention']} | {r['held_out_ppl_server']:.2f} | "
+                     f"{r['held_out_ppl_training_script']:.2f} | {r['first_token_share']:.4f} | "
+                     f"{r['mean_selected_k']:.1f} | {fmt(r['value_gate_mean'])} | {fmt(r['output_gate_mean'])} | "
+                     f"{r['train']['steps_run']} |")
+    return "\n".join(lines)
+
+
+def write_readme(readme, text):
+    s = open(readme).read()
+    a, b = "<!-- rows:begin -->", "<!-- rows:end -->"
+    if a not in s or b not in s:
+        raise SystemExit(f"compare_rows: {readme} has no {a} ... {b} markers")
+    s = s[:s.index(a) + len(a)] + "\n" + text + "\n" + s[s.index(b):]
+    open(readme, "w").write(s)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="build/bin")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--rows", required=True)
+    ap.add_argument("--data")
+    ap.add_argument("--rows")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--table-only", action="store_true", help="print the table of an existing --json")
+    ap.add_argument("--readme", help="also write the table between README's rows markers")
     ap.add_argument("--windows", type=int, default=8, help="held-out windows per row (0 = all)")
     ap.add_argument("--backend", default="cpu")
     args = ap.parse_args()
+    if args.table_only:
+        text = table(json.load(open(args.json)))
+        print(text)
+        if args.readme:
+            write_readme(args.readme, text)
+        return
+    if not (args.data and args.rows):
+        ap.error("--data and --rows are needed to measure")
     results = []
     for row, what, dense in ROWS:
         model = os.path.join(args.rows, row)
@@ -118,14 +153,10 @@ def main():
     with open(args.json, "w") as f:
         json.dump({"command": " ".join(sys.argv), "commit": commit, "backend": args.backend,
                    "windows_per_row": args.windows or "all", "rows": results}, f, indent=1)
-    print("| row | attention | held-out ppl (server) | held-out ppl (script, all) | first-token share | mean k | value gate | output gate | steps |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    fmt = lambda v: "–" if v is None else f"{v:.3f}"
-    for r in results:
-        print(f"| {r['what']} | {r['attention']} | {r['held_out_ppl_server']:.2f} | {r['held_out_ppl_training_script']:.2f} | "
-              f"{r['first_token_share']:.4f} | {r['mean_selected_k']:.1f} | {fmt(r['value_gate_mean'])} | "
-              f"{fmt(r['output_gate_mean'])} | {r['train']['steps_run']} |")
-
+    text = table(json.load(open(args.json)))
+    print(text)
+    if args.readme:
+        write_readme(args.readme, text)
 
 if __name__ == "__main__":
     main()
