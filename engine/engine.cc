@@ -82,6 +82,10 @@ Engine::Engine(CreateTag, std::unique_ptr<Backend> backend, std::shared_ptr<cons
   } else if (tokenizer_ && tokenizer_->eos_id()) {
     eos_id_ = tokenizer_->eos_id();
   }
+  // Padded vocabularies: the ids past the tokenizer have no text, so the detokenizer could not
+  // stream them; cutting them out of sampling keeps every sampled id decodable.
+  sampled_vocab_ = config_.vocab_size;
+  if (tokenizer_) sampled_vocab_ = std::min<int64_t>(sampled_vocab_, tokenizer_->vocab_size());
   stats_.cache_blocks_total = num_blocks;
   thread_ = std::thread([this] { Loop(); });
 }
@@ -140,7 +144,14 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerateRequest g)
   r->deadline = g.deadline;
   r->arrival = Request::Clock::now();
   if (tokenizer_) {
-    r->detokenizer = std::make_unique<IncrementalDetokenizer>(*tokenizer_, r->prompt);
+    // Prompt ids past the tokenizer (a padded vocabulary) are valid model input with no text:
+    // the detokenizer's context leaves them out.
+    std::vector<int32_t> text_prompt;
+    text_prompt.reserve(r->prompt.size());
+    for (const int32_t id : r->prompt) {
+      if (id < sampled_vocab_) text_prompt.push_back(id);
+    }
+    r->detokenizer = std::make_unique<IncrementalDetokenizer>(*tokenizer_, std::move(text_prompt));
   }
   if (!r->stopping.stop.empty()) r->stop_matcher = std::make_unique<StopMatcher>(r->stopping.stop);
 
@@ -308,7 +319,7 @@ void Engine::RunStep() {
     }
   }
 
-  const int64_t V = out->vocab_size;
+  const int64_t V = out->vocab_size;  // the row stride; sampling reads the first sampled_vocab_
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
     if (failed[i]) continue;  // finished above: the request is gone
     const ScheduledChunk& c = plan.chunks[i];
@@ -322,13 +333,13 @@ void Engine::RunStep() {
         if (pos + 1 >= static_cast<int64_t>(r->prompt.size())) break;
         const float* row = out->logits.data() + static_cast<int64_t>(li++) * V;
         r->prompt_logprob_entries.push_back(
-            RawLogprobs(row, V, r->prompt[static_cast<size_t>(pos + 1)], r->prompt_logprobs));
+            RawLogprobs(row, sampled_vocab_, r->prompt[static_cast<size_t>(pos + 1)], r->prompt_logprobs));
       }
     }
     if (!c.samples()) continue;
     const float* row = out->logits.data() + static_cast<int64_t>(li) * V;
     const uint64_t step = r->output.size();
-    SampleResult s = sampler_.Sample(row, V, r->sampling, r->seed, r->prompt, r->output, step);
+    SampleResult s = sampler_.Sample(row, sampled_vocab_, r->sampling, r->seed, r->prompt, r->output, step);
     EmitToken(r, s.token, std::move(s.logprob));
   }
 }

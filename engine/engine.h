@@ -81,7 +81,9 @@ struct EngineStats {
 class Engine {
  public:
   // Allocates the cache on the backend and starts the loop thread. The tokenizer may be null
-  // (token ids only; stop strings then need one and are refused).
+  // (token ids only; stop strings then need one and are refused). With a tokenizer, only ids it
+  // has a piece for are ever sampled: a model vocabulary padded past the tokenizer (Qwen's 151936
+  // logits for 151643 pieces) has its extra logits treated as -inf (see sampled_vocab_size()).
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<Backend> backend,
                                                         std::shared_ptr<const Tokenizer> tokenizer,
                                                         const EngineOptions& options);
@@ -104,6 +106,10 @@ class Engine {
   const EngineOptions& options() const { return options_; }
   int64_t max_model_len() const { return options_.max_model_len; }
   int64_t num_cache_blocks() const { return num_blocks_; }
+  // The ids [0, sampled_vocab_size()) are the ones sampling and logprobs range over: the model's
+  // vocabulary, cut to the tokenizer's pieces when there is a tokenizer with fewer. The logits of
+  // the ids past it count as -inf: never sampled, never a logprob alternative, logprob -inf.
+  int64_t sampled_vocab_size() const { return sampled_vocab_; }
 
  private:
   struct CreateTag {};
@@ -128,6 +134,7 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::optional<int32_t> eos_id_;
+  int64_t sampled_vocab_ = 0;  // see sampled_vocab_size()
 
   // Engine-thread state.
   KvCacheManager cache_;

@@ -38,6 +38,14 @@ int main(int argc, char** argv) {
   }
   const gsa::Engine& engine = (*server)->engine();
   gsa::JsonLog& log = (*server)->log();
+  if (const int64_t extra = engine.config().vocab_size - engine.sampled_vocab_size(); extra > 0) {
+    log.Info("vocab_padded", {{"model_vocab_size", engine.config().vocab_size},
+                              {"tokenizer_pieces", engine.sampled_vocab_size()},
+                              {"extra_ids", extra},
+                              {"action", "ids with no tokenizer piece are never sampled: their logits count "
+                                         "as -inf for sampling and logprobs; prompt ids up to the model "
+                                         "vocabulary are accepted"}});
+  }
   log.Info("serving", {{"address", (*server)->address()},
                        {"backend", (*server)->backend_name()},
                        {"device", (*server)->backend_device()},

@@ -394,6 +394,54 @@ TEST_F(EngineTest, RefusesRequestsThatCanNeverRunWithClearErrors) {
   EXPECT_EQ(Drain(**ok).final.finish_reason, FinishReason::kLength);
 }
 
+TEST_F(EngineTest, AVocabularyPaddedPastTheTokenizerNeverSamplesAnIdWithoutAPiece) {
+  // 512 logits, 320 tokenizer pieces (as Qwen's 151936 for 151643): ids 320-511 have no text.
+  auto tok = LoadModel(model_dir_);
+  ASSERT_TRUE(tok.ok());
+  const int32_t pieces = tok->tokenizer->vocab_size();
+  gsa::testing::TempDir padded;
+  RandomModelOptions mo = Options(std::nullopt);
+  mo.config.vocab_size = 512;
+  ASSERT_GT(mo.config.vocab_size, pieces);
+  ASSERT_TRUE(WriteRandomModel(mo, padded.path()).ok());
+  auto e = MakeEngine(padded.path());
+  EXPECT_EQ(e->sampled_vocab_size(), pieces);
+
+  for (uint64_t seed : {1u, 2u}) {
+    GenerateRequest r = Req(Prompt(6, static_cast<uint32_t>(seed)), 64, 5.0f, seed);
+    r.sampling.logprobs = 20;
+    auto s = e->Submit(std::move(r));
+    ASSERT_TRUE(s.ok()) << s.status();
+    Collected c = Drain(**s);
+    EXPECT_EQ(c.final.finish_reason, FinishReason::kLength) << c.final.error;
+    ASSERT_EQ(c.tokens.size(), 64u);
+    for (const int32_t t : c.tokens) EXPECT_LT(t, pieces) << "seed " << seed;
+    for (const TokenLogprob& l : c.logprobs) {
+      EXPECT_TRUE(std::isfinite(l.logprob));
+      for (const auto& [id, lp] : l.top) EXPECT_LT(id, pieces) << "alternative of seed " << seed;
+    }
+    EXPECT_TRUE(IsValidUtf8(c.text));
+    auto full = tok->tokenizer->Decode(c.tokens);
+    ASSERT_TRUE(full.ok()) << full.status();
+    if (IsValidUtf8(*full)) {
+      EXPECT_EQ(c.text, *full);
+    }
+  }
+
+  // Prompt ids: the model's whole vocabulary is accepted, past it is refused naming id and limit.
+  auto in_padding = e->Submit(Req({1, 400}, 4));
+  ASSERT_TRUE(in_padding.ok()) << in_padding.status();
+  EXPECT_EQ(Drain(**in_padding).final.finish_reason, FinishReason::kLength);
+  auto past = e->Submit(Req({1, 512}, 4));
+  EXPECT_EQ(past.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(past.status().message(), HasSubstr("has id 512, outside the vocabulary [0, 512)"));
+  GenerateRequest stop = Req({1, 2}, 4);
+  stop.stopping.stop_token_ids = {512};
+  auto bad_stop = e->Submit(std::move(stop));
+  EXPECT_EQ(bad_stop.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad_stop.status().message(), HasSubstr("512"));
+}
+
 TEST_F(EngineTest, FullQueueRefusesWithResourceExhaustedAndServesTheRest) {
   EngineOptions o;
   o.max_queue = 1;

@@ -237,6 +237,53 @@ TEST_F(ServerTest, InvalidRequestsGetInvalidArgumentNamingTheProblem) {
   }
 }
 
+TEST_F(ServerTest, AModelVocabularyPaddedPastItsTokenizerStartsAndServesText) {
+  // The suite's tokenizer has 320 pieces; this model has 512 logits (a padded vocabulary).
+  gsa::testing::TempDir padded;
+  auto base = LoadModel(model_dir_);
+  ASSERT_TRUE(base.ok()) << base.status();
+  RandomModelOptions o;
+  o.config = base->config;
+  o.config.vocab_size = 512;
+  o.seed = 3;
+  o.init_std = 0.15;
+  o.tokenizer_path = model_dir_ + "/tokenizer.model";
+  ASSERT_TRUE(WriteRandomModel(o, padded.path()).ok());
+  server_.reset();
+  StartServer(Options(padded.path()));  // warm-up included
+  ASSERT_NE(server_, nullptr);
+  const int32_t pieces = base->tokenizer->vocab_size();
+
+  v1::GenerateRequest r;
+  r.set_text("Hello world, the cat");
+  r.mutable_stopping()->set_max_tokens(64);
+  r.mutable_stopping()->set_ignore_eos(true);
+  r.mutable_sampling()->set_temperature(5.0f);
+  r.mutable_sampling()->set_seed(11);
+  r.set_logprobs(5);
+  StreamResult s = Stream(r);
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  ASSERT_EQ(s.tokens.size(), 64u);
+  EXPECT_EQ(s.messages.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  for (const int32_t t : s.tokens) EXPECT_LT(t, pieces);
+  for (const v1::GenerateResponse& m : s.messages) {
+    for (const v1::TokenLogprob& l : m.logprobs()) {
+      for (const v1::TopLogprob& a : l.top_logprobs()) EXPECT_LT(a.token_id(), pieces);
+    }
+  }
+  EXPECT_TRUE(gsa::testing::IsValidUtf8(s.text));
+  EXPECT_FALSE(s.text.empty());
+
+  grpc::Status bad = Call(Ids({1, 512}, 4));
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad.error_message(), HasSubstr("512 is outside the vocabulary [0, 512)"));
+  v1::GenerateRequest stop = Ids({1, 2}, 4);
+  stop.mutable_stopping()->add_stop_token_ids(600);
+  grpc::Status bad_stop = Call(stop);
+  EXPECT_EQ(bad_stop.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad_stop.error_message(), HasSubstr("600"));
+}
+
 TEST_F(ServerTest, TextOnAModelWithoutTokenizerIsFailedPrecondition) {
   server_.reset();
   StartServer(Options(gsa::testing::GoldenDir("gsa-tiny")));

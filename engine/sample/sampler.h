@@ -62,6 +62,8 @@ class Sampler {
   // `prompt` / `output` are the sequence's tokens so far (ids outside [0, vocab) are ignored);
   // `step` is the number of tokens generated so far; `seed` the request's seed (its own or one
   // the engine drew). NaN logits count as -inf.
+  // `vocab` may be shorter than the model's row: ids past it are as if their logit were -inf (the
+  // engine passes the tokenizer's piece count for a model vocabulary padded past it).
   // REQUIRES: logits[0 … vocab) readable, 1 ≤ vocab ≤ INT32_MAX, params valid
   // (ValidateSamplingParams).
   SampleResult Sample(const float* logits, int64_t vocab, const SamplingParams& params,
