@@ -137,52 +137,6 @@ double SelectionAgreement(const Selections& a, const Selections& b) {
   return total == 0 ? 1.0 : static_cast<double>(common) / static_cast<double>(total);
 }
 
-int32_t ArgMax(const float* v, int64_t n) {
-  return static_cast<int32_t>(std::max_element(v, v + n) - v);
-}
-
-// Greedy continuation of `prompt` for `steps` tokens: one prefill step, then one decode per token.
-// `logits` (when not null) gets each step's logits, [steps, vocab].
-// `sel` (when not null) gets, per step, the selections of the row whose logits chose the token:
-// [steps][layer] positions.
-std::vector<int32_t> Greedy(Backend& backend, const std::vector<int32_t>& prompt, int steps, int64_t block_size,
-                            std::vector<std::vector<float>>* logits = nullptr,
-                            std::vector<std::vector<std::vector<int32_t>>>* sel = nullptr) {
-  auto keep_sel = [&](const StepOutput& o) {
-    if (sel == nullptr) return;
-    std::vector<std::vector<int32_t>> per_layer;
-    for (const auto& layer : o.selections) per_layer.push_back(layer.back());
-    sel->push_back(std::move(per_layer));
-  };
-  gsa::testing::BatchBuilder builder(backend.cache_spec().num_blocks, block_size);
-  const int64_t V = backend.config().vocab_size;
-  std::vector<int32_t> out;
-  gsa::testing::BatchBuilder::Chunk c;
-  c.tokens = prompt;
-  c.all_logits = false;
-  auto step = backend.Step(builder.Make({c}, sel != nullptr));
-  EXPECT_TRUE(step.ok()) << step.status();
-  if (!step.ok()) return out;
-  int64_t pos = static_cast<int64_t>(prompt.size());
-  int32_t next = ArgMax(step->logits.data(), V);
-  if (logits) logits->push_back(step->logits);
-  keep_sel(*step);
-  for (int i = 0; i < steps; ++i) {
-    out.push_back(next);
-    if (i + 1 == steps) break;
-    gsa::testing::BatchBuilder::Chunk d;
-    d.tokens = {next};
-    d.start = pos++;
-    auto s = backend.Step(builder.Make({d}, sel != nullptr));
-    EXPECT_TRUE(s.ok()) << s.status();
-    if (!s.ok()) return out;
-    next = ArgMax(s->logits.data(), V);
-    if (logits) logits->push_back(s->logits);
-    keep_sel(*s);
-  }
-  return out;
-}
-
 // One sequence's attention statistics per position ([t][layer]), fed in chunks of `chunk` from
 // position 0 up to `prefill`, then one token a step (decode steps) to the end. `logits` and `sel`
 // (when not null) get every step's logits and selections, appended.
@@ -313,21 +267,7 @@ TEST(CudaDefaultModel, FollowsTheTrainingForwardPass) {
   EXPECT_GE(top1_same * 10, static_cast<int>(x.positions.size()) * 9);
   auto fresh = MakeCuda(*m, 128, 16);
   ASSERT_NE(fresh, nullptr);
-  gsa::testing::BatchBuilder b2(128, 16);
-  std::vector<int32_t> next = x.greedy_prompt, got;
-  int64_t pos = 0;
-  for (size_t i = 0; i < x.greedy_tokens.size(); ++i) {
-    gsa::testing::BatchBuilder::Chunk c;
-    c.tokens = next;
-    c.start = pos;
-    c.all_logits = false;
-    auto out = fresh->Step(b2.Make({c}));
-    ASSERT_TRUE(out.ok()) << out.status();
-    ASSERT_EQ(static_cast<int64_t>(out->logits.size()), V);
-    got.push_back(static_cast<int32_t>(std::max_element(out->logits.begin(), out->logits.end()) - out->logits.begin()));
-    pos += static_cast<int64_t>(next.size());
-    next = {got.back()};
-  }
+  const std::vector<int32_t> got = gsa::testing::Greedy(*fresh, x.greedy_prompt, static_cast<int>(x.greedy_tokens.size()), 16);
   EXPECT_EQ(got, x.greedy_tokens);
 }
 
@@ -392,8 +332,8 @@ TEST_P(CudaGolden, GreedyGenerationFollowsCpuBackendUntilANearTie) {
   ASSERT_NE(cpu, nullptr);
   std::vector<std::vector<float>> cpu_logits;
   std::vector<std::vector<std::vector<int32_t>>> gpu_sel, cpu_sel;
-  const std::vector<int32_t> a = Greedy(*gpu, golden_.input_ids, 64, 4, nullptr, &gpu_sel);
-  const std::vector<int32_t> b = Greedy(*cpu, golden_.input_ids, 64, 4, &cpu_logits, &cpu_sel);
+  const std::vector<int32_t> a = gsa::testing::Greedy(*gpu, golden_.input_ids, 64, 4, nullptr, &gpu_sel);
+  const std::vector<int32_t> b = gsa::testing::Greedy(*cpu, golden_.input_ids, 64, 4, &cpu_logits, &cpu_sel);
   ASSERT_EQ(a.size(), 64u);
   ASSERT_EQ(b.size(), 64u);
   size_t same = 0;
@@ -640,7 +580,7 @@ TEST_P(CudaShapes, GraphDecodeStepsMatchEagerOnes) {
     for (size_t b = 0; b < backends.size(); ++b) {
       auto out = backends[b]->Step(builders[b].Make({c}));
       ASSERT_TRUE(out.ok()) << out.status();
-      if (b == 0) next[i] = ArgMax(out->logits.data(), V);
+      if (b == 0) next[i] = gsa::testing::ArgMax(out->logits.data(), V);
     }
   }
   float worst = 0.0f;
@@ -672,7 +612,7 @@ TEST_P(CudaShapes, GraphDecodeStepsMatchEagerOnes) {
     EXPECT_EQ(outs[0].selected_rows, outs[1].selected_rows);
     worst = std::max(worst, MaxAbsDiff(outs[0].logits, outs[1].logits));
     for (int i = 0; i < n; ++i) {
-      next[i] = ArgMax(outs[0].logits.data() + i * V, V);
+      next[i] = gsa::testing::ArgMax(outs[0].logits.data() + i * V, V);
       ++len[i];
     }
   }

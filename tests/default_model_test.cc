@@ -113,25 +113,8 @@ TEST_F(DefaultModel, OneShotAndChunkedPrefillMatchTrainingForwardPass) {
 
 TEST_F(DefaultModel, GreedyContinuationMatchesTrainingForwardPass) {
   auto backend = MakeBackend();
-  gsa::testing::BatchBuilder builder(64, 16);
-  const int64_t V = model_->config.vocab_size;
-  std::vector<int32_t> next = prompt_;
-  int64_t pos = 0;
-  std::vector<int32_t> got;
-  for (size_t i = 0; i < greedy_.size(); ++i) {
-    gsa::testing::BatchBuilder::Chunk c;
-    c.tokens = next;
-    c.start = pos;
-    c.all_logits = false;
-    auto out = backend->Step(builder.Make({c}));
-    ASSERT_TRUE(out.ok()) << out.status();
-    ASSERT_EQ(static_cast<int64_t>(out->logits.size()), V);
-    const int32_t tok = static_cast<int32_t>(
-        std::max_element(out->logits.begin(), out->logits.end()) - out->logits.begin());
-    got.push_back(tok);
-    pos += static_cast<int64_t>(next.size());
-    next = {tok};
-  }
+  const std::vector<int32_t> got =
+      gsa::testing::Greedy(*backend, prompt_, static_cast<int>(greedy_.size()), /*block_size=*/16);
   EXPECT_EQ(got, greedy_);
 }
 

@@ -3,6 +3,9 @@
 // non-contiguous block tables), and Run* helpers build StepBatches for prefill chunks and decodes.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <vector>
@@ -63,5 +66,51 @@ class BatchBuilder {
   int64_t next_ = 0;
   std::map<int, std::vector<int32_t>> tables_;
 };
+
+inline int32_t ArgMax(const float* v, int64_t n) {
+  return static_cast<int32_t>(std::max_element(v, v + n) - v);
+}
+
+// Greedy continuation of `prompt` for `steps` tokens: one prefill step, then one decode per token.
+// `logits` (when not null) gets each step's logits, [steps, vocab].
+// `sel` (when not null) gets, per step, the selections of the row whose logits chose the token:
+// [steps][layer] positions.
+inline std::vector<int32_t> Greedy(Backend& backend, const std::vector<int32_t>& prompt, int steps,
+                                   int64_t block_size, std::vector<std::vector<float>>* logits = nullptr,
+                                   std::vector<std::vector<std::vector<int32_t>>>* sel = nullptr) {
+  auto keep_sel = [&](const StepOutput& o) {
+    if (sel == nullptr) return;
+    std::vector<std::vector<int32_t>> per_layer;
+    for (const auto& layer : o.selections) per_layer.push_back(layer.back());
+    sel->push_back(std::move(per_layer));
+  };
+  BatchBuilder builder(backend.cache_spec().num_blocks, block_size);
+  const int64_t V = backend.config().vocab_size;
+  std::vector<int32_t> out;
+  BatchBuilder::Chunk c;
+  c.tokens = prompt;
+  c.all_logits = false;
+  auto step = backend.Step(builder.Make({c}, sel != nullptr));
+  EXPECT_TRUE(step.ok()) << step.status();
+  if (!step.ok()) return out;
+  int64_t pos = static_cast<int64_t>(prompt.size());
+  int32_t next = ArgMax(step->logits.data(), V);
+  if (logits) logits->push_back(step->logits);
+  keep_sel(*step);
+  for (int i = 0; i < steps; ++i) {
+    out.push_back(next);
+    if (i + 1 == steps) break;
+    BatchBuilder::Chunk d;
+    d.tokens = {next};
+    d.start = pos++;
+    auto s = backend.Step(builder.Make({d}, sel != nullptr));
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return out;
+    next = ArgMax(s->logits.data(), V);
+    if (logits) logits->push_back(s->logits);
+    keep_sel(*s);
+  }
+  return out;
+}
 
 }  // namespace gsa::testing
