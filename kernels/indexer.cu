@@ -1,65 +1,110 @@
 #include "kernels/indexer.h"
 
+#include "kernels/indexer_math.cuh"
+
 namespace gsa::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kMaxHeads = 16;
-constexpr int kMaxDIndexer = 128;
+using indexer_math::kMaxDIndexer;
+using indexer_math::kMaxHeads;
 
-// Grid: (candidate tiles of kThreads, chunk rows). One thread per (row, candidate): the key row
-// (D_I bf16, contiguous) is loaded with 16-byte loads into registers once and used for every head;
-// qI, wI and bI of the row sit in shared memory (read as broadcasts).
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTilesPerWarp = 2;                                // 16-candidate tiles per warp
+constexpr int kCandPerBlock = kWarps * kTilesPerWarp * 16;      // 128
+constexpr int kRowsPerBlock = 8;
+
+// Dynamic shared memory of a block: the split queries of its rows, then w and b of each row.
+size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
+  return static_cast<size_t>(kRowsPerBlock) *
+         (static_cast<size_t>(indexer_math::SplitQueryElems(n_heads, d_indexer)) * sizeof(bf16) +
+          2 * kMaxHeads * sizeof(float));
+}
+
+// Grid: (candidate blocks of kCandPerBlock, groups of kRowsPerBlock chunk rows). Each warp holds
+// the keys of its 32 candidates (two 16-candidate tiles) in registers and scores them for every row
+// of the group with tensor cores (indexer_math::TileScores); consecutive rows of one sequence (a
+// prefill chunk) reuse the keys, loaded once for the largest position among them.
 template <int D_I>
 __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArgs a) {
-  const int64_t r = a.row_begin + blockIdx.y;
-  if (a.rows.dense[r]) return;
-  const int32_t pos = a.rows.position[r];
-  const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * kThreads;
-  if (tile0 > pos) return;  // the whole block is past the causal limit
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int32_t s_limit[kRowsPerBlock];  // largest position of the run of same-sequence rows from here
+  const int64_t r0 = a.row_begin + static_cast<int64_t>(blockIdx.y) * kRowsPerBlock;
+  const int nrows = static_cast<int>(min(static_cast<int64_t>(kRowsPerBlock), a.row_begin + a.row_count - r0));
+  const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * kCandPerBlock;
+  const int64_t q_elems = indexer_math::SplitQueryElems(a.n_indexer_heads, D_I);
+  bf16* s_q = reinterpret_cast<bf16*>(smem);
+  float* s_wb = reinterpret_cast<float*>(smem + kRowsPerBlock * q_elems * sizeof(bf16));
 
-  __shared__ float q_s[kMaxHeads * kMaxDIndexer];
-  __shared__ float w_s[kMaxHeads];
-  __shared__ float b_s[kMaxHeads];
-  const float* prow = a.proj + r * a.proj_stride;
-  const float scale = rsqrtf(static_cast<float>(D_I));
-  for (int i = threadIdx.x; i < a.n_indexer_heads * D_I; i += kThreads) q_s[i] = prow[a.off_qi + i];
-  for (int j = threadIdx.x; j < a.n_indexer_heads; j += kThreads) {
-    w_s[j] = prow[a.off_wi + j];
-    b_s[j] = a.bias[j];
+  bool any = false;
+  for (int i = 0; i < nrows; ++i) {
+    const int64_t r = r0 + i;
+    if (a.rows.dense[r] || tile0 > a.rows.position[r]) continue;
+    any = true;
+    indexer_math::LoadSplitQuery<D_I>(a.proj, a.proj_stride, a.off_qi, a.off_wi, a.bias, a.n_indexer_heads, r,
+                                      s_q + i * q_elems, s_wb + i * 2 * kMaxHeads, s_wb + i * 2 * kMaxHeads + kMaxHeads);
+  }
+  if (!any) return;  // uniform: every row of the group is dense or ends before this block
+  if (threadIdx.x == 0) {
+    int32_t lim = -1;
+    for (int i = nrows - 1; i >= 0; --i) {
+      const int64_t r = r0 + i;
+      const bool sparse = !a.rows.dense[r];
+      if (i == nrows - 1 || a.rows.seq[r] != a.rows.seq[r + 1]) lim = -1;
+      if (sparse) lim = max(lim, a.rows.position[r]);
+      s_limit[i] = lim;
+    }
   }
   __syncthreads();
 
-  const int64_t s = tile0 + threadIdx.x;
-  if (s > pos) return;
-  const int64_t slot = SlotOfPosition(a.paged, a.rows.seq[r], s);
-  // Key row into registers as packed bf16 pairs.
-  uint32_t kreg[D_I / 2];
-  const uint4* src = reinterpret_cast<const uint4*>(a.ki_cache + slot * D_I);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int64_t wc0 = tile0 + static_cast<int64_t>(warp) * kTilesPerWarp * 16;  // the warp's first candidate
+  indexer_math::KeyFragment<D_I> keys[kTilesPerWarp];
+  int32_t loaded_seq = -1;
+  for (int i = 0; i < nrows; ++i) {  // warp-uniform control flow throughout
+    const int64_t r = r0 + i;
+    if (a.rows.dense[r]) continue;
+    const int32_t pos = a.rows.position[r];
+    if (wc0 > pos) continue;
+    const int32_t seq = a.rows.seq[r];
+    if (seq != loaded_seq) {
+      const int32_t lim = s_limit[i];  // ≥ pos; every position ≤ lim belongs to this sequence's context
 #pragma unroll
-  for (int c = 0; c < D_I / 8; ++c) {
-    const uint4 v = __ldg(src + c);
-    kreg[4 * c + 0] = v.x;
-    kreg[4 * c + 1] = v.y;
-    kreg[4 * c + 2] = v.z;
-    kreg[4 * c + 3] = v.w;
-  }
-  float acc = 0.0f;
-  for (int j = 0; j < a.n_indexer_heads; ++j) {
-    const float* q = q_s + j * D_I;
-    float dot = 0.0f;
-#pragma unroll
-    for (int c = 0; c < D_I / 2; ++c) {
-      const __nv_bfloat162 kk = *reinterpret_cast<const __nv_bfloat162*>(&kreg[c]);
-      const float2 kf = __bfloat1622float2(kk);
-      dot = fmaf(q[2 * c], kf.x, dot);
-      dot = fmaf(q[2 * c + 1], kf.y, dot);
+      for (int u = 0; u < kTilesPerWarp; ++u) {
+        const int64_t c_lo = wc0 + u * 16 + g, c_hi = c_lo + 8;
+        const int64_t slot_lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, c_lo) : -1;
+        const int64_t slot_hi = c_hi <= lim ? SlotOfPosition(a.paged, seq, c_hi) : -1;
+        indexer_math::LoadKeys<D_I>(a.ki_cache, slot_lo, slot_hi, &keys[u]);
+      }
+      loaded_seq = seq;
     }
-    const float z = dot * scale + b_s[j];
-    const float phi = a.relu ? fmaxf(z, 0.0f) : SigmoidF(z);
-    acc = fmaf(w_s[j], phi, acc);
+    const float* w = s_wb + i * 2 * kMaxHeads;
+    float* out = a.scores + a.score_offset[r - a.row_begin];
+#pragma unroll
+    for (int u = 0; u < kTilesPerWarp; ++u) {
+      const float2 v = indexer_math::TileScores<D_I>(keys[u], s_q + i * q_elems, w, w + kMaxHeads,
+                                                     a.n_indexer_heads, a.relu);
+      const int64_t c_lo = wc0 + u * 16 + g, c_hi = c_lo + 8;
+      const int t = lane & 3;
+      if (t == 0 && c_lo <= pos) out[c_lo] = v.x;
+      if (t == 1 && c_hi <= pos) out[c_hi] = v.y;
+    }
   }
-  a.scores[a.score_offset[blockIdx.y] + s] = acc;
+}
+
+template <int D_I>
+cudaError_t Launch(const IndexerScoresArgs& a, cudaStream_t stream) {
+  const size_t smem = SmemBytes(a.n_indexer_heads, D_I);
+  if (smem > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(IndexerScoresKernel<D_I>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  const dim3 grid(static_cast<unsigned>((a.max_candidates + kCandPerBlock - 1) / kCandPerBlock),
+                  static_cast<unsigned>((a.row_count + kRowsPerBlock - 1) / kRowsPerBlock));
+  IndexerScoresKernel<D_I><<<grid, kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -74,15 +119,12 @@ cudaError_t IndexerScores(const IndexerScoresArgs& a, cudaStream_t stream) {
   if (!IndexerScoresSupports(a.d_indexer, a.n_indexer_heads) || a.row_count > 65535) {
     return cudaErrorInvalidValue;
   }
-  const dim3 grid(static_cast<unsigned>((a.max_candidates + kThreads - 1) / kThreads),
-                  static_cast<unsigned>(a.row_count));
   switch (a.d_indexer) {
-    case 16: IndexerScoresKernel<16><<<grid, kThreads, 0, stream>>>(a); break;
-    case 32: IndexerScoresKernel<32><<<grid, kThreads, 0, stream>>>(a); break;
-    case 64: IndexerScoresKernel<64><<<grid, kThreads, 0, stream>>>(a); break;
-    default: IndexerScoresKernel<128><<<grid, kThreads, 0, stream>>>(a); break;
+    case 16: return Launch<16>(a, stream);
+    case 32: return Launch<32>(a, stream);
+    case 64: return Launch<64>(a, stream);
+    default: return Launch<128>(a, stream);
   }
-  return cudaGetLastError();
 }
 
 }  // namespace gsa::kernels

@@ -26,7 +26,13 @@
 //    block, so nothing assumes co-residency.
 #include "kernels/selection.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+
+#include <cooperative_groups.h>
+
+#include "kernels/indexer_math.cuh"
 
 namespace gsa::kernels {
 namespace {
@@ -72,6 +78,22 @@ int64_t MbRowWords(int64_t nb_max) {
   const int64_t words = kWsCountsOff + 2 * nb_max;
   return CeilDiv(words, 64) * 64;  // 256-byte aligned rows
 }
+
+// ---- Score sources ---------------------------------------------------------------------------
+// Where a kernel reads a row's scores from: src(p) is the score of position p.
+struct GlobalScores {  // written by an earlier kernel: read-only path
+  const float* p;
+  __device__ __forceinline__ float operator()(int64_t i) const { return __ldg(p + i); }
+};
+struct CoherentScores {  // written earlier in the same kernel (by this block): through L2
+  const float* p;
+  __device__ __forceinline__ float operator()(int64_t i) const { return __ldcg(p + i); }
+};
+struct SharedScores {  // positions [base, base + size) held in shared memory
+  const float* s;
+  int64_t base;
+  __device__ __forceinline__ float operator()(int64_t i) const { return s[i - base]; }
+};
 
 // ---- Keys --------------------------------------------------------------------------------------
 
@@ -161,7 +183,8 @@ __device__ __forceinline__ int32_t BlockExclusiveSum(int32_t v, int32_t* s_warp,
 // Histogram into s_hist of the keys of positions [p0, p1) with (key & mask) == prefix, by digit
 // (key >> shift) & dmask. Threads (tid of nthreads) take positions p0 + tid + q·nthreads, four
 // loads in flight. Shared-memory integer atomics: the result does not depend on order.
-__device__ __forceinline__ void HistogramRange(const float* __restrict__ scores, int64_t p0, int64_t p1,
+template <typename Src>
+__device__ __forceinline__ void HistogramRange(const Src& scores, int64_t p0, int64_t p1,
                                                uint32_t mask, uint32_t prefix, int shift, uint32_t dmask,
                                                int32_t* s_hist, int tid, int nthreads) {
   constexpr int kUnroll = 4;
@@ -171,7 +194,7 @@ __device__ __forceinline__ void HistogramRange(const float* __restrict__ scores,
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t p = base + u * step;
-      v[u] = p < p1 ? __ldg(scores + p) : 0.0f;
+      v[u] = p < p1 ? scores(p) : 0.0f;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -241,8 +264,8 @@ __device__ SelectState AdvanceState(SelectState st, int pass, const int32_t* s_h
 // the w-th run of 32*ITEMS indices, in ITEMS sub-rows of 32 lanes (coalesced loads, descending
 // addresses). All threads must call it with identical scalar arguments (loop and break uniform).
 // s_tot: [2 buffers][gt, eq][NT/32], double-buffered so one barrier per tile suffices.
-template <int NT, int ITEMS>
-__device__ void OrderedCompact(const float* __restrict__ scores, int64_t n, int64_t j_begin, int64_t j_end,
+template <int NT, int ITEMS, typename Src>
+__device__ void OrderedCompact(const Src& scores, int64_t n, int64_t j_begin, int64_t j_end,
                                const SelectState& st, int32_t carry_g, int32_t carry_e, int32_t* __restrict__ out,
                                int32_t out_limit, int32_t (*s_tot)[2][NT / 32]) {
   constexpr int kWarps = NT / 32;
@@ -261,7 +284,7 @@ __device__ void OrderedCompact(const float* __restrict__ scores, int64_t n, int6
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int64_t j = j0 + i * 32;
-      v[i] = j < j_end ? __ldg(scores + (n - 1 - j)) : 0.0f;
+      v[i] = j < j_end ? scores(n - 1 - j) : 0.0f;
     }
     uint32_t bg[ITEMS], be[ITEMS];
     int32_t wg = 0, we = 0;
@@ -322,8 +345,8 @@ __device__ void OrderedCompact(const float* __restrict__ scores, int64_t n, int6
 }
 
 // Counts (gt, eq) over positions [p0, p1) of a row: per thread, then summed over the block.
-template <int NT>
-__device__ void CountRange(const float* __restrict__ scores, int64_t p0, int64_t p1, const SelectState& st,
+template <int NT, typename Src>
+__device__ void CountRange(const Src& scores, int64_t p0, int64_t p1, const SelectState& st,
                            int32_t* s_warp, int32_t* gt_total, int32_t* eq_total) {
   int32_t g = 0, e = 0;
   constexpr int kUnroll = 4;
@@ -333,7 +356,7 @@ __device__ void CountRange(const float* __restrict__ scores, int64_t p0, int64_t
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t p = base + static_cast<int64_t>(u) * NT;
-      v[u] = p < p1 ? __ldg(scores + p) : 0.0f;
+      v[u] = p < p1 ? scores(p) : 0.0f;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -365,12 +388,12 @@ __global__ void __launch_bounds__(kSbThreads) TopKSingleBlockKernel(ScoreChunk c
   for (int pass = 0; pass < kNumPasses && !st.done; ++pass) {  // st is uniform across the block
     for (int i = tid; i < kRadix; i += kSbThreads) s_hist[i] = 0;
     __syncthreads();
-    HistogramRange(row.scores, 0, row.n, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass), s_hist, tid,
+    HistogramRange(GlobalScores{row.scores}, 0, row.n, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass), s_hist, tid,
                    kSbThreads);
     __syncthreads();
     st = AdvanceState<kSbThreads>(st, pass, s_hist, s_warp, s_result);
   }
-  OrderedCompact<kSbThreads, kSbItems>(row.scores, row.n, 0, row.n, st, 0, 0, row.out, row.kk, s_tot);
+  OrderedCompact<kSbThreads, kSbItems>(GlobalScores{row.scores}, row.n, 0, row.n, st, 0, 0, row.out, row.kk, s_tot);
 }
 
 // ---- Multi-block top-k -------------------------------------------------------------------------
@@ -435,7 +458,7 @@ __global__ void __launch_bounds__(kMbThreads) TopKMbHistogramKernel(MbArgs a, in
   for (int i = tid; i < kRadix; i += kMbThreads) s_hist[i] = 0;
   __syncthreads();
   // Descending indices [jb, je) are positions [n - je, n - jb).
-  HistogramRange(row.scores, row.n - je, row.n - jb, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass),
+  HistogramRange(GlobalScores{row.scores}, row.n - je, row.n - jb, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass),
                  s_hist, tid, kMbThreads);
   __syncthreads();
   uint32_t* g_hist = ws + kWsHistOff + static_cast<int64_t>(pass) * kRadix;
@@ -471,7 +494,7 @@ __global__ void __launch_bounds__(kMbThreads) TopKMbCountKernel(MbArgs a) {
   int64_t jb, je;
   MbSegment(a.seg, row.n, &jb, &je);
   int32_t g, e;
-  CountRange<kMbThreads>(row.scores, row.n - je, row.n - jb, st, s_warp, &g, &e);
+  CountRange<kMbThreads>(GlobalScores{row.scores}, row.n - je, row.n - jb, st, s_warp, &g, &e);
   if (threadIdx.x == 0) {
     ws[kWsCountsOff + 2 * static_cast<int64_t>(blockIdx.x)] = static_cast<uint32_t>(g);
     ws[kWsCountsOff + 2 * static_cast<int64_t>(blockIdx.x) + 1] = static_cast<uint32_t>(e);
@@ -496,7 +519,7 @@ __global__ void __launch_bounds__(kMbThreads) TopKMbWriteKernel(MbArgs a) {
   BlockExclusiveSum<kMbThreads>(e, s_warp, &carry_e);
   int64_t jb, je;
   MbSegment(a.seg, row.n, &jb, &je);
-  OrderedCompact<kMbThreads, kMbItems>(row.scores, row.n, jb, je, st, carry_g, carry_e, row.out, row.kk, s_tot);
+  OrderedCompact<kMbThreads, kMbItems>(GlobalScores{row.scores}, row.n, jb, je, st, carry_g, carry_e, row.out, row.kk, s_tot);
 }
 
 // ---- Statistics --------------------------------------------------------------------------------
@@ -651,6 +674,295 @@ __global__ void SelectionCountsKernel(ScoreChunk chunk, RowInfo rows, PagedLayou
   }
 }
 
+
+// ---- Fused decode selection --------------------------------------------------------------------
+// Grid: row_count × nbr blocks (block b: chunk row b / nbr, part b % nbr), all co-resident
+// (cooperative launch). Part x owns descending indices [x·seg, (x+1)·seg) of its row (the last
+// part also the rest), i.e. a contiguous run of positions, kept in shared memory when it fits.
+// Phases, separated by grid barriers: (A) scores, Σx, pass-0 histogram; (B, variance rule) Σ(x −
+// mean)²; then k_t, and radix passes 1 and 2 on the eq keys; (C) per-part (gt, eq) counts; (D)
+// ordered compaction with the preceding parts' counts as carries. Every block of a row computes
+// the same state from the same global histograms (no "last block"), so no block waits on a
+// particular other block except at the barriers.
+
+constexpr int kDsThreads = 512;
+constexpr int64_t kDsMaxRows = 64;
+constexpr int64_t kDsMaxParts = 1024;     // blocks per row, at most (workspace sizing)
+constexpr int64_t kDsMinSeg = 256;        // fewest positions per part
+constexpr int64_t kDsSmemFloats = 8192;   // scores a part keeps in shared memory (32 KB)
+constexpr int64_t kDsHistWords = kNumPasses * kRadix;
+// Per-row workspace, bytes: hist [kNumPasses][kRadix] u32 | sum [kDsMaxParts] f64 |
+// sq [kDsMaxParts] f64 | counts [kDsMaxParts][2] u32.
+constexpr int64_t kDsRowBytes = kDsHistWords * 4 + kDsMaxParts * (8 + 8 + 8);
+
+struct DsArgs {
+  DecodeSelectArgs a;
+  uint8_t* ws;
+  int32_t nbr;  // parts per row
+  int64_t seg;  // descending indices per part
+};
+
+// Deterministic sum over parts [0, count) of vals (written earlier in this launch): a fixed
+// per-thread stride, then BlockSumDouble's fixed tree. All threads call it; all get the total.
+__device__ __forceinline__ double SumParts(const double* vals, int64_t count, double* s_dwarp) {
+  double v = 0.0;
+  for (int64_t i = threadIdx.x; i < count; i += kDsThreads) v += __ldcg(vals + i);
+  return BlockSumDouble<kDsThreads>(v, s_dwarp);
+}
+
+// Adds the block's shared histogram into the global one (integer atomics: order-independent).
+__device__ __forceinline__ void FlushHistogram(const int32_t* s_hist, uint32_t* g_hist) {
+  for (int i = threadIdx.x; i < kRadix; i += kDsThreads) {
+    const int32_t c = s_hist[i];
+    if (c != 0) atomicAdd(&g_hist[i], static_cast<uint32_t>(c));
+  }
+}
+
+template <int D_I>
+__global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKernel(DsArgs d) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ float s_sc[];  // [kDsSmemFloats]
+  __shared__ __align__(16) bf16 s_q[indexer_math::SplitQueryElems(indexer_math::kMaxHeads, D_I)];
+  __shared__ float s_w[indexer_math::kMaxHeads], s_b[indexer_math::kMaxHeads];
+  __shared__ int32_t s_hist[kRadix];
+  __shared__ double s_dwarp[kDsThreads / 32];
+  __shared__ int32_t s_warp[kDsThreads / 32];
+  __shared__ int32_t s_result[3];
+  __shared__ int32_t s_tot[2][2][kDsThreads / 32];
+
+  const DecodeSelectArgs& a = d.a;
+  const IndexerScoresArgs& ia = a.index;
+  const int tid = threadIdx.x;
+  const int64_t cr = blockIdx.x / d.nbr;
+  const int32_t part = static_cast<int32_t>(blockIdx.x % d.nbr);
+  const int64_t r = ia.row_begin + cr;
+  uint8_t* wsr = d.ws + cr * kDsRowBytes;
+  uint32_t* g_hist = reinterpret_cast<uint32_t*>(wsr);
+  double* g_sum = reinterpret_cast<double*>(wsr + kDsHistWords * 4);
+  double* g_sq = g_sum + kDsMaxParts;
+  uint32_t* g_cnt = reinterpret_cast<uint32_t*>(g_sq + kDsMaxParts);
+
+  const bool dense = ia.rows.dense[r] != 0;
+  const int32_t pos = ia.rows.position[r];
+  const int64_t n = static_cast<int64_t>(pos) + 1;
+  const bool active = !dense && n > 0;  // uniform over the row's blocks
+  // This part's descending indices [jb, je) = positions [pb, pe).
+  const int64_t jb = active ? min(static_cast<int64_t>(part) * d.seg, n) : 0;
+  const int64_t je = active ? (part == d.nbr - 1 ? n : min((static_cast<int64_t>(part) + 1) * d.seg, n)) : 0;
+  const int64_t pb = n - je, pe = n - jb;
+  const bool in_smem = je - jb <= kDsSmemFloats;
+  float* row_scores = ia.scores + (active ? ia.score_offset[cr] : 0);
+
+  // (A) Scores of the part, Σx and the pass-0 histogram of every key.
+  for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
+  if (active) {
+    indexer_math::LoadSplitQuery<D_I>(ia.proj, ia.proj_stride, ia.off_qi, ia.off_wi, ia.bias, ia.n_indexer_heads, r,
+                                      s_q, s_w, s_b);
+  }
+  __syncthreads();
+  double sum = 0.0;
+  if (active) {
+    // Each warp scores 32 consecutive positions per step (two 16-candidate tiles, keys loaded
+    // together); lane 4g stores candidate g of a tile, lane 4g+1 candidate g+8.
+    const int32_t seq = ia.rows.seq[r];
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    constexpr int kTiles = 2;
+    for (int64_t base = pb + static_cast<int64_t>(warp) * 16 * kTiles; base < pe; base += kDsThreads / 32 * 16 * kTiles) {
+      indexer_math::KeyFragment<D_I> keys[kTiles];
+#pragma unroll
+      for (int u = 0; u < kTiles; ++u) {
+        const int64_t c_lo = base + u * 16 + g, c_hi = c_lo + 8;
+        indexer_math::LoadKeys<D_I>(ia.ki_cache, c_lo < pe ? SlotOfPosition(ia.paged, seq, c_lo) : -1,
+                                    c_hi < pe ? SlotOfPosition(ia.paged, seq, c_hi) : -1, &keys[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kTiles; ++u) {
+        const float2 v2 = indexer_math::TileScores<D_I>(keys[u], s_q, s_w, s_b, ia.n_indexer_heads, ia.relu);
+        const int64_t p = base + u * 16 + g + (t == 1 ? 8 : 0);
+        if (t < 2 && p < pe) {
+          const float v = t == 0 ? v2.x : v2.y;
+          row_scores[p] = v;
+          if (in_smem) s_sc[p - pb] = v;
+          sum += static_cast<double>(v);
+          atomicAdd(&s_hist[OrderKey(v) >> PassShift(0)], 1);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (active) {
+    FlushHistogram(s_hist, g_hist);
+    const double total = BlockSumDouble<kDsThreads>(sum, s_dwarp);
+    if (tid == 0) g_sum[part] = total;
+  }
+  grid.sync();
+
+  // Runs f(src) with the part's scores: shared memory when they fit, else this launch's global
+  // copy (written by this block in (A), so read through L2).
+  auto with_scores = [&](auto&& f) {
+    if (in_smem) {
+      f(SharedScores{s_sc, pb});
+    } else {
+      f(CoherentScores{row_scores});
+    }
+  };
+
+  // (B) The variance rule's statistic: mean from the parts' Σx, then Σ(x − mean)² likewise.
+  double var = 0.0;
+  if (a.rule.method == 1) {
+    if (active) {
+      const double mean = SumParts(g_sum, d.nbr, s_dwarp) / static_cast<double>(n);
+      double acc = 0.0;
+      with_scores([&](const auto& src) {
+        for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
+          const double x = static_cast<double>(src(p)) - mean;
+          acc += x * x;
+        }
+      });
+      const double total = BlockSumDouble<kDsThreads>(acc, s_dwarp);
+      if (tid == 0) g_sq[part] = total;
+    }
+    grid.sync();
+    if (active) var = SumParts(g_sq, d.nbr, s_dwarp) / static_cast<double>(n);
+  }
+
+  // k_t (every block of the row computes it; part 0 stores it), as SelectionCountsKernel.
+  int64_t kk = 0;
+  if (dense) {
+    if (part == 0 && tid == 0) {
+      a.cumvar[ia.rows.slot[r]] = __uint_as_float(0x7FC00000u);
+      a.k[r] = pos + 1;
+    }
+  } else if (active) {
+    const double prev =
+        pos > 0 ? static_cast<double>(a.cumvar[SlotOfPosition(ia.paged, ia.rows.seq[r], pos - 1)]) : 0.0;
+    const float cum = __double2float_rn(__dadd_rn(prev, var));
+    const double ref = __ddiv_rn(static_cast<double>(cum), static_cast<double>(pos + 1));
+    const int64_t kt = SelectedCountDevice(a.rule, pos, var, ref, 0.0);
+    if (part == 0 && tid == 0) {
+      a.cumvar[ia.rows.slot[r]] = cum;
+      a.k[r] = static_cast<int32_t>(kt);
+      if (a.rule.method == 1) a.var[r] = var;
+    }
+    kk = min(min(kt, n), a.sel_stride);
+  }
+  const bool selecting = active && kk > 0;
+
+  // Radix passes: pass p's histogram is complete at the barrier after it was built.
+  SelectState st = InitState(static_cast<int32_t>(kk), n);
+  if (!selecting) st.done = 1;
+  for (int pass = 0; pass < kNumPasses; ++pass) {
+    if (!st.done) {  // uniform over the row's blocks
+      for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = static_cast<int32_t>(__ldcg(g_hist + pass * kRadix + i));
+      __syncthreads();
+      st = AdvanceState<kDsThreads>(st, pass, s_hist, s_warp, s_result);
+    }
+    if (pass == kNumPasses - 1) break;
+    if (!st.done) {
+      for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
+      __syncthreads();
+      with_scores([&](const auto& src) {
+        HistogramRange(src, pb, pe, st.mask, st.prefix, PassShift(pass + 1), PassDigitMask(pass + 1), s_hist, tid,
+                       kDsThreads);
+      });
+      __syncthreads();
+      FlushHistogram(s_hist, g_hist + (pass + 1) * kRadix);
+    }
+    grid.sync();
+  }
+
+  // (C) Per-part (gt, eq) counts under the final state.
+  if (selecting) {
+    int32_t g = 0, e = 0;
+    with_scores([&](const auto& src) { CountRange<kDsThreads>(src, pb, pe, st, s_warp, &g, &e); });
+    if (tid == 0) {
+      g_cnt[2 * part] = static_cast<uint32_t>(g);
+      g_cnt[2 * part + 1] = static_cast<uint32_t>(e);
+    }
+  }
+  grid.sync();
+
+  // Every histogram read is done: part 0 leaves the row's histograms zeroed for the next launch.
+  if (part == 0) {
+    for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
+  }
+  // (D) Ordered compaction, carrying the preceding parts' counts.
+  if (selecting) {
+    int32_t g = 0, e = 0;
+    for (int b = tid; b < part; b += kDsThreads) {
+      g += static_cast<int32_t>(__ldcg(g_cnt + 2 * b));
+      e += static_cast<int32_t>(__ldcg(g_cnt + 2 * b + 1));
+    }
+    int32_t carry_g, carry_e;
+    BlockExclusiveSum<kDsThreads>(g, s_warp, &carry_g);
+    BlockExclusiveSum<kDsThreads>(e, s_warp, &carry_e);
+    int32_t* out = a.sel + r * a.sel_stride;
+    with_scores([&](const auto& src) {
+      OrderedCompact<kDsThreads, kMbItems>(src, n, jb, je, st, carry_g, carry_e, out, static_cast<int32_t>(kk), s_tot);
+    });
+  }
+}
+
+template <int D_I>
+cudaError_t ResidentDecodeSelectBlocks(int device, int* per_sm) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];  // 0: not yet known (a device property, never reset)
+  const bool cacheable = device >= 0 && device < kMaxDevices;
+  if (cacheable) {
+    const int c = cache[device].load(std::memory_order_relaxed);
+    if (c > 0) {
+      *per_sm = c;
+      return cudaSuccess;
+    }
+  }
+  // Static + dynamic shared memory exceed the 48 KB that needs no opt-in.
+  cudaError_t err = cudaFuncSetAttribute(DecodeSelectKernel<D_I>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kDsSmemFloats * sizeof(float)));
+  if (err != cudaSuccess) return err;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, DecodeSelectKernel<D_I>, kDsThreads,
+                                                      kDsSmemFloats * sizeof(float));
+  if (err != cudaSuccess) return err;
+  if (cacheable && *per_sm > 0) cache[device].store(*per_sm, std::memory_order_relaxed);
+  return cudaSuccess;
+}
+
+template <int D_I>
+cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
+  int device = 0, coop = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
+  if (err != cudaSuccess) return err;
+  if (coop == 0) return cudaErrorNotSupported;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  err = ResidentDecodeSelectBlocks<D_I>(device, &per_sm);
+  if (err != cudaSuccess) return err;
+  const int64_t rows = a.index.row_count;
+  const int64_t resident = static_cast<int64_t>(per_sm) * sms;
+  int64_t nbr = resident / rows;
+  nbr = std::min<int64_t>(nbr, std::max<int64_t>(1, CeilDiv(a.index.max_candidates, kDsMinSeg)));
+  nbr = std::min<int64_t>(nbr, kDsMaxParts);
+  if (nbr < 1) return cudaErrorNotSupported;
+  DsArgs d;
+  d.a = a;
+  d.ws = static_cast<uint8_t*>(a.workspace);
+  d.nbr = static_cast<int32_t>(nbr);
+  d.seg = CeilDiv(a.index.max_candidates, nbr);
+
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(rows * nbr));
+  cfg.blockDim = dim3(kDsThreads);
+  cfg.dynamicSmemBytes = kDsSmemFloats * sizeof(float);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I>, d);
+}
 }  // namespace
 
 // ---- Launchers ---------------------------------------------------------------------------------
@@ -731,6 +1043,36 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
   if (err != cudaSuccess) return err;
   TopKMbWriteKernel<<<grid, kMbThreads, 0, stream>>>(a);
   return cudaGetLastError();
+}
+
+
+size_t DecodeSelectWorkspaceBytes(int64_t max_rows) {
+  if (max_rows <= 0) return 0;
+  const int64_t rows = max_rows < kDsMaxRows ? max_rows : kDsMaxRows;
+  return static_cast<size_t>(rows * kDsRowBytes);
+}
+
+cudaError_t DecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
+  const IndexerScoresArgs& ia = a.index;
+  if (ia.row_count <= 0) return cudaSuccess;
+  if (a.rule.method != 0 && a.rule.method != 1) return cudaErrorNotSupported;
+  if (!IndexerScoresSupports(ia.d_indexer, ia.n_indexer_heads)) return cudaErrorNotSupported;
+  if (ia.row_count > kDsMaxRows || ia.max_candidates <= 0 || ia.max_candidates > (int64_t{1} << 30)) {
+    return cudaErrorNotSupported;
+  }
+  if (a.workspace == nullptr || a.workspace_bytes < static_cast<size_t>(ia.row_count * kDsRowBytes)) {
+    return cudaErrorNotSupported;
+  }
+  if (a.sel == nullptr || a.k == nullptr || a.cumvar == nullptr || a.sel_stride <= 0 ||
+      (a.rule.method == 1 && a.var == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  switch (ia.d_indexer) {
+    case 16: return LaunchDecodeSelect<16>(a, stream);
+    case 32: return LaunchDecodeSelect<32>(a, stream);
+    case 64: return LaunchDecodeSelect<64>(a, stream);
+    default: return LaunchDecodeSelect<128>(a, stream);
+  }
 }
 
 }  // namespace gsa::kernels

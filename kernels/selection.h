@@ -9,6 +9,7 @@
 // SelectionCounts which writes their k and statistic as documented there.
 #pragma once
 
+#include "kernels/indexer.h"
 #include "kernels/paged.h"
 
 namespace gsa::kernels {
@@ -76,5 +77,45 @@ size_t TopKWorkspaceBytes(int64_t max_rows, int64_t max_candidates);
 bool TopKUsesMultiBlock(int64_t row_count, int64_t max_candidates, const void* workspace, size_t workspace_bytes);
 cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k, int32_t* sel,
                  int64_t sel_stride, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// ---- Fused decode selection --------------------------------------------------------------------
+// IndexerScores + ScoreStats (variance) + SelectionCounts + TopK of one chunk in ONE cooperative
+// launch, for a few long rows (decode at small batch): each row's candidates are split over many
+// blocks across the whole GPU, every block keeps its slice of scores in shared memory, and the
+// phases meet at grid-wide barriers (4 with a fixed k, 5 with the variance rule) instead of
+// kernel boundaries. Same outputs as the four launches in sequence:
+//  - scores (args.index.scores) bitwise equal (the same arithmetic, kernels/indexer_math.cuh);
+//  - sel and, for the fixed-k rule, k and cumvar bitwise equal;
+//  - the variance rule: var[r] is the same two-pass formula summed in another fixed order (equal
+//    up to rounding, deterministic for a given launch), so k can differ from the separate path's
+//    only where k_base · factor lies within rounding of an integer; cumvar / k follow from var
+//    exactly as in SelectionCounts.
+// Dense rows of the chunk get cumvar[slot[r]] = NaN and k[r] = position[r] + 1, as SelectionCounts.
+//
+// REQUIRES (the caller guarantees; not checked on the device): every sparse row of the chunk
+// belongs to a different sequence (decode), so no row's running variance depends on another
+// row of the same launch; position[r] + 1 ≤ index.max_candidates for every chunk row.
+struct DecodeSelectArgs {
+  IndexerScoresArgs index;   // the chunk: rows, scores, offsets, row_begin/row_count, max_candidates
+  SelectionRule rule;        // method 0 (fixed k) or 1 (variance); 2 (entropy) is not supported
+  double* var = nullptr;     // [num_rows]: written for sparse rows under method 1, untouched otherwise
+  float* cumvar = nullptr;   // [num_slots] per-slot running variance sum (SelectionCounts)
+  int32_t* k = nullptr;      // [num_rows]
+  int32_t* sel = nullptr;    // [num_rows, sel_stride], as TopK
+  int64_t sel_stride = 0;
+  // Scratch of DecodeSelectWorkspaceBytes(row_count) bytes, zeroed (cudaMemset 0) once after
+  // allocation; every completed launch leaves it zeroed again. Not shared with concurrent work.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+size_t DecodeSelectWorkspaceBytes(int64_t max_rows);
+
+// Enqueues the fused launch, or returns cudaErrorNotSupported having launched nothing when this
+// chunk or device does not suit it (then run the four kernels above): method 2, an unsupported
+// indexer shape, more than 64 rows, the grid would not be co-resident on the device, cooperative
+// launch unsupported, or a workspace too small. Other errors are launch errors. Capturable in a
+// CUDA graph (a cooperative kernel node).
+cudaError_t DecodeSelect(const DecodeSelectArgs& args, cudaStream_t stream);
 
 }  // namespace gsa::kernels

@@ -112,8 +112,10 @@ void PrintHelp() {
       "  decode_topk               TopK of B rows x L scores, k = 2048       bytes B*L*4\n"
       "  decode_sparse_attention   GatheredAttention, 2048 random positions  bytes B*2048*8*128*2*2\n"
       "  decode_dense_attention    GatheredAttention, dense rows over all L  bytes B*L*8*128*2*2\n"
-      "  gsa_decode                indexer + top-k + sparse attention on the top-k's selection, one timed\n"
+      "  decode_select_fused       indexer + k + top-k in one cooperative launch (DecodeSelect)\n"
+      "  gsa_decode                fused selection + sparse attention on its selection, one timed\n"
       "                            region; its note gives dense_decode / gsa_decode\n"
+      "  gsa_decode_unfused        the same with IndexerScores + TopK as separate launches\n"
       "Prefill cases, B = 1, for contexts L <= --prefill-max (a chunk = the last 2048 rows of the prompt):\n"
       "  prefill_dense_full        DensePrefill of the whole causal prompt   FLOPs 2*2*(L^2/2)*16*128\n"
       "  prefill_dense_chunk       DensePrefill of the chunk (2048 queries after L-2048 cached tokens)\n"
@@ -731,6 +733,39 @@ void Select(Ctx& ctx, const Rows& rows, const float* scores, const int64_t* offs
   BENCH_CUDA(kernels::TopK(ch, rows.Info(), k, sel, kTopK, ws_bytes > 0 ? ws.get() : nullptr, ws_bytes, ctx.stream));
 }
 
+// The fused decode selection (kernels::DecodeSelect): indexer scores, k (fixed 2048) and top-k of
+// rows.n rows in one cooperative launch. cumvar: [slots] running-variance scratch; ws zeroed.
+void FusedSelect(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* proj, const float* bias, float* scores,
+                 const int64_t* offsets, int64_t max_candidates, int64_t it, float* cumvar, int32_t* k, int32_t* sel,
+                 const DevBuf<uint8_t>& ws) {
+  kernels::DecodeSelectArgs a;
+  a.index.proj = proj;
+  a.index.proj_stride = kProjStride;
+  a.index.off_qi = kOffQi;
+  a.index.off_wi = kOffWi;
+  a.index.bias = bias;
+  a.index.ki_cache = c.KI(it);
+  a.index.paged = c.Layout();
+  a.index.rows = rows.Info();
+  a.index.n_indexer_heads = kIndexerHeads;
+  a.index.d_indexer = kDIndexer;
+  a.index.relu = false;
+  a.index.scores = scores;
+  a.index.score_offset = offsets;
+  a.index.row_begin = 0;
+  a.index.row_count = rows.n;
+  a.index.max_candidates = max_candidates;
+  a.rule.method = 0;
+  a.rule.k_base = a.rule.k_min = a.rule.k_max = kTopK;
+  a.cumvar = cumvar;
+  a.k = k;
+  a.sel = sel;
+  a.sel_stride = kTopK;
+  a.workspace = ws.get();
+  a.workspace_bytes = static_cast<size_t>(ws.bytes());
+  BENCH_CUDA(kernels::DecodeSelect(a, ctx.stream));
+}
+
 // Output gate pre-activations [rows, 2048] and bias [2048], random.
 void MakeGate(Ctx& ctx, int64_t rows, DevBuf<float>* gate_z, DevBuf<float>* gate_bias) {
   gate_z->Alloc(rows * kGateCols, "output gate z");
@@ -797,6 +832,13 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
   BENCH_CUDA(cudaMemsetAsync(sel_topk.get(), 0xFF, sel_topk.bytes(), ctx.stream));
   BENCH_CUDA(cudaMemsetAsync(sel_fused.get(), 0xFF, sel_fused.bytes(), ctx.stream));
   DevBuf<uint8_t> topk_ws(static_cast<int64_t>(topk_ws_bytes), "top-k workspace");
+  DevBuf<uint8_t> select_ws(static_cast<int64_t>(kernels::DecodeSelectWorkspaceBytes(B)), "fused selection workspace");
+  BENCH_CUDA(cudaMemsetAsync(select_ws.get(), 0, select_ws.bytes(), ctx.stream));
+  DevBuf<float> cumvar(cache.slots, "running variance sums");
+  BENCH_CUDA(cudaMemsetAsync(cumvar.get(), 0, cumvar.bytes(), ctx.stream));
+  DevBuf<int32_t> kfused(B, "k per row (fused)");
+  DevBuf<int32_t> sel_onelaunch(B * kTopK, "fused selection (one launch)");
+  BENCH_CUDA(cudaMemsetAsync(sel_onelaunch.get(), 0xFF, sel_onelaunch.bytes(), ctx.stream));
   DevBuf<uint8_t> attn_ws(static_cast<int64_t>(attn_ws_bytes), "attention workspace");
 
   // Fill every score set (each from its own projections and key copy).
@@ -857,6 +899,22 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "decode_topk", L, B, CheckSelDevice(sel_topk.get(), B, pos));
   }
+  // 2b. Indexer + k + top-k in one cooperative launch (what the engine runs for decode).
+  {
+    Record r = base("decode_select_fused");
+    r.t = ctx.timer->Run(
+        [&](int64_t it) {
+          FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + (it % nsc) * B, L, it,
+                      cumvar.get(), kfused.get(), sel_onelaunch.get(), select_ws);
+        },
+        warm, reps, 0);
+    r.bytes = b_indexer + b_topk;
+    r.flops = static_cast<double>(B) * L * kIndexerHeads * kDIndexer * 2;
+    r.bound = Bound::kMemory;
+    r.note = "DecodeSelect: one cooperative launch";
+    AddRecord(ctx, std::move(r));
+    AddCheck(ctx, "decode_select_fused", L, B, CheckSelDevice(sel_onelaunch.get(), B, pos));
+  }
   // 3. Sparse attention over random selections.
   {
     Record r = base("decode_sparse_attention");
@@ -890,9 +948,36 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "decode_dense_attention", L, B, CheckOutput(ctx, out.get(), out.size()));
   }
-  // 5. The GSA step of one layer: indexer → top-k → sparse attention on the top-k's selection.
+  // 5. The GSA step of one layer as the engine runs it: fused selection → sparse attention on it.
   {
     Record r = base("gsa_decode");
+    r.t = ctx.timer->Run(
+        [&](int64_t it) {
+          const int64_t set = it % nsc;
+          FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + set * B, L, it,
+                      cumvar.get(), kfused.get(), sel_fused.get(), select_ws);
+          Attend(ctx, cache, rows, q.get(), sel_fused.get(), kbuf.get(), kTopK, gate_z.get(), gate_bias.get(),
+                 out.get(), attn_ws, it);
+        },
+        warm, reps, 0);
+    r.bytes = b_indexer + b_topk + b_sparse;
+    r.flops = static_cast<double>(B) * (static_cast<double>(L) * kIndexerHeads * kDIndexer * 2 +
+                                        static_cast<double>(kTopK) * kHeads * kDHead * 4);
+    r.bound = Bound::kMemory;
+    const double ratio = r.t.median_us > 0 ? dense_us / r.t.median_us : 0;
+    char note[64];
+    std::snprintf(note, sizeof(note), "dense/gsa %.2fx", ratio);
+    r.note = note;
+    r.extra["dense_decode_us"] = dense_us;
+    r.extra["dense_over_gsa"] = ratio;
+    r.extra["region"] = "DecodeSelect + GatheredAttention (eager launches, one stream)";
+    AddRecord(ctx, std::move(r));
+    AddCheck(ctx, "gsa_decode selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
+    AddCheck(ctx, "gsa_decode output", L, B, CheckOutput(ctx, out.get(), out.size()));
+  }
+  // 5b. The same step with the selection as separate launches (IndexerScores, TopK).
+  {
+    Record r = base("gsa_decode_unfused");
     r.t = ctx.timer->Run(
         [&](int64_t it) {
           const int64_t set = it % nsc;
@@ -915,8 +1000,8 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
     r.extra["dense_over_gsa"] = ratio;
     r.extra["region"] = "IndexerScores + TopK + GatheredAttention (eager launches, one stream)";
     AddRecord(ctx, std::move(r));
-    AddCheck(ctx, "gsa_decode selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
-    AddCheck(ctx, "gsa_decode output", L, B, CheckOutput(ctx, out.get(), out.size()));
+    AddCheck(ctx, "gsa_decode_unfused selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
+    AddCheck(ctx, "gsa_decode_unfused output", L, B, CheckOutput(ctx, out.get(), out.size()));
   }
   BENCH_CUDA(cudaDeviceSynchronize());
 }

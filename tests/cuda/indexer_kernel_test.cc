@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -58,6 +59,16 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
     for (size_t i = 0; i < keys.size(); ++i) {
       keys[i] = ToBf16(keys_f[i]);
       keys_r[i] = FromBf16(keys[i]);
+    }
+    // Repeated tokens: sequence 0's positions 1000, 77777 and 131071 carry position 5's key, so
+    // their scores must equal position 5's bit for bit (MODEL.md, "Ties").
+    const int64_t kDupPositions[] = {1000, 77777, 131071};
+    auto slot0 = [&](int64_t p) { return static_cast<int64_t>(tables[p / bs]) * bs + p % bs; };
+    for (int64_t p : kDupPositions) {
+      for (int i = 0; i < di; ++i) {
+        keys[slot0(p) * di + i] = keys[slot0(5) * di + i];
+        keys_r[slot0(p) * di + i] = keys_r[slot0(5) * di + i];
+      }
     }
     std::vector<int32_t> seq, pos;
     std::vector<uint8_t> dense;
@@ -121,6 +132,12 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
     auto got = scores_buf->ToHost();
     ASSERT_TRUE(got.ok());
 
+    for (int64_t p : kDupPositions) {
+      uint32_t a, b;
+      std::memcpy(&a, &(*got)[offsets[1] + p], 4);
+      std::memcpy(&b, &(*got)[offsets[1] + 5], 4);
+      ASSERT_EQ(a, b) << "position " << p << " repeats position 5's key";
+    }
     const float scale = 1.0f / std::sqrt(static_cast<float>(di));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t span_end = r + 1 < rows ? offsets[r + 1] : total;

@@ -164,6 +164,7 @@ struct Workspace {
   DeviceBuffer<int32_t> sel;    // [rows, sel_stride]
   DeviceBuffer<float> logits;   // [logit_chunk, vocab]
   DeviceBuffer<uint8_t> attn_ws, topk_ws;
+  DeviceBuffer<uint8_t> select_ws;  // kernels::DecodeSelect's, zeroed when allocated (its contract)
   DeviceBuffer<float> scores;   // one score chunk
   DeviceBuffer<uint8_t> meta;   // the step's metadata blob
 };
@@ -232,6 +233,8 @@ absl::Status EnsureWorkspace(const ModelConfig& c, CudaBackend::Impl& im, int64_
   GSA_ASSIGN_OR_RETURN(n.topk_ws, DeviceBuffer<uint8_t>::Allocate(
                                       std::max<size_t>(1, kernels::TopKWorkspaceBytes(rows, im.max_candidates))));
   GSA_ASSIGN_OR_RETURN(n.scores, DeviceBuffer<float>::Allocate(static_cast<size_t>(score_floats)));
+  GSA_ASSIGN_OR_RETURN(n.select_ws, DeviceBuffer<uint8_t>::Allocate(kernels::DecodeSelectWorkspaceBytes(rows)));
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(n.select_ws.get(), 0, n.select_ws.bytes(), im.stream.get()));
   n.meta = std::move(w.meta);
   w = std::move(n);
   return absl::OkStatus();
@@ -427,6 +430,7 @@ struct StepPlan {
   bool any_sparse = false;
   struct Chunk {
     int64_t row_begin = 0, row_count = 0, offset_index = 0, max_candidates = 0;
+    bool one_row_per_seq = true;  // no two rows of one sequence (kernels::DecodeSelect's precondition)
   };
   std::vector<Chunk> chunks;
   std::vector<int64_t> score_offset;    // all chunks' offsets, concatenated
@@ -516,6 +520,7 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
   // Score chunks: consecutive rows whose sparse candidates fit the score buffer.
   StepPlan::Chunk cur;
   int64_t used = 0;
+  std::vector<int64_t> seq_chunk(S, -1);  // the last chunk that holds a row of each sequence
   auto close = [&]() {
     if (cur.row_count > 0) p.chunks.push_back(cur);
     cur = StepPlan::Chunk{};
@@ -531,6 +536,10 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
     p.score_offset.push_back(used);
     used += cand;
     cur.row_count += 1;
+    const size_t si = static_cast<size_t>(p.row_seq[static_cast<size_t>(r)]);
+    const int64_t chunk_id = static_cast<int64_t>(p.chunks.size());
+    if (seq_chunk[si] == chunk_id) cur.one_row_per_seq = false;
+    seq_chunk[si] = chunk_id;
     cur.max_candidates = std::max(cur.max_candidates, cand);
   }
   close();
@@ -708,8 +717,8 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
         chunk.row_begin = ch.row_begin;
         chunk.row_count = ch.row_count;
         chunk.max_candidates = ch.max_candidates;
+        kernels::IndexerScoresArgs ia;
         if (ch.max_candidates > 0) {
-          kernels::IndexerScoresArgs ia;
           ia.proj = w.proj.get();
           ia.proj_stride = L.proj_stride;
           ia.off_qi = L.off_qi;
@@ -726,6 +735,22 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
           ia.row_begin = ch.row_begin;
           ia.row_count = ch.row_count;
           ia.max_candidates = ch.max_candidates;
+          if (ch.one_row_per_seq && rule.method != 2) {
+            // Decode: the whole selection in one cooperative launch when the device and shape allow.
+            kernels::DecodeSelectArgs ds;
+            ds.index = ia;
+            ds.rule = rule;
+            ds.var = w.var.get();
+            ds.cumvar = cache.cumvar.get();
+            ds.k = k_layer;
+            ds.sel = w.sel.get();
+            ds.sel_stride = im.sel_stride;
+            ds.workspace = w.select_ws.get();
+            ds.workspace_bytes = w.select_ws.bytes();
+            const cudaError_t err = kernels::DecodeSelect(ds, st);
+            if (err == cudaSuccess) continue;
+            if (err != cudaErrorNotSupported) GSA_CUDA_RETURN_IF_ERROR(err);
+          }
           GSA_CUDA_RETURN_IF_ERROR(kernels::IndexerScores(ia, st));
           if (rule.method != 0) {
             GSA_CUDA_RETURN_IF_ERROR(kernels::ScoreStats(chunk, d.rows, w.var.get(),

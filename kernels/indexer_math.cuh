@@ -1,0 +1,157 @@
+// Device-side arithmetic of the lightning indexer (kernels/indexer.h), shared by every kernel that
+// computes I(t, s) so that each produces bitwise the same score for the same inputs: IndexerScores
+// and the fused decode selection of kernels/selection.h. Include only from .cu files.
+//
+// Tensor cores, fp32-faithful: a warp scores a tile of 16 candidates against up to 8 heads per
+// mma.sync.m16n8k16 (bf16 in, fp32 accumulate). The keys are bf16 already (exact); each fp32 qI is
+// split into three bf16 parts q = hi + mid + lo (each the bf16 rounding of what is left), which
+// represent it to within 2^-24 relatively, and every key × part product is exact in fp32; the
+// accumulation is fp32 (the tensor core's rounding), lo first. So the dot product matches an fp32
+// evaluation to a few fp32 ulps of Σ|q·k| (the CPU reference's tolerance), and never depends on
+// which tile or lane holds the candidate: equal keys give bitwise equal scores (MODEL.md, "Ties").
+//
+// Fragment layout (PTX ISA, mma.m16n8k16 .bf16): lane = 4g + t. A (16 candidates × 16 channels):
+// a0 = (row g, k 2t..2t+1), a1 = (row g+8, same k), a2 = (row g, k 2t+8..2t+9), a3 = (row g+8, same);
+// B (16 × 8 heads): b0 = (k 2t..2t+1, head g), b1 = (k 2t+8..2t+9, head g); C: c0, c1 = (row g,
+// heads 2t, 2t+1), c2, c3 = (row g+8, the same heads). The dot product does not care which physical
+// channel a logical k is, as long as A and B agree, so lane (g, t) loads whole 16-byte chunks:
+// chunk 4P + t (channels 8(4P+t) … +7) of rows g and g+8, for P < D_I/32; k-step 2P+h takes
+// channels 8(4P+t) + 4h + {0,1} as logical 2t, 2t+1 and + 4h + {2,3} as logical 2t+8, 2t+9.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/paged.h"
+
+namespace gsa::kernels::indexer_math {
+
+constexpr int kMaxHeads = 16;
+constexpr int kMaxDIndexer = 128;
+constexpr int kQueryParts = 3;  // hi, mid, lo
+
+// One row's indexer query in shared memory: q[(part · n_heads + j) · D_I + i] bf16, w[j] (sigmoid
+// already applied), b[j]. Sized for the largest shape; SplitQueryBytes gives what a shape needs.
+__host__ __device__ constexpr int64_t SplitQueryElems(int32_t n_heads, int32_t d_indexer) {
+  return static_cast<int64_t>(kQueryParts) * n_heads * d_indexer;
+}
+
+// Splits proj row `r`'s qI into q (the three parts) and copies wI and the bias into w, b. Every
+// thread of the block calls it; the caller syncs before use.
+template <int D_I>
+__device__ __forceinline__ void LoadSplitQuery(const float* proj, int64_t proj_stride, int64_t off_qi, int64_t off_wi,
+                                               const float* bias, int32_t n_heads, int64_t r, bf16* q, float* w,
+                                               float* b) {
+  const float* prow = proj + r * proj_stride;
+  const int64_t per_part = static_cast<int64_t>(n_heads) * D_I;
+  for (int64_t i = threadIdx.x; i < per_part; i += blockDim.x) {
+    const float x = prow[off_qi + i];
+    const bf16 hi = __float2bfloat16_rn(x);
+    const float r1 = x - __bfloat162float(hi);  // exact
+    const bf16 mid = __float2bfloat16_rn(r1);
+    const float r2 = r1 - __bfloat162float(mid);  // exact
+    q[i] = hi;
+    q[per_part + i] = mid;
+    q[2 * per_part + i] = __float2bfloat16_rn(r2);
+  }
+  for (int j = threadIdx.x; j < n_heads; j += blockDim.x) {
+    w[j] = prow[off_wi + j];
+    b[j] = bias[j];
+  }
+}
+
+// 16-byte chunks of a key row, and how many 32-channel groups P the fragments span (D_I = 16 uses
+// half of one: chunks 4P + t ≥ D_I / 8 read as zeros on both sides).
+template <int D_I>
+struct KeyShape {
+  static constexpr int kChunks = D_I / 8;
+  static constexpr int kGroups = (D_I + 31) / 32;
+};
+
+// The key chunks one lane holds for a tile of 16 candidates: row g (lo) and row g + 8 (hi).
+template <int D_I>
+struct KeyFragment {
+  uint4 lo[KeyShape<D_I>::kGroups];
+  uint4 hi[KeyShape<D_I>::kGroups];
+};
+
+// Loads the tile's key chunks; a negative slot reads as a zero key (its score is never stored).
+template <int D_I>
+__device__ __forceinline__ void LoadKeys(const bf16* ki_cache, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f) {
+  const int t = threadIdx.x & 3;
+  const uint4* a = reinterpret_cast<const uint4*>(ki_cache + (slot_lo >= 0 ? slot_lo : 0) * D_I);
+  const uint4* c = reinterpret_cast<const uint4*>(ki_cache + (slot_hi >= 0 ? slot_hi : 0) * D_I);
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+  for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
+    const bool chunk_ok = 4 * p + t < KeyShape<D_I>::kChunks;
+    f->lo[p] = (slot_lo >= 0 && chunk_ok) ? __ldg(a + 4 * p + t) : zero;
+    f->hi[p] = (slot_hi >= 0 && chunk_ok) ? __ldg(c + 4 * p + t) : zero;
+  }
+}
+
+__device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// Scores of the tile's candidates g (.x) and g + 8 (.y) for the row whose split query is q, w, b;
+// every lane of the quad (lanes 4g … 4g+3) gets both. All 32 lanes must call it together.
+//   I = Σ_j w_j · φ(dot_j · rsqrt(D_I) + b_j): per lane its heads 2t, 2t+1 of each group of eight
+//   in head order, then the quad's sum in a fixed xor order.
+template <int D_I>
+__device__ __forceinline__ float2 TileScores(const KeyFragment<D_I>& f, const bf16* q, const float* w, const float* b,
+                                             int32_t n_heads, bool relu) {
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const float scale = rsqrtf(static_cast<float>(D_I));
+  const int64_t per_part = static_cast<int64_t>(n_heads) * D_I;
+  float acc_lo = 0.0f, acc_hi = 0.0f;
+  for (int nt = 0; nt * 8 < n_heads; ++nt) {
+    const int head_b = nt * 8 + g;  // the head whose column this lane feeds
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
+      const bf16* qh = q + part * per_part + static_cast<int64_t>(head_b) * D_I;
+#pragma unroll
+      for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int ch = 8 * (4 * p + t) + 4 * h;
+          uint32_t b0 = 0u, b1 = 0u;
+          if (head_b < n_heads && 4 * p + t < KeyShape<D_I>::kChunks) {
+            b0 = *reinterpret_cast<const uint32_t*>(qh + ch);
+            b1 = *reinterpret_cast<const uint32_t*>(qh + ch + 2);
+          }
+          const uint32_t a0 = h == 0 ? f.lo[p].x : f.lo[p].z;
+          const uint32_t a2 = h == 0 ? f.lo[p].y : f.lo[p].w;
+          const uint32_t a1 = h == 0 ? f.hi[p].x : f.hi[p].z;
+          const uint32_t a3 = h == 0 ? f.hi[p].y : f.hi[p].w;
+          MmaBf16(c, a0, a1, a2, a3, b0, b1);
+        }
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int head = nt * 8 + 2 * t + e;
+      if (head < n_heads) {
+        const float z_lo = c[e] * scale + b[head];
+        const float z_hi = c[2 + e] * scale + b[head];
+        acc_lo = fmaf(w[head], relu ? fmaxf(z_lo, 0.0f) : SigmoidF(z_lo), acc_lo);
+        acc_hi = fmaf(w[head], relu ? fmaxf(z_hi, 0.0f) : SigmoidF(z_hi), acc_hi);
+      }
+    }
+  }
+  acc_lo += __shfl_xor_sync(0xffffffffu, acc_lo, 1);
+  acc_hi += __shfl_xor_sync(0xffffffffu, acc_hi, 1);
+  acc_lo += __shfl_xor_sync(0xffffffffu, acc_lo, 2);
+  acc_hi += __shfl_xor_sync(0xffffffffu, acc_hi, 2);
+  return make_float2(acc_lo, acc_hi);
+}
+
+}  // namespace gsa::kernels::indexer_math

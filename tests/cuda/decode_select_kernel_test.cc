@@ -1,0 +1,309 @@
+// kernels/selection.h DecodeSelect (the fused, cooperative decode selection) against the separate
+// launches it replaces (IndexerScores → ScoreStats → SelectionCounts → TopK, each checked against
+// the CPU oracle by indexer_kernel_test and selection_kernel_test), on fresh random paged indexer
+// keys: a 128K-token row with shorter ones, a dense row, max_candidates above every row's length (the
+// graph-captured step's shape), many rows whose slices spill out of shared memory, all-equal
+// scores (the tie rule alone decides), both k rules. Outputs poisoned, every element checked.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/backend/cuda/device_buffer.h"
+#include "kernels/indexer.h"
+#include "kernels/selection.h"
+#include "tests/testing/cuda_test_support.h"
+
+namespace gsa {
+namespace {
+
+using gsa::testing::Download;
+using gsa::testing::Poisoned;
+using gsa::testing::RandomFloats;
+using gsa::testing::ToBf16;
+using gsa::testing::Upload;
+using kernels::bf16;
+
+constexpr int32_t kBlockSize = 64;
+constexpr int32_t kSelStride = 4096;
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+struct Scenario {
+  std::string name;
+  std::vector<int64_t> lengths;  // context length of each row's sequence (row i ↔ sequence i)
+  int dense_row = -1;            // this row is dense (attends to everything, no selection)
+  int64_t max_candidates = 0;    // 0: the longest row
+  bool zero_keys = false;        // every indexer key 0: all scores of a row equal
+  int32_t method = 0;            // 0: fixed k, 1: variance
+};
+
+// The buffers of one run of the selection for a scenario.
+struct Outputs {
+  std::vector<float> scores, cumvar;
+  std::vector<double> var;
+  std::vector<int32_t> k, sel;
+};
+
+class DecodeSelectTest : public ::testing::Test {
+ protected:
+  void Run(const Scenario& sc) {
+    SCOPED_TRACE(sc.name);
+    const uint64_t seed = gsa::testing::FreshSeed();
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    std::mt19937_64 rng(seed);
+    const int64_t rows = static_cast<int64_t>(sc.lengths.size());
+    constexpr int32_t di = 64, nh = 4;
+    int64_t max_len = 0, total_blocks = 0;
+    for (int64_t len : sc.lengths) {
+      max_len = std::max(max_len, len);
+      total_blocks += (len + kBlockSize - 1) / kBlockSize;
+    }
+    const int64_t max_cand = sc.max_candidates > 0 ? sc.max_candidates : max_len;
+    const int32_t max_blocks = static_cast<int32_t>((max_cand + kBlockSize - 1) / kBlockSize);
+    const int64_t num_blocks = total_blocks + 3;
+    std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<int32_t> tables(static_cast<size_t>(rows * max_blocks), 0);
+    std::vector<int32_t> seq(static_cast<size_t>(rows)), pos(static_cast<size_t>(rows));
+    std::vector<int64_t> slot(static_cast<size_t>(rows)), offsets(static_cast<size_t>(rows));
+    std::vector<uint8_t> dense(static_cast<size_t>(rows), 0);
+    int64_t next = 0, score_total = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t len = sc.lengths[r];
+      for (int64_t b = 0; b < (len + kBlockSize - 1) / kBlockSize; ++b) tables[r * max_blocks + b] = perm[next++];
+      seq[r] = static_cast<int32_t>(r);
+      pos[r] = static_cast<int32_t>(len - 1);
+      slot[r] = static_cast<int64_t>(tables[r * max_blocks + pos[r] / kBlockSize]) * kBlockSize + pos[r] % kBlockSize;
+      dense[r] = r == sc.dense_row ? 1 : 0;
+      offsets[r] = score_total;
+      score_total += len + 5;  // a gap after each row catches overruns
+    }
+    const int64_t num_slots = num_blocks * kBlockSize;
+    std::vector<bf16> keys(static_cast<size_t>(num_slots * di));
+    {
+      const std::vector<float> kf = RandomFloats(keys.size(), seed + 1);
+      for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(sc.zero_keys ? 0.0f : kf[i]);
+    }
+    const int64_t stride = nh * di + nh + 3, off_qi = 1, off_wi = 1 + nh * di;
+    std::vector<float> proj = RandomFloats(static_cast<size_t>(rows * stride), seed + 2, -2, 2);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int j = 0; j < nh; ++j) proj[r * stride + off_wi + j] = 0.5f + 0.5f * std::fabs(proj[r * stride + off_wi + j]);
+    }
+    const std::vector<float> bias = RandomFloats(nh, seed + 3, -0.5, 0.5);
+    // Running variance sums of earlier positions: random, so the k rule has something to read.
+    const std::vector<float> cumvar0 = RandomFloats(static_cast<size_t>(num_slots), seed + 4, 0.0f, 0.02f);
+    std::vector<int32_t> first(static_cast<size_t>(rows + 1));
+    std::iota(first.begin(), first.end(), 0);
+
+    auto d_keys = Upload(keys);
+    auto d_tables = Upload(tables);
+    auto d_seq = Upload(seq);
+    auto d_pos = Upload(pos);
+    auto d_slot = Upload(slot);
+    auto d_dense = Upload(dense);
+    auto d_proj = Upload(proj);
+    auto d_bias = Upload(bias);
+    auto d_off = Upload(offsets);
+    auto d_first = Upload(first);
+
+    kernels::SelectionRule rule;
+    rule.method = sc.method;
+    rule.k_base = 2048;
+    rule.k_min = 64;
+    rule.k_max = kSelStride;
+    rule.temperature = 1.0;
+
+    auto make_index = [&](float* scores) {
+      kernels::IndexerScoresArgs a;
+      a.proj = d_proj.get();
+      a.proj_stride = stride;
+      a.off_qi = off_qi;
+      a.off_wi = off_wi;
+      a.bias = d_bias.get();
+      a.ki_cache = d_keys.get();
+      a.paged = {d_tables.get(), max_blocks, kBlockSize};
+      a.rows.seq = d_seq.get();
+      a.rows.position = d_pos.get();
+      a.rows.slot = d_slot.get();
+      a.rows.dense = d_dense.get();
+      a.n_indexer_heads = nh;
+      a.d_indexer = di;
+      a.relu = false;
+      a.scores = scores;
+      a.score_offset = d_off.get();
+      a.row_begin = 0;
+      a.row_count = rows;
+      a.max_candidates = max_cand;
+      return a;
+    };
+
+    // Reference: the four separate launches.
+    Outputs ref;
+    {
+      auto scores = Poisoned<float>(static_cast<size_t>(score_total));
+      auto var = DeviceBuffer<double>::Allocate(static_cast<size_t>(rows));
+      ASSERT_TRUE(var.ok());
+      ASSERT_EQ(cudaMemset(var->get(), 0, var->bytes()), cudaSuccess);
+      auto cumvar = Upload(cumvar0);
+      auto k = Poisoned<int32_t>(static_cast<size_t>(rows));
+      auto sel = Poisoned<int32_t>(static_cast<size_t>(rows * kSelStride));
+      const size_t ws_bytes = std::max<size_t>(1, kernels::TopKWorkspaceBytes(rows, max_cand));
+      auto ws = DeviceBuffer<uint8_t>::Allocate(ws_bytes);
+      ASSERT_TRUE(ws.ok());
+      const kernels::IndexerScoresArgs ia = make_index(scores.get());
+      ASSERT_EQ(kernels::IndexerScores(ia, nullptr), cudaSuccess);
+      kernels::ScoreChunk ch;
+      ch.scores = scores.get();
+      ch.score_offset = d_off.get();
+      ch.row_begin = 0;
+      ch.row_count = rows;
+      ch.max_candidates = max_cand;
+      if (sc.method == 1) {
+        ASSERT_EQ(kernels::ScoreStats(ch, ia.rows, var->get(), nullptr, nullptr), cudaSuccess);
+      }
+      ASSERT_EQ(kernels::SelectionCounts(ch, ia.rows, ia.paged, d_first.get(), static_cast<int32_t>(rows), rule,
+                                         var->get(), nullptr, cumvar.get(), k.get(), nullptr),
+                cudaSuccess);
+      ASSERT_EQ(kernels::TopK(ch, ia.rows, k.get(), sel.get(), kSelStride, ws->get(), ws->bytes(), nullptr),
+                cudaSuccess);
+      ref.scores = Download(scores);
+      ref.var = Download(*var);
+      ref.cumvar = Download(cumvar);
+      ref.k = Download(k);
+      ref.sel = Download(sel);
+    }
+
+    // The fused launch, twice on the same workspace (the first must leave it zeroed).
+    auto ws = DeviceBuffer<uint8_t>::Allocate(kernels::DecodeSelectWorkspaceBytes(rows));
+    ASSERT_TRUE(ws.ok());
+    ASSERT_EQ(cudaMemset(ws->get(), 0, ws->bytes()), cudaSuccess);
+    Outputs got[2];
+    for (int run = 0; run < 2; ++run) {
+      auto scores = Poisoned<float>(static_cast<size_t>(score_total));
+      auto var = Poisoned<double>(static_cast<size_t>(rows));
+      auto cumvar = Upload(cumvar0);
+      auto k = Poisoned<int32_t>(static_cast<size_t>(rows));
+      auto sel = Poisoned<int32_t>(static_cast<size_t>(rows * kSelStride));
+      kernels::DecodeSelectArgs a;
+      a.index = make_index(scores.get());
+      a.rule = rule;
+      a.var = var.get();
+      a.cumvar = cumvar.get();
+      a.k = k.get();
+      a.sel = sel.get();
+      a.sel_stride = kSelStride;
+      a.workspace = ws->get();
+      a.workspace_bytes = ws->bytes();
+      const cudaError_t err = kernels::DecodeSelect(a, nullptr);
+      ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
+      got[run].scores = Download(scores);
+      got[run].var = Download(var);
+      got[run].cumvar = Download(cumvar);
+      got[run].k = Download(k);
+      got[run].sel = Download(sel);
+    }
+
+    for (int run = 0; run < 2; ++run) {
+      SCOPED_TRACE(::testing::Message() << "run " << run);
+      const Outputs& g = got[run];
+      for (size_t i = 0; i < ref.scores.size(); ++i) {
+        ASSERT_EQ(Bits(g.scores[i]), Bits(ref.scores[i])) << "score element " << i;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "row " << r << " length " << sc.lengths[r]);
+        if (sc.method == 1 && !dense[r]) {
+          ASSERT_NEAR(g.var[r], ref.var[r], 1e-12 * std::max(1e-30, std::fabs(ref.var[r])) + 1e-300);
+        } else {
+          const double v = g.var[r];
+          uint64_t u;
+          std::memcpy(&u, &v, 8);
+          ASSERT_EQ(u, ~uint64_t{0}) << "var written although the rule does not use it";
+        }
+        ASSERT_EQ(g.k[r], ref.k[r]);
+        if (sc.method == 0 || dense[r]) {
+          ASSERT_EQ(Bits(g.cumvar[slot[r]]), Bits(ref.cumvar[slot[r]]));
+        } else {
+          ASSERT_NEAR(g.cumvar[slot[r]], ref.cumvar[slot[r]], 1e-6 * std::fabs(ref.cumvar[slot[r]]));
+        }
+        for (int64_t i = 0; i < kSelStride; ++i) {
+          ASSERT_EQ(g.sel[r * kSelStride + i], ref.sel[r * kSelStride + i]) << "sel entry " << i;
+        }
+        if (sc.zero_keys && !dense[r]) {  // all scores equal: the latest k positions, descending
+          for (int32_t i = 0; i < g.k[r]; ++i) ASSERT_EQ(g.sel[r * kSelStride + i], pos[r] - i);
+        }
+      }
+      // Nothing else of cumvar changed.
+      for (int64_t s = 0; s < num_slots; ++s) {
+        if (std::find(slot.begin(), slot.end(), s) != slot.end()) continue;
+        ASSERT_EQ(Bits(g.cumvar[s]), Bits(cumvar0[s])) << "slot " << s;
+      }
+    }
+    // Deterministic: both runs agree bit for bit.
+    for (int64_t r = 0; r < rows; ++r) {
+      uint64_t a, b;
+      std::memcpy(&a, &got[0].var[r], 8);
+      std::memcpy(&b, &got[1].var[r], 8);
+      ASSERT_EQ(a, b);
+    }
+    ASSERT_EQ(got[0].sel, got[1].sel);
+  }
+};
+
+TEST_F(DecodeSelectTest, FixedK128KRowWithShortAndDenseRows) {
+  GSA_REQUIRE_GPU();
+  Run({"fixed k", {131072, 70001, 4097, 2048, 300, 1, 9000}, 5, 0, false, 0});
+}
+
+TEST_F(DecodeSelectTest, VarianceRule128KRowWithShortAndDenseRows) {
+  GSA_REQUIRE_GPU();
+  Run({"variance", {131072, 70001, 4097, 2049, 300, 1, 9000}, 4, 0, false, 1});
+}
+
+TEST_F(DecodeSelectTest, GraphShapeMaxCandidatesAboveEveryRow) {
+  GSA_REQUIRE_GPU();
+  Run({"graph shape", {65536, 12345, 2}, -1, 131072 + 640, false, 1});
+}
+
+TEST_F(DecodeSelectTest, ManyRowsSlicesOutsideSharedMemory) {
+  GSA_REQUIRE_GPU();
+  std::vector<int64_t> lengths;
+  std::mt19937 rng(7);
+  for (int i = 0; i < 64; ++i) lengths.push_back(std::uniform_int_distribution<int64_t>(1, 131072)(rng));
+  lengths[3] = 131072;
+  Run({"64 rows", lengths, 10, 131072, false, 0});
+}
+
+TEST_F(DecodeSelectTest, AllEqualScoresKeepTheLatestPositions) {
+  GSA_REQUIRE_GPU();
+  Run({"ties", {131072, 5000, 2048, 1000}, -1, 0, true, 0});
+}
+
+TEST(DecodeSelectKernel, UnsupportedShapesLaunchNothing) {
+  GSA_REQUIRE_GPU();
+  kernels::DecodeSelectArgs a;
+  a.index.row_count = 65;
+  a.index.max_candidates = 100;
+  a.index.d_indexer = 64;
+  a.index.n_indexer_heads = 4;
+  EXPECT_EQ(kernels::DecodeSelect(a, nullptr), cudaErrorNotSupported);  // more than 64 rows
+  a.index.row_count = 2;
+  a.rule.method = 2;
+  EXPECT_EQ(kernels::DecodeSelect(a, nullptr), cudaErrorNotSupported);  // entropy rule
+  a.rule.method = 0;
+  EXPECT_EQ(kernels::DecodeSelect(a, nullptr), cudaErrorNotSupported);  // no workspace
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace gsa
