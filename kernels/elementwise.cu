@@ -75,9 +75,26 @@ __global__ void PostProjectionKernel(PostProjectionArgs a) {
     if (a.off_vg >= 0) v *= GateActF(a.gate_act, p[a.off_vg + i] + a.vg_bias[i]);
     a.v_cache[slot * kv_dim + i] = __float2bfloat16(v);
   }
-  // Indexer key and head weights.
-  for (int32_t i = threadIdx.x; i < a.d_indexer; i += blockDim.x) {
-    a.ki_cache[slot * a.d_indexer + i] = __float2bfloat16(p[a.off_ki + i]);
+  // Indexer key (bf16, or fp8 codes with the row's scale) and head weights.
+  if (a.ki_fp8 != nullptr) {  // uniform over the block
+    __shared__ uint32_t s_amax[32];
+    uint32_t m = 0u;  // |x| as bits: for non-negative floats the integer order is the float order
+    for (int32_t i = threadIdx.x; i < a.d_indexer; i += blockDim.x) {
+      m = max(m, __float_as_uint(fabsf(p[a.off_ki + i])));
+    }
+    m = __reduce_max_sync(0xffffffffu, m);
+    if ((threadIdx.x & 31) == 0) s_amax[threadIdx.x >> 5] = m;
+    __syncthreads();
+    for (uint32_t w = 0; w < (blockDim.x + 31) / 32; ++w) m = max(m, s_amax[w]);
+    const float scale = Fp8KeyScale(__uint_as_float(m));
+    for (int32_t i = threadIdx.x; i < a.d_indexer; i += blockDim.x) {
+      a.ki_fp8[slot * a.d_indexer + i] = Fp8KeyCode(p[a.off_ki + i], scale);
+    }
+    if (threadIdx.x == 0) a.ki_scale[slot] = scale;
+  } else {
+    for (int32_t i = threadIdx.x; i < a.d_indexer; i += blockDim.x) {
+      a.ki_cache[slot * a.d_indexer + i] = __float2bfloat16(p[a.off_ki + i]);
+    }
   }
   for (int32_t j = threadIdx.x; j < a.n_indexer_heads; j += blockDim.x) {
     p[a.off_wi + j] = SigmoidF(p[a.off_wi + j] + a.wi_bias[j]);

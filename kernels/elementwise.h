@@ -5,6 +5,8 @@
 // the cache.
 #pragma once
 
+#include <cuda_fp8.h>
+
 #include "kernels/paged.h"
 
 namespace gsa::kernels {
@@ -42,7 +44,19 @@ struct PostProjectionArgs {
   bf16* k_cache = nullptr;   // [num_slots, n_kv_heads, d_head]
   bf16* v_cache = nullptr;   // [num_slots, n_kv_heads, d_head]
   bf16* ki_cache = nullptr;  // [num_slots, d_indexer]
+  // fp8 indexer keys instead (both set): ki_fp8[slot] = Fp8KeyCode(kI, scale), ki_scale[slot] =
+  // scale = Fp8KeyScale(max |kI|); ki_cache is then unused.
+  uint8_t* ki_fp8 = nullptr;  // [num_slots, d_indexer] e4m3 codes
+  float* ki_scale = nullptr;  // [num_slots]
 };
+
+// fp8 (e4m3) indexer keys, one scale per token: the largest |component| maps to 448, e4m3's
+// largest finite value (1 for an all-zero key); code = e4m3(x / scale), round to nearest,
+// saturating. Host and device, so tests and the CPU side quantize bitwise alike.
+__host__ __device__ inline float Fp8KeyScale(float amax) { return amax > 0.0f ? amax / 448.0f : 1.0f; }
+__host__ __device__ inline uint8_t Fp8KeyCode(float x, float scale) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x / scale, __NV_SATFINITE, __NV_E4M3));
+}
 cudaError_t PostProjection(const PostProjectionArgs& args, cudaStream_t stream);
 
 // out[r, i] = bf16(silu(gu[r, i]) * gu[r, d_ffn + i]).  gu: [rows, 2 * d_ffn] fp32 (gate columns,

@@ -25,7 +25,7 @@ size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
 // the keys of its 32 candidates (two 16-candidate tiles) in registers and scores them for every row
 // of the group with tensor cores (indexer_math::TileScores); consecutive rows of one sequence (a
 // prefill chunk) reuse the keys, loaded once for the largest position among them.
-template <int D_I>
+template <int D_I, bool kFp8>
 __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int32_t s_limit[kRowsPerBlock];  // largest position of the run of same-sequence rows from here
@@ -61,6 +61,8 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
   const int g = lane >> 2;
   const int64_t wc0 = tile0 + static_cast<int64_t>(warp) * kTilesPerWarp * 16;  // the warp's first candidate
   indexer_math::KeyFragment<D_I> keys[kTilesPerWarp];
+  float key_scale[kTilesPerWarp][2];
+  const indexer_math::KeySource src{a.ki_cache, a.ki_fp8, a.ki_scale};
   int32_t loaded_seq = -1;
   for (int i = 0; i < nrows; ++i) {  // warp-uniform control flow throughout
     const int64_t r = r0 + i;
@@ -75,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
         const int64_t c_lo = wc0 + u * 16 + g, c_hi = c_lo + 8;
         const int64_t slot_lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, c_lo) : -1;
         const int64_t slot_hi = c_hi <= lim ? SlotOfPosition(a.paged, seq, c_hi) : -1;
-        indexer_math::LoadKeys<D_I>(a.ki_cache, slot_lo, slot_hi, &keys[u]);
+        indexer_math::LoadKeys<D_I, kFp8>(src, slot_lo, slot_hi, &keys[u], &key_scale[u][0], &key_scale[u][1]);
       }
       loaded_seq = seq;
     }
@@ -83,8 +85,8 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
     float* out = a.scores + a.score_offset[r - a.row_begin];
 #pragma unroll
     for (int u = 0; u < kTilesPerWarp; ++u) {
-      const float2 v = indexer_math::TileScores<D_I>(keys[u], s_q + i * q_elems, w, w + kMaxHeads,
-                                                     a.n_indexer_heads, a.relu);
+      const float2 v = indexer_math::TileScores<D_I>(keys[u], key_scale[u][0], key_scale[u][1], s_q + i * q_elems, w,
+                                                     w + kMaxHeads, a.n_indexer_heads, a.relu);
       const int64_t c_lo = wc0 + u * 16 + g, c_hi = c_lo + 8;
       const int t = lane & 3;
       if (t == 0 && c_lo <= pos) out[c_lo] = v.x;
@@ -93,18 +95,23 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
   }
 }
 
-template <int D_I>
-cudaError_t Launch(const IndexerScoresArgs& a, cudaStream_t stream) {
+template <int D_I, bool kFp8>
+cudaError_t LaunchKeys(const IndexerScoresArgs& a, cudaStream_t stream) {
   const size_t smem = SmemBytes(a.n_indexer_heads, D_I);
   if (smem > 48 * 1024) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(IndexerScoresKernel<D_I>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t err = cudaFuncSetAttribute(IndexerScoresKernel<D_I, kFp8>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   const dim3 grid(static_cast<unsigned>((a.max_candidates + kCandPerBlock - 1) / kCandPerBlock),
                   static_cast<unsigned>((a.row_count + kRowsPerBlock - 1) / kRowsPerBlock));
-  IndexerScoresKernel<D_I><<<grid, kThreads, smem, stream>>>(a);
+  IndexerScoresKernel<D_I, kFp8><<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();
+}
+
+template <int D_I>
+cudaError_t Launch(const IndexerScoresArgs& a, cudaStream_t stream) {
+  return a.ki_fp8 != nullptr ? LaunchKeys<D_I, true>(a, stream) : LaunchKeys<D_I, false>(a, stream);
 }
 
 }  // namespace
@@ -119,6 +126,7 @@ cudaError_t IndexerScores(const IndexerScoresArgs& a, cudaStream_t stream) {
   if (!IndexerScoresSupports(a.d_indexer, a.n_indexer_heads) || a.row_count > 65535) {
     return cudaErrorInvalidValue;
   }
+  if (a.ki_fp8 != nullptr ? a.ki_scale == nullptr : a.ki_cache == nullptr) return cudaErrorInvalidValue;
   switch (a.d_indexer) {
     case 16: return Launch<16>(a, stream);
     case 32: return Launch<32>(a, stream);

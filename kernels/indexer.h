@@ -19,7 +19,11 @@ struct IndexerScoresArgs {
   int64_t off_qi = 0;           // qI at proj[r * proj_stride + off_qi + j * d_indexer + i]
   int64_t off_wi = 0;           // wI at proj[r * proj_stride + off_wi + j], sigmoid already applied
   const float* bias = nullptr;  // [n_indexer_heads] bI
-  const bf16* ki_cache = nullptr;  // [num_slots, d_indexer]
+  const bf16* ki_cache = nullptr;  // [num_slots, d_indexer] bf16 keys, or (ki_fp8 set) unused
+  // fp8 keys (CudaBackendOptions::indexer_key_dtype): e4m3 codes [num_slots, d_indexer] and one
+  // fp32 scale per slot, key = ki_scale[slot] · code (written by PostProjection). Null: bf16 keys.
+  const uint8_t* ki_fp8 = nullptr;
+  const float* ki_scale = nullptr;
   PagedLayout paged;
   RowInfo rows;                    // seq, position and dense are read; dense rows are skipped
   int32_t n_indexer_heads = 0;     // ≤ 16

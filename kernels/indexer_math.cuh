@@ -21,6 +21,8 @@
 
 #include <cstdint>
 
+#include <cuda_fp8.h>
+
 #include "kernels/paged.h"
 
 namespace gsa::kernels::indexer_math {
@@ -74,6 +76,58 @@ struct KeyFragment {
   uint4 hi[KeyShape<D_I>::kGroups];
 };
 
+template <int D_I>
+__device__ __forceinline__ void LoadKeys(const bf16* ki_cache, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f);
+
+// Where the keys are: bf16 rows [num_slots, D_I], or (fp8 != nullptr) e4m3 codes [num_slots, D_I]
+// with one fp32 scale per slot (key = scale · code).
+struct KeySource {
+  const bf16* bf16_keys = nullptr;
+  const uint8_t* fp8 = nullptr;
+  const float* scale = nullptr;
+};
+
+// Eight e4m3 codes → eight bf16 (exact: every e4m3 value is a bf16 value), packed as in a bf16 row.
+__device__ __forceinline__ uint4 Fp8x8ToBf16x8(uint2 codes) {
+  uint32_t out[4];
+  const uint32_t in[2] = {codes.x, codes.y};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t pair = (in[i / 2] >> (16 * (i % 2))) & 0xFFFFu;
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair), __NV_E4M3);
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
+    const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+    out[i] = *reinterpret_cast<const uint32_t*>(&b);
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+// Loads the tile's key chunks and the two rows' scales (1 for bf16 keys); a negative slot reads
+// as a zero key (its score is never stored).
+template <int D_I, bool kFp8>
+__device__ __forceinline__ void LoadKeys(const KeySource& src, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f,
+                                         float* scale_lo, float* scale_hi) {
+  if constexpr (!kFp8) {
+    *scale_lo = 1.0f;
+    *scale_hi = 1.0f;
+    LoadKeys<D_I>(src.bf16_keys, slot_lo, slot_hi, f);
+    return;
+  } else {
+  const int t = threadIdx.x & 3;
+  const uint2* a = reinterpret_cast<const uint2*>(src.fp8 + (slot_lo >= 0 ? slot_lo : 0) * D_I);
+  const uint2* c = reinterpret_cast<const uint2*>(src.fp8 + (slot_hi >= 0 ? slot_hi : 0) * D_I);
+  const uint2 zero = make_uint2(0u, 0u);
+#pragma unroll
+  for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
+    const bool chunk_ok = 4 * p + t < KeyShape<D_I>::kChunks;
+    f->lo[p] = Fp8x8ToBf16x8((slot_lo >= 0 && chunk_ok) ? __ldg(a + 4 * p + t) : zero);
+    f->hi[p] = Fp8x8ToBf16x8((slot_hi >= 0 && chunk_ok) ? __ldg(c + 4 * p + t) : zero);
+  }
+  *scale_lo = slot_lo >= 0 ? __ldg(src.scale + slot_lo) : 0.0f;
+  *scale_hi = slot_hi >= 0 ? __ldg(src.scale + slot_hi) : 0.0f;
+  }
+}
+
 // Loads the tile's key chunks; a negative slot reads as a zero key (its score is never stored).
 template <int D_I>
 __device__ __forceinline__ void LoadKeys(const bf16* ki_cache, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f) {
@@ -104,9 +158,11 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
 // every lane of the quad (lanes 4g … 4g+3) gets both. All 32 lanes must call it together.
 //   I = Σ_j w_j · φ(dot_j · rsqrt(D_I) + b_j): per lane its heads 2t, 2t+1 of each group of eight
 //   in head order, then the quad's sum in a fixed xor order.
+// scale_lo / scale_hi: the key scales of rows g and g+8 (fp8 keys; exactly 1 for bf16 keys, so the
+// product leaves a bf16 key's dot product unchanged).
 template <int D_I>
-__device__ __forceinline__ float2 TileScores(const KeyFragment<D_I>& f, const bf16* q, const float* w, const float* b,
-                                             int32_t n_heads, bool relu) {
+__device__ __forceinline__ float2 TileScores(const KeyFragment<D_I>& f, float scale_lo, float scale_hi, const bf16* q,
+                                             const float* w, const float* b, int32_t n_heads, bool relu) {
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const float scale = rsqrtf(static_cast<float>(D_I));
@@ -140,8 +196,8 @@ __device__ __forceinline__ float2 TileScores(const KeyFragment<D_I>& f, const bf
     for (int e = 0; e < 2; ++e) {
       const int head = nt * 8 + 2 * t + e;
       if (head < n_heads) {
-        const float z_lo = c[e] * scale + b[head];
-        const float z_hi = c[2 + e] * scale + b[head];
+        const float z_lo = (c[e] * scale_lo) * scale + b[head];
+        const float z_hi = (c[2 + e] * scale_hi) * scale + b[head];
         acc_lo = fmaf(w[head], relu ? fmaxf(z_lo, 0.0f) : SigmoidF(z_lo), acc_lo);
         acc_hi = fmaf(w[head], relu ? fmaxf(z_hi, 0.0f) : SigmoidF(z_hi), acc_hi);
       }

@@ -718,7 +718,7 @@ __device__ __forceinline__ void FlushHistogram(const int32_t* s_hist, uint32_t* 
   }
 }
 
-template <int D_I>
+template <int D_I, bool kFp8>
 __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKernel(DsArgs d) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
@@ -770,15 +770,19 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     constexpr int kTiles = 2;
     for (int64_t base = pb + static_cast<int64_t>(warp) * 16 * kTiles; base < pe; base += kDsThreads / 32 * 16 * kTiles) {
       indexer_math::KeyFragment<D_I> keys[kTiles];
+      float key_scale[kTiles][2];
+      const indexer_math::KeySource src{ia.ki_cache, ia.ki_fp8, ia.ki_scale};
 #pragma unroll
       for (int u = 0; u < kTiles; ++u) {
         const int64_t c_lo = base + u * 16 + g, c_hi = c_lo + 8;
-        indexer_math::LoadKeys<D_I>(ia.ki_cache, c_lo < pe ? SlotOfPosition(ia.paged, seq, c_lo) : -1,
-                                    c_hi < pe ? SlotOfPosition(ia.paged, seq, c_hi) : -1, &keys[u]);
+        indexer_math::LoadKeys<D_I, kFp8>(src, c_lo < pe ? SlotOfPosition(ia.paged, seq, c_lo) : -1,
+                                    c_hi < pe ? SlotOfPosition(ia.paged, seq, c_hi) : -1, &keys[u], &key_scale[u][0],
+                                    &key_scale[u][1]);
       }
 #pragma unroll
       for (int u = 0; u < kTiles; ++u) {
-        const float2 v2 = indexer_math::TileScores<D_I>(keys[u], s_q, s_w, s_b, ia.n_indexer_heads, ia.relu);
+        const float2 v2 = indexer_math::TileScores<D_I>(keys[u], key_scale[u][0], key_scale[u][1], s_q, s_w, s_b,
+                                                        ia.n_indexer_heads, ia.relu);
         const int64_t p = base + u * 16 + g + (t == 1 ? 8 : 0);
         if (t < 2 && p < pe) {
           const float v = t == 0 ? v2.x : v2.y;
@@ -904,7 +908,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   }
 }
 
-template <int D_I>
+template <int D_I, bool kFp8>
 cudaError_t ResidentDecodeSelectBlocks(int device, int* per_sm) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices];  // 0: not yet known (a device property, never reset)
@@ -917,17 +921,17 @@ cudaError_t ResidentDecodeSelectBlocks(int device, int* per_sm) {
     }
   }
   // Static + dynamic shared memory exceed the 48 KB that needs no opt-in.
-  cudaError_t err = cudaFuncSetAttribute(DecodeSelectKernel<D_I>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaError_t err = cudaFuncSetAttribute(DecodeSelectKernel<D_I, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kDsSmemFloats * sizeof(float)));
   if (err != cudaSuccess) return err;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, DecodeSelectKernel<D_I>, kDsThreads,
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, DecodeSelectKernel<D_I, kFp8>, kDsThreads,
                                                       kDsSmemFloats * sizeof(float));
   if (err != cudaSuccess) return err;
   if (cacheable && *per_sm > 0) cache[device].store(*per_sm, std::memory_order_relaxed);
   return cudaSuccess;
 }
 
-template <int D_I>
+template <int D_I, bool kFp8>
 cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   int device = 0, coop = 0, sms = 0, per_sm = 0;
   cudaError_t err = cudaGetDevice(&device);
@@ -937,7 +941,7 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   if (coop == 0) return cudaErrorNotSupported;
   err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  err = ResidentDecodeSelectBlocks<D_I>(device, &per_sm);
+  err = ResidentDecodeSelectBlocks<D_I, kFp8>(device, &per_sm);
   if (err != cudaSuccess) return err;
   const int64_t rows = a.index.row_count;
   const int64_t resident = static_cast<int64_t>(per_sm) * sms;
@@ -961,7 +965,7 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   attr[0].val.cooperative = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I>, d);
+  return cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I, kFp8>, d);
 }
 }  // namespace
 
@@ -1067,11 +1071,13 @@ cudaError_t DecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
       (a.rule.method == 1 && a.var == nullptr)) {
     return cudaErrorInvalidValue;
   }
+  if (ia.ki_fp8 != nullptr ? ia.ki_scale == nullptr : ia.ki_cache == nullptr) return cudaErrorInvalidValue;
+  const bool fp8 = ia.ki_fp8 != nullptr;
   switch (ia.d_indexer) {
-    case 16: return LaunchDecodeSelect<16>(a, stream);
-    case 32: return LaunchDecodeSelect<32>(a, stream);
-    case 64: return LaunchDecodeSelect<64>(a, stream);
-    default: return LaunchDecodeSelect<128>(a, stream);
+    case 16: return fp8 ? LaunchDecodeSelect<16, true>(a, stream) : LaunchDecodeSelect<16, false>(a, stream);
+    case 32: return fp8 ? LaunchDecodeSelect<32, true>(a, stream) : LaunchDecodeSelect<32, false>(a, stream);
+    case 64: return fp8 ? LaunchDecodeSelect<64, true>(a, stream) : LaunchDecodeSelect<64, false>(a, stream);
+    default: return fp8 ? LaunchDecodeSelect<128, true>(a, stream) : LaunchDecodeSelect<128, false>(a, stream);
   }
 }
 

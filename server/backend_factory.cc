@@ -29,6 +29,7 @@ absl::StatusOr<BackendChoice> MakeBackend(const ServerOptions& options, const Lo
     co.gpu_memory_fraction = options.gpu_memory_fraction;
     co.max_rows = std::max(options.engine.max_batched_tokens, options.engine.max_num_seqs);
     co.use_cuda_graphs = !options.enforce_eager;
+    co.fp8_indexer_keys = options.fp8_indexer_keys;
     absl::StatusOr<std::unique_ptr<CudaBackend>> b = CudaBackend::Create(model.config, model.weights, co);
     if (!b.ok()) return b.status();
     absl::StatusOr<int64_t> blocks = (*b)->MaxCacheBlocks(options.engine.block_size);
@@ -45,6 +46,11 @@ absl::StatusOr<BackendChoice> MakeBackend(const ServerOptions& options, const Lo
   }
   if (name != "cpu") {
     return absl::InvalidArgumentError(absl::StrCat("--backend ", options.backend, ": expected auto, cpu or cuda"));
+  }
+  if (options.fp8_indexer_keys) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--indexer-key-dtype fp8 needs the CUDA backend, but this server runs on the CPU",
+        choice.why.empty() ? "" : absl::StrCat(" (", choice.why, ")"), "; drop the flag (the CPU backend keeps bf16 keys)"));
   }
   absl::StatusOr<std::unique_ptr<CpuBackend>> b =
       CpuBackend::Create(model.config, model.weights, {options.cpu_threads});

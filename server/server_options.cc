@@ -29,6 +29,9 @@ std::string ServerUsage() {
   --max-cache-tokens N        CPU backend: KV-cache size in tokens (default 65536)
   --gpu-memory-fraction F     CUDA backend: share of GPU memory to reserve (default 0.9)
   --enforce-eager             CUDA backend: no CUDA graphs for decode steps (launch each kernel)
+  --indexer-key-dtype bf16|fp8  CUDA backend: cache the indexer keys as bf16 (default, exact) or
+                              as fp8 e4m3 with a per-token scale (half the indexer's bytes;
+                              selections change slightly: README, "fp8 indexer keys")
   --max-batched-tokens N      tokens per engine step (default 2048)
   --max-num-seqs N            sequences running at once (default 64)
   --max-queue N               waiting requests before RESOURCE_EXHAUSTED (default 1024)
@@ -123,6 +126,11 @@ absl::StatusOr<ServerOptions> ParseServerFlags(const std::vector<std::string>& a
       } else {
         return BadValue(flag, *v, "default or dense");
       }
+    } else if (flag == "--indexer-key-dtype") {
+      auto v = take();
+      if (!v.ok()) return v.status();
+      if (*v != "bf16" && *v != "fp8") return BadValue(flag, *v, "bf16 or fp8");
+      o.fp8_indexer_keys = *v == "fp8";
     } else if (flag == "--block-size") {
       st = int_flag(o.engine.block_size, 1);
     } else if (flag == "--max-model-len") {

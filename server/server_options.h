@@ -20,6 +20,7 @@ struct ServerOptions {
   double drain_timeout_s = 30;
   int cpu_threads = 0;            // CPU backend threads; 0: all cores
   bool enforce_eager = false;     // CUDA backend: no decode graphs
+  bool fp8_indexer_keys = false;  // CUDA backend: --indexer-key-dtype fp8
   int metrics_port = -1;          // Prometheus /metrics over HTTP on host:metrics_port; -1: off, 0: pick one
   // Security (server/security.h): TLS when tls_cert_file and tls_key_file are set, mutual TLS with
   // tls_client_ca_file; API keys required on Generation calls when api_key_file is set.

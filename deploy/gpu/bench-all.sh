@@ -39,7 +39,7 @@ main() {
   mpid=$!
 
   echo "== gsa-kernel-bench ($(( $(date +%s) - t0 )) s)"
-  timeout 150 "$stage/bin/gsa-kernel-bench" --prefill-max 131072 --json "$out/kernel-bench.json" \
+  timeout 200 "$stage/bin/gsa-kernel-bench" --prefill-max 131072 --json "$out/kernel-bench.json" \
     --commit "$commit" >"$work/kernel-bench.log" 2>&1
   rc=$?
   echo "gsa-kernel-bench rc=$rc"

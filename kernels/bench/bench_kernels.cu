@@ -1,5 +1,7 @@
 #include "kernels/bench/bench_kernels.h"
 
+#include "kernels/elementwise.h"
+
 namespace gsa::bench {
 namespace {
 
@@ -104,6 +106,27 @@ cudaError_t Spin(int64_t ns, cudaStream_t stream) {
 cudaError_t CountBf16(const __nv_bfloat16* p, int64_t n, unsigned long long* counts, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   CountBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(p, n, counts);
+  return cudaGetLastError();
+}
+
+namespace {
+__global__ void QuantizeKeysFp8Kernel(const __nv_bfloat16* keys, int64_t slots, int32_t d, uint8_t* codes,
+                                      float* scales) {
+  const int64_t slot = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (slot >= slots) return;
+  const __nv_bfloat16* k = keys + slot * d;
+  float amax = 0.0f;
+  for (int32_t i = 0; i < d; ++i) amax = fmaxf(amax, fabsf(__bfloat162float(k[i])));
+  const float scale = kernels::Fp8KeyScale(amax);
+  for (int32_t i = 0; i < d; ++i) codes[slot * d + i] = kernels::Fp8KeyCode(__bfloat162float(k[i]), scale);
+  scales[slot] = scale;
+}
+}  // namespace
+
+cudaError_t QuantizeKeysFp8(const __nv_bfloat16* keys, int64_t slots, int32_t d, uint8_t* codes, float* scales,
+                            cudaStream_t stream) {
+  if (slots <= 0) return cudaSuccess;
+  QuantizeKeysFp8Kernel<<<static_cast<unsigned>((slots + 255) / 256), 256, 0, stream>>>(keys, slots, d, codes, scales);
   return cudaGetLastError();
 }
 

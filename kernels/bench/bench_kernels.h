@@ -27,4 +27,9 @@ cudaError_t Spin(int64_t ns, cudaStream_t stream);
 // counts: 2 device words; the caller zeroes them.
 cudaError_t CountBf16(const __nv_bfloat16* p, int64_t n, unsigned long long* counts, cudaStream_t stream);
 
+// fp8 copies of bf16 indexer keys [slots, d] (d ≤ 128), quantized as PostProjection does
+// (kernels/elementwise.h, Fp8KeyScale / Fp8KeyCode): codes [slots, d], scales [slots].
+cudaError_t QuantizeKeysFp8(const __nv_bfloat16* keys, int64_t slots, int32_t d, uint8_t* codes, float* scales,
+                            cudaStream_t stream);
+
 }  // namespace gsa::bench

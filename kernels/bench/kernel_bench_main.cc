@@ -20,6 +20,7 @@
 #include <ctime>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <string>
@@ -116,6 +117,8 @@ void PrintHelp() {
       "  gsa_decode                fused selection + sparse attention on its selection, one timed\n"
       "                            region; its note gives dense_decode / gsa_decode\n"
       "  gsa_decode_unfused        the same with IndexerScores + TopK as separate launches\n"
+      "  decode_select_fused_fp8, gsa_decode_fp8   the same with fp8 indexer keys (68 bytes a token);\n"
+      "                            the note gives the share of the bf16 keys' selection they keep\n"
       "Prefill cases, B = 1, for contexts L <= --prefill-max (a chunk = the last 2048 rows of the prompt):\n"
       "  prefill_dense_full        DensePrefill of the whole causal prompt   FLOPs 2*2*(L^2/2)*16*128\n"
       "  prefill_dense_chunk       DensePrefill of the chunk (2048 queries after L-2048 cached tokens)\n"
@@ -735,9 +738,10 @@ void Select(Ctx& ctx, const Rows& rows, const float* scores, const int64_t* offs
 
 // The fused decode selection (kernels::DecodeSelect): indexer scores, k (fixed 2048) and top-k of
 // rows.n rows in one cooperative launch. cumvar: [slots] running-variance scratch; ws zeroed.
+// fp8: codes / scales are ki_instances copies of the keys quantized (null: the bf16 keys).
 void FusedSelect(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* proj, const float* bias, float* scores,
                  const int64_t* offsets, int64_t max_candidates, int64_t it, float* cumvar, int32_t* k, int32_t* sel,
-                 const DevBuf<uint8_t>& ws) {
+                 const DevBuf<uint8_t>& ws, const uint8_t* codes = nullptr, const float* scales = nullptr) {
   kernels::DecodeSelectArgs a;
   a.index.proj = proj;
   a.index.proj_stride = kProjStride;
@@ -745,6 +749,11 @@ void FusedSelect(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* p
   a.index.off_wi = kOffWi;
   a.index.bias = bias;
   a.index.ki_cache = c.KI(it);
+  if (codes != nullptr) {
+    const int64_t inst = it % c.ki_instances;
+    a.index.ki_fp8 = codes + inst * c.slots * kDIndexer;
+    a.index.ki_scale = scales + inst * c.slots;
+  }
   a.index.paged = c.Layout();
   a.index.rows = rows.Info();
   a.index.n_indexer_heads = kIndexerHeads;
@@ -915,6 +924,52 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "decode_select_fused", L, B, CheckSelDevice(sel_onelaunch.get(), B, pos));
   }
+  // 2c. The same with fp8 indexer keys (CudaBackendOptions::fp8_indexer_keys): time, and how many
+  // of the bf16 keys' selected positions the fp8 keys' selection keeps (same projections, key copy 0).
+  DevBuf<uint8_t> codes(cache.ki_instances * cache.slots * kDIndexer, "fp8 indexer key codes");
+  DevBuf<float> key_scales(cache.ki_instances * cache.slots, "fp8 indexer key scales");
+  BENCH_CUDA(QuantizeKeysFp8(cache.ki.get(), cache.ki_instances * cache.slots, kDIndexer, codes.get(),
+                             key_scales.get(), ctx.stream));
+  const double b_indexer_fp8 = static_cast<double>(B) * L * (kDIndexer + 4 + 4);
+  double fp8_overlap = 0;
+  {
+    Record r = base("decode_select_fused_fp8");
+    r.t = ctx.timer->Run(
+        [&](int64_t it) {
+          FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + (it % nsc) * B, L, it,
+                      cumvar.get(), kfused.get(), sel_onelaunch.get(), select_ws, codes.get(), key_scales.get());
+        },
+        warm, reps, 0);
+    AddCheck(ctx, "decode_select_fused_fp8", L, B, CheckSelDevice(sel_onelaunch.get(), B, pos));
+    FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, 0, cumvar.get(), kfused.get(),
+                sel_onelaunch.get(), select_ws);
+    BENCH_CUDA(cudaDeviceSynchronize());
+    const std::vector<int32_t> sel_b = Download(sel_onelaunch.get(), B * kTopK);
+    FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, 0, cumvar.get(), kfused.get(),
+                sel_onelaunch.get(), select_ws, codes.get(), key_scales.get());
+    BENCH_CUDA(cudaDeviceSynchronize());
+    const std::vector<int32_t> sel_f = Download(sel_onelaunch.get(), B * kTopK);
+    int64_t common = 0;
+    for (int64_t row = 0; row < B; ++row) {
+      std::vector<int32_t> x(sel_b.begin() + row * kTopK, sel_b.begin() + (row + 1) * kTopK);
+      std::vector<int32_t> y(sel_f.begin() + row * kTopK, sel_f.begin() + (row + 1) * kTopK);
+      std::sort(x.begin(), x.end());
+      std::sort(y.begin(), y.end());
+      std::vector<int32_t> both;
+      std::set_intersection(x.begin(), x.end(), y.begin(), y.end(), std::back_inserter(both));
+      common += static_cast<int64_t>(both.size());
+    }
+    fp8_overlap = static_cast<double>(common) / static_cast<double>(B * kTopK);
+    r.bytes = b_indexer_fp8 + b_topk;
+    r.flops = static_cast<double>(B) * L * kIndexerHeads * kDIndexer * 2;
+    r.bound = Bound::kMemory;
+    char note[96];
+    std::snprintf(note, sizeof(note), "fp8 keys; keeps %.4f of the bf16 keys' selection", fp8_overlap);
+    r.note = note;
+    r.extra["selection_overlap_vs_bf16"] = fp8_overlap;
+    r.extra["key_bytes_per_token"] = kDIndexer + 4;
+    AddRecord(ctx, std::move(r));
+  }
   // 3. Sparse attention over random selections.
   {
     Record r = base("decode_sparse_attention");
@@ -974,6 +1029,34 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "gsa_decode selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
     AddCheck(ctx, "gsa_decode output", L, B, CheckOutput(ctx, out.get(), out.size()));
+  }
+  // 5a. The same step with fp8 indexer keys.
+  {
+    Record r = base("gsa_decode_fp8");
+    r.t = ctx.timer->Run(
+        [&](int64_t it) {
+          const int64_t set = it % nsc;
+          FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + set * B, L, it,
+                      cumvar.get(), kfused.get(), sel_fused.get(), select_ws, codes.get(), key_scales.get());
+          Attend(ctx, cache, rows, q.get(), sel_fused.get(), kbuf.get(), kTopK, gate_z.get(), gate_bias.get(),
+                 out.get(), attn_ws, it);
+        },
+        warm, reps, 0);
+    r.bytes = b_indexer_fp8 + b_topk + b_sparse;
+    r.flops = static_cast<double>(B) * (static_cast<double>(L) * kIndexerHeads * kDIndexer * 2 +
+                                        static_cast<double>(kTopK) * kHeads * kDHead * 4);
+    r.bound = Bound::kMemory;
+    const double ratio = r.t.median_us > 0 ? dense_us / r.t.median_us : 0;
+    char note[96];
+    std::snprintf(note, sizeof(note), "dense/gsa %.2fx; fp8 keys keep %.4f of the selection", ratio, fp8_overlap);
+    r.note = note;
+    r.extra["dense_decode_us"] = dense_us;
+    r.extra["dense_over_gsa"] = ratio;
+    r.extra["selection_overlap_vs_bf16"] = fp8_overlap;
+    r.extra["region"] = "DecodeSelect (fp8 keys) + GatheredAttention (eager launches, one stream)";
+    AddRecord(ctx, std::move(r));
+    AddCheck(ctx, "gsa_decode_fp8 selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
+    AddCheck(ctx, "gsa_decode_fp8 output", L, B, CheckOutput(ctx, out.get(), out.size()));
   }
   // 5b. The same step with the selection as separate launches (IndexerScores, TopK).
   {

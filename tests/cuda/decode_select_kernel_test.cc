@@ -45,6 +45,7 @@ struct Scenario {
   int64_t max_candidates = 0;    // 0: the longest row
   bool zero_keys = false;        // every indexer key 0: all scores of a row equal
   int32_t method = 0;            // 0: fixed k, 1: variance
+  bool fp8 = false;              // fp8 indexer keys (random codes and per-slot scales)
 };
 
 // The buffers of one run of the selection for a scenario.
@@ -95,6 +96,18 @@ class DecodeSelectTest : public ::testing::Test {
       const std::vector<float> kf = RandomFloats(keys.size(), seed + 1);
       for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(sc.zero_keys ? 0.0f : kf[i]);
     }
+    std::vector<uint8_t> codes(sc.fp8 ? keys.size() : 1, 0);
+    std::vector<float> scales(sc.fp8 ? static_cast<size_t>(num_slots) : 1, 1.0f);
+    if (sc.fp8) {
+      std::uniform_int_distribution<int> code(0, 255);
+      std::uniform_real_distribution<float> scale(0.001f, 0.01f);
+      for (uint8_t& c : codes) {
+        c = static_cast<uint8_t>(code(rng));
+        if ((c & 0x7F) == 0x7F) c = 0;  // e4m3 NaN codes: PostProjection never writes them
+        if (sc.zero_keys) c = 0;
+      }
+      for (float& x : scales) x = scale(rng);
+    }
     const int64_t stride = nh * di + nh + 3, off_qi = 1, off_wi = 1 + nh * di;
     std::vector<float> proj = RandomFloats(static_cast<size_t>(rows * stride), seed + 2, -2, 2);
     for (int64_t r = 0; r < rows; ++r) {
@@ -116,6 +129,8 @@ class DecodeSelectTest : public ::testing::Test {
     auto d_bias = Upload(bias);
     auto d_off = Upload(offsets);
     auto d_first = Upload(first);
+    auto d_codes = Upload(codes);
+    auto d_scales = Upload(scales);
 
     kernels::SelectionRule rule;
     rule.method = sc.method;
@@ -132,6 +147,11 @@ class DecodeSelectTest : public ::testing::Test {
       a.off_wi = off_wi;
       a.bias = d_bias.get();
       a.ki_cache = d_keys.get();
+      if (sc.fp8) {
+        a.ki_cache = nullptr;
+        a.ki_fp8 = d_codes.get();
+        a.ki_scale = d_scales.get();
+      }
       a.paged = {d_tables.get(), max_blocks, kBlockSize};
       a.rows.seq = d_seq.get();
       a.rows.position = d_pos.get();
@@ -287,6 +307,16 @@ TEST_F(DecodeSelectTest, ManyRowsSlicesOutsideSharedMemory) {
 TEST_F(DecodeSelectTest, AllEqualScoresKeepTheLatestPositions) {
   GSA_REQUIRE_GPU();
   Run({"ties", {131072, 5000, 2048, 1000}, -1, 0, true, 0});
+}
+
+TEST_F(DecodeSelectTest, Fp8KeysVarianceRule) {
+  GSA_REQUIRE_GPU();
+  Run({"fp8 keys", {131072, 40000, 3000, 1}, 2, 0, false, 1, true});
+}
+
+TEST_F(DecodeSelectTest, Fp8KeysAllZeroKeepTheLatestPositions) {
+  GSA_REQUIRE_GPU();
+  Run({"fp8 ties", {131072, 700}, -1, 0, true, 0, true});
 }
 
 TEST(DecodeSelectKernel, UnsupportedShapesLaunchNothing) {

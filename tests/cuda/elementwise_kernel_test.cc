@@ -202,6 +202,91 @@ TEST(ElementwiseKernels, PostProjectionRotatesGatesAndWritesSlots) {
   }
 }
 
+// fp8 indexer keys: PostProjection writes e4m3 codes and one scale per slot, bitwise as the host
+// quantizer (Fp8KeyScale / Fp8KeyCode) computes them, and leaves the bf16 key pages alone.
+TEST(ElementwiseKernels, PostProjectionQuantizesFp8IndexerKeys) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = gsa::testing::FreshSeed();
+  SCOPED_TRACE(seed);
+  for (int32_t di : {16, 64, 128}) {
+    SCOPED_TRACE(::testing::Message() << "d_indexer " << di);
+    const int32_t n_heads = 4, n_kv = 2, d_head = 64, n_ih = 4;
+    const int64_t qd = n_heads * d_head, kvd = n_kv * d_head;
+    const int64_t off_ki = qd + 2 * kvd + n_ih * di, off_wi = off_ki + di, stride = off_wi + n_ih;
+    const int64_t rows = 5, num_slots = 256;
+    const std::vector<int32_t> pos = {0, 7, 100, 131071, 3};
+    const std::vector<int64_t> slot = {3, 200, 17, 0, 255};
+    std::vector<float> proj = RandomFloats(static_cast<size_t>(rows * stride), seed, -3, 3);
+    for (int32_t i = 0; i < di; ++i) proj[4 * stride + off_ki + i] = 0.0f;  // an all-zero key: scale 1
+    proj[1 * stride + off_ki + 3] = 1e-30f;  // tiny and large components in one key
+    proj[2 * stride + off_ki + 0] = -200.0f;
+    ModelConfig c;
+    c.d_head = d_head;
+    const std::vector<float> inv_freq = RopeInvFreq(c);
+    auto d_proj = Upload(proj);
+    auto d_wib = Upload(RandomFloats(n_ih, seed + 1));
+    auto d_freq = Upload(inv_freq);
+    auto d_pos = Upload(pos);
+    auto d_slot = Upload(slot);
+    auto d_q = Poisoned<bf16>(static_cast<size_t>(rows * qd));
+    auto d_k = Poisoned<bf16>(static_cast<size_t>(num_slots * kvd));
+    auto d_v = Poisoned<bf16>(static_cast<size_t>(num_slots * kvd));
+    auto d_codes = Poisoned<uint8_t>(static_cast<size_t>(num_slots * di));
+    auto d_scale = Poisoned<float>(static_cast<size_t>(num_slots));
+    kernels::PostProjectionArgs a;
+    a.proj = d_proj.get();
+    a.proj_stride = stride;
+    a.off_q = 0;
+    a.off_k = qd;
+    a.off_v = qd + kvd;
+    a.off_ki = off_ki;
+    a.off_wi = off_wi;
+    a.wi_bias = d_wib.get();
+    a.inv_freq = d_freq.get();
+    a.n_heads = n_heads;
+    a.n_kv_heads = n_kv;
+    a.d_head = d_head;
+    a.d_indexer = di;
+    a.n_indexer_heads = n_ih;
+    a.rows.position = d_pos.get();
+    a.rows.slot = d_slot.get();
+    a.num_rows = rows;
+    a.q_out = d_q.get();
+    a.k_cache = d_k.get();
+    a.v_cache = d_v.get();
+    a.ki_fp8 = d_codes.get();
+    a.ki_scale = d_scale.get();
+    ASSERT_EQ(kernels::PostProjection(a, nullptr), cudaSuccess);
+    const std::vector<uint8_t> codes = Download(d_codes);
+    const std::vector<float> scales = Download(d_scale);
+    std::vector<bool> written(static_cast<size_t>(num_slots), false);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* k = proj.data() + r * stride + off_ki;
+      float amax = 0.0f;
+      for (int32_t i = 0; i < di; ++i) amax = std::max(amax, std::fabs(k[i]));
+      const float scale = kernels::Fp8KeyScale(amax);
+      const int64_t sl = slot[r];
+      written[sl] = true;
+      ASSERT_EQ(scales[sl], scale) << "row " << r;
+      if (r == 4) {
+        ASSERT_EQ(scale, 1.0f);
+      }
+      for (int32_t i = 0; i < di; ++i) {
+        ASSERT_EQ(codes[sl * di + i], kernels::Fp8KeyCode(k[i], scale)) << "row " << r << " i " << i;
+        // Round trip within e4m3's half-ulp (2^-4 relative) plus its subnormal step.
+        const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(codes[sl * di + i]), __NV_E4M3);
+        const float back = __half2float(__half(h)) * scale;
+        ASSERT_NEAR(back, k[i], std::fabs(k[i]) / 16.0f + scale * 0.001953125f) << "row " << r << " i " << i;
+      }
+    }
+    for (int64_t sl = 0; sl < num_slots; ++sl) {
+      if (written[sl]) continue;
+      ASSERT_TRUE(std::isnan(scales[sl])) << "slot " << sl << " scale written";
+      ASSERT_EQ(codes[sl * di], 0xFF) << "slot " << sl << " codes written";
+    }
+  }
+}
+
 TEST(ElementwiseKernels, SwiGluMatchesCpu) {
   GSA_REQUIRE_GPU();
   const uint64_t seed = gsa::testing::FreshSeed();

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "engine/backend/cuda/device_buffer.h"
+#include "kernels/elementwise.h"
 #include "kernels/indexer.h"
 #include "tests/testing/cuda_test_support.h"
 
@@ -26,15 +27,24 @@ struct Case {
   int32_t d_indexer, n_heads;
   bool relu;
   int32_t block_size;
+  bool fp8 = false;  // keys as e4m3 codes with per-slot scales (kernels/elementwise.h quantization)
 };
+
+// The value of an e4m3 code (host).
+float Fp8Value(uint8_t code) {
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3);
+  return __half2float(__half(h));
+}
 
 TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
   GSA_REQUIRE_GPU();
   const uint64_t seed = gsa::testing::FreshSeed();
   SCOPED_TRACE(seed);
   for (const Case& cs : {Case{64, 4, false, 64}, Case{16, 2, true, 16}, Case{32, 16, false, 64},
-                         Case{128, 1, true, 64}}) {
-    SCOPED_TRACE(::testing::Message() << "d_indexer " << cs.d_indexer << " heads " << cs.n_heads << " relu " << cs.relu);
+                         Case{128, 1, true, 64}, Case{64, 4, false, 64, true}, Case{16, 2, true, 16, true},
+                         Case{128, 9, false, 64, true}}) {
+    SCOPED_TRACE(::testing::Message() << "d_indexer " << cs.d_indexer << " heads " << cs.n_heads << " relu " << cs.relu
+                                      << " fp8 " << cs.fp8);
     const int32_t bs = cs.block_size, di = cs.d_indexer, nh = cs.n_heads;
     // Sequence 0: a long decode row at position 131071. Sequence 1: prefill rows at positions
     // 0…299 (causal). Sequence 2: a dense row (no scores). Row order mixes them.
@@ -68,6 +78,30 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
       for (int i = 0; i < di; ++i) {
         keys[slot0(p) * di + i] = keys[slot0(5) * di + i];
         keys_r[slot0(p) * di + i] = keys_r[slot0(5) * di + i];
+      }
+    }
+    // fp8: every slot's key quantized as PostProjection does; the reference uses the dequantized
+    // values (the kernel factors the scale out of the dot product: equal up to rounding).
+    std::vector<uint8_t> codes;
+    std::vector<float> scales;
+    if (cs.fp8) {
+      codes.resize(keys.size());
+      scales.resize(static_cast<size_t>(num_slots));
+      for (int64_t sl = 0; sl < num_slots; ++sl) {
+        float amax = 0.0f;
+        for (int i = 0; i < di; ++i) amax = std::max(amax, std::fabs(keys_f[sl * di + i]));
+        scales[sl] = kernels::Fp8KeyScale(amax);
+        for (int i = 0; i < di; ++i) {
+          codes[sl * di + i] = kernels::Fp8KeyCode(keys_f[sl * di + i], scales[sl]);
+          keys_r[sl * di + i] = Fp8Value(codes[sl * di + i]) * scales[sl];
+        }
+      }
+      for (int64_t p : kDupPositions) {
+        for (int i = 0; i < di; ++i) {
+          codes[slot0(p) * di + i] = codes[slot0(5) * di + i];
+          keys_r[slot0(p) * di + i] = keys_r[slot0(5) * di + i];
+        }
+        scales[slot0(p)] = scales[slot0(5)];
       }
     }
     std::vector<int32_t> seq, pos;
@@ -114,6 +148,13 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
     a.off_wi = off_wi;
     a.bias = d_bias.get();
     a.ki_cache = d_keys.get();
+    auto d_codes = Upload(codes.empty() ? std::vector<uint8_t>(1) : codes);
+    auto d_scales = Upload(scales.empty() ? std::vector<float>(1) : scales);
+    if (cs.fp8) {
+      a.ki_cache = nullptr;
+      a.ki_fp8 = d_codes.get();
+      a.ki_scale = d_scales.get();
+    }
     a.paged = {d_tables.get(), max_blocks, bs};
     a.rows.seq = d_seq.get();
     a.rows.position = d_pos.get();

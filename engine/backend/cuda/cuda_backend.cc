@@ -145,7 +145,9 @@ struct LayerWeightsGpu {
 
 struct LayerCacheGpu {
   DeviceBuffer<bf16> k, v;       // [num_slots, n_kv_heads, d_head]
-  DeviceBuffer<bf16> ki;         // [num_slots, d_indexer]
+  DeviceBuffer<bf16> ki;         // [num_slots, d_indexer] (bf16 keys; empty with fp8 keys)
+  DeviceBuffer<uint8_t> ki8;     // [num_slots, d_indexer] e4m3 codes (fp8 keys; else empty)
+  DeviceBuffer<float> ki_scale;  // [num_slots] (fp8 keys; else empty)
   DeviceBuffer<float> cumvar;    // [num_slots]
 };
 
@@ -350,7 +352,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const ModelConf
 
 int64_t CudaBackend::CacheBytesPerToken() const {
   const CacheSpec s = CacheSpec::ForModel(config_, 1, 1);
-  return s.n_layers * (2 * s.kv_row() * 2 + s.d_indexer * 2 + 4);
+  const int64_t indexer = options_.fp8_indexer_keys ? s.d_indexer + 4 : s.d_indexer * 2;
+  return s.n_layers * (2 * s.kv_row() * 2 + indexer + 4);
 }
 
 absl::StatusOr<int64_t> CudaBackend::MaxCacheBlocks(int64_t block_size) const {
@@ -392,12 +395,19 @@ absl::Status CudaBackend::AllocateCache(int64_t num_blocks, int64_t block_size) 
       LayerCacheGpu lc;
       GSA_ASSIGN_OR_RETURN(lc.k, DeviceBuffer<bf16>::Allocate(slots * static_cast<size_t>(spec.kv_row())));
       GSA_ASSIGN_OR_RETURN(lc.v, DeviceBuffer<bf16>::Allocate(slots * static_cast<size_t>(spec.kv_row())));
-      GSA_ASSIGN_OR_RETURN(lc.ki, DeviceBuffer<bf16>::Allocate(slots * static_cast<size_t>(spec.d_indexer)));
+      if (options_.fp8_indexer_keys) {
+        GSA_ASSIGN_OR_RETURN(lc.ki8, DeviceBuffer<uint8_t>::Allocate(slots * static_cast<size_t>(spec.d_indexer)));
+        GSA_ASSIGN_OR_RETURN(lc.ki_scale, DeviceBuffer<float>::Allocate(slots));
+        GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.ki8.get(), 0, lc.ki8.bytes()));
+        GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.ki_scale.get(), 0, lc.ki_scale.bytes()));
+      } else {
+        GSA_ASSIGN_OR_RETURN(lc.ki, DeviceBuffer<bf16>::Allocate(slots * static_cast<size_t>(spec.d_indexer)));
+        GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.ki.get(), 0, lc.ki.bytes()));
+      }
       GSA_ASSIGN_OR_RETURN(lc.cumvar, DeviceBuffer<float>::Allocate(slots));
       // Zero the pages: a bug that reads an unwritten slot then reads zeros, never old data.
       GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.k.get(), 0, lc.k.bytes()));
       GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.v.get(), 0, lc.v.bytes()));
-      GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.ki.get(), 0, lc.ki.bytes()));
       GSA_CUDA_RETURN_IF_ERROR(cudaMemset(lc.cumvar.get(), 0, lc.cumvar.bytes()));
       impl_->cache.push_back(std::move(lc));
     }
@@ -448,7 +458,14 @@ struct StepPlan {
 // the device addresses the graph was captured with stay valid.
 struct FixedShape {
   int64_t max_context = 0;  // every row's candidates and attended tokens are ≤ this
+  // False when every row attends to at most SparseTokenBound(config) tokens (sparse rows, and
+  // dense rows that short): the attention's split-k is then sized for that, not for max_context
+  // (sized for max_context, a 2048-token selection would run in one split per head).
+  bool long_dense_rows = true;
 };
+
+// The most tokens a sparse row attends to (k_t ≤ max(k_base, k_max)).
+int64_t SparseTokenBound(const ModelConfig& c) { return std::max<int64_t>({c.k_base, c.k_max, 1}); }
 
 StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_size, int64_t score_floats,
                   bool dense_prefill_kernel, const FixedShape* fixed) {
@@ -507,7 +524,8 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
   if (fixed != nullptr) {
     // One chunk of every row at a fixed stride; the same launch sizes every step.
     p.any_sparse = true;
-    p.gathered_max_tokens = fixed->max_context;
+    p.gathered_max_tokens =
+        fixed->long_dense_rows ? fixed->max_context : std::min(fixed->max_context, SparseTokenBound(c));
     StepPlan::Chunk ch;
     ch.row_begin = 0;
     ch.row_count = p.rows;
@@ -628,7 +646,10 @@ void AppendIdleDecodeRows(StepBatch& batch, int64_t rows, int64_t scratch_block)
 
 // Decode batch sizes that get a CUDA graph, and the context caps graphs are captured for.
 constexpr int64_t kGraphBuckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-constexpr int64_t kGraphContextCaps[] = {4096, 16384, 65536, 131072, 262144, 524288, 1048576};
+// Caps at most 1.5x apart: a dense row's split-k is sized for the cap, so a context far below its
+// cap would leave splits empty (fewer busy blocks at batch 1).
+constexpr int64_t kGraphContextCaps[] = {4096,   8192,   12288,  16384,  24576,  32768,   49152,  65536,
+                                         98304,  131072, 196608, 262144, 393216, 524288, 786432, 1048576};
 
 }  // namespace
 
@@ -636,6 +657,7 @@ constexpr int64_t kGraphContextCaps[] = {4096, 16384, 65536, 131072, 262144, 524
 // buffer (fixed layout) and the instantiated graph.
 struct DecodeGraph {
   int64_t bucket = 0, max_context = 0;
+  bool long_dense_rows = true;  // FixedShape::long_dense_rows it was captured with
   DeviceBuffer<uint8_t> meta;
   cudaGraphExec_t exec = nullptr;
   ~DecodeGraph() {
@@ -706,6 +728,8 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     pp.k_cache = cache.k.get();
     pp.v_cache = cache.v.get();
     pp.ki_cache = cache.ki.get();
+    pp.ki_fp8 = cache.ki8.get();
+    pp.ki_scale = cache.ki_scale.get();
     GSA_CUDA_RETURN_IF_ERROR(kernels::PostProjection(pp, st));
 
     // 3. Selection, chunk by chunk: scores → statistics → k_t → top-k.
@@ -725,6 +749,8 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
           ia.off_wi = L.off_wi;
           ia.bias = L.idx_bias.get();
           ia.ki_cache = cache.ki.get();
+          ia.ki_fp8 = cache.ki8.get();
+          ia.ki_scale = cache.ki_scale.get();
           ia.paged = d.paged;
           ia.rows = d.rows;
           ia.n_indexer_heads = static_cast<int32_t>(c.n_indexer_heads);
@@ -982,7 +1008,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     if (g != nullptr) {
       StepBatch padded = batch;
       AppendIdleDecodeRows(padded, g->bucket, scratch_block_);
-      FixedShape fixed{g->max_context};
+      FixedShape fixed{g->max_context, g->long_dense_rows};
       const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
       const PackedStep packed = PackStep(plan, bs);
       const std::vector<uint8_t>& bytes = packed.blob.bytes();
@@ -1053,9 +1079,13 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
   const int64_t R = batch.num_rows();
   if (R == 0 || static_cast<int64_t>(batch.seqs.size()) != R) return nullptr;
   int64_t max_context = 0;
+  bool long_dense = false;
   for (size_t i = 0; i < batch.seqs.size(); ++i) {
     if (batch.seqs[i].num_query != 1) return nullptr;
     max_context = std::max<int64_t>(max_context, batch.seqs[i].context_len);
+    if (batch.seqs[i].attention == AttentionMode::kDense && batch.seqs[i].context_len > SparseTokenBound(config_)) {
+      long_dense = true;
+    }
   }
   if (max_context > options_.cuda_graph_max_context) return nullptr;
   if (static_cast<int64_t>(batch.logits_rows.size()) != R) return nullptr;
@@ -1078,7 +1108,7 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
   }
   Impl& im = *impl_;
   if (bucket == 0 || cap == 0 || bucket > im.logit_chunk || bucket * cap > im.score_floats) return nullptr;
-  auto key = std::make_pair(bucket, cap);
+  const GraphKey key{bucket, cap, long_dense};
   auto it = graphs_.find(key);
   if (it != graphs_.end()) return it->second.get();
 
@@ -1093,11 +1123,12 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
   }
   StepBatch shape;
   AppendIdleDecodeRows(shape, bucket, scratch_block_);
-  FixedShape fixed{cap};
+  FixedShape fixed{cap, long_dense};
   const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
   auto g = std::make_unique<DecodeGraph>();
   g->bucket = bucket;
   g->max_context = cap;
+  g->long_dense_rows = long_dense;
   const PackedStep packed = PackStep(plan, bs);
   const std::vector<uint8_t>& bytes = packed.blob.bytes();
   GSA_ASSIGN_OR_RETURN(g->meta, DeviceBuffer<uint8_t>::Allocate(bytes.size()));

@@ -31,6 +31,7 @@
 #pragma once
 
 #include <map>
+#include <tuple>
 #include <memory>
 #include <string>
 #include <utility>
@@ -49,14 +50,19 @@ struct CudaBackendOptions {
   int64_t score_budget_bytes = int64_t{256} << 20;  // one chunk of indexer scores, at most
   bool use_dense_prefill_kernel = true;  // false: dense prefill through the gathered kernel (tests)
   // Pure decode steps (one new token per sequence) run as CUDA graphs captured per batch-size
-  // bucket (1, 2, 4, … 256, padded with idle rows) and context cap (4K, 16K, 64K, …), captured on
-  // first use, when their longest context is ≤ cuda_graph_max_context. Measured on an H200 with
-  // the gsa-1.7b shapes, batch 1 (tests/gpu-record/decode-graphs.json): 3.04 vs 3.49 ms a token
-  // at 4K context, but 4.26 vs 3.98 ms at 32K and 5.74 vs 4.30 ms at 127K (cause not yet found:
-  // issue 6), so long contexts launch eagerly by default. false: never. Steps that record
-  // selections or carry a sequence asking for attention statistics always launch eagerly.
+  // bucket (1, 2, 4, … 256, padded with idle rows), context cap (4K … 1M, at most 1.5x apart) and whether
+  // a dense row needs more than a sparse row's tokens, captured on first use, when their longest
+  // context is ≤ cuda_graph_max_context. (Graphs were once slower than eager launches at long
+  // context: the sparse attention's split-k was sized for the cap, so a 2048-token selection ran
+  // in one split per head; it is now sized for what the rows can attend to.) false: never. Steps
+  // that record selections or carry a sequence asking for attention statistics launch eagerly.
   bool use_cuda_graphs = true;
-  int64_t cuda_graph_max_context = 16384;
+  int64_t cuda_graph_max_context = 1048576;
+  // Cache the indexer keys as fp8 e4m3 codes with one fp32 scale per token (kernels/elementwise.h,
+  // Fp8KeyScale) instead of bf16: 68 instead of 128 bytes a token at d_indexer 64, so the decode
+  // indexer reads about half the bytes. Not the reference function: selections differ slightly
+  // (README, "fp8 indexer keys", gives the measured overlap and logit differences).
+  bool fp8_indexer_keys = false;
 };
 
 struct DecodeGraph;
@@ -107,7 +113,9 @@ class CudaBackend : public Backend {
   CudaBackendOptions options_;
   CacheSpec cache_spec_;
   int64_t scratch_block_ = 0;  // one cache block past the engine's, where graph padding rows write
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<DecodeGraph>> graphs_;  // (bucket, context cap)
+  // (bucket, context cap, whether a dense row attends to more than a sparse row can)
+  using GraphKey = std::tuple<int64_t, int64_t, bool>;
+  std::map<GraphKey, std::unique_ptr<DecodeGraph>> graphs_;
   std::string device_description_;
   std::unique_ptr<Impl> impl_;
 };
