@@ -8,10 +8,10 @@ namespace {
 using indexer_math::kMaxDIndexer;
 using indexer_math::kMaxHeads;
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTilesPerWarp = 2;                                // 16-candidate tiles per warp
-constexpr int kCandPerBlock = kWarps * kTilesPerWarp * 16;      // 128
+constexpr int kCandPerBlock = kWarps * kTilesPerWarp * 16;      // 256
 constexpr int kRowsPerBlock = 8;
 
 // Dynamic shared memory of a block: the split queries of its rows, then w and b of each row.
@@ -28,32 +28,51 @@ size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
 template <int D_I, bool kFp8>
 __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int32_t s_limit[kRowsPerBlock];  // largest position of the run of same-sequence rows from here
+  // The group's rows: position (-1: dense), sequence, score offset, and the largest position of the
+  // run of same-sequence rows from here (keys are loaded once per run, up to it).
+  __shared__ int32_t s_pos[kRowsPerBlock], s_seq[kRowsPerBlock], s_limit[kRowsPerBlock];
+  __shared__ int64_t s_off[kRowsPerBlock];
+  __shared__ int32_t s_any;
   const int64_t r0 = a.row_begin + static_cast<int64_t>(blockIdx.y) * kRowsPerBlock;
   const int nrows = static_cast<int>(min(static_cast<int64_t>(kRowsPerBlock), a.row_begin + a.row_count - r0));
   const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * kCandPerBlock;
   const int64_t q_elems = indexer_math::SplitQueryElems(a.n_indexer_heads, D_I);
+  const int64_t per_part = static_cast<int64_t>(a.n_indexer_heads) * D_I;
   bf16* s_q = reinterpret_cast<bf16*>(smem);
   float* s_wb = reinterpret_cast<float*>(smem + kRowsPerBlock * q_elems * sizeof(bf16));
 
-  bool any = false;
-  for (int i = 0; i < nrows; ++i) {
-    const int64_t r = r0 + i;
-    if (a.rows.dense[r] || tile0 > a.rows.position[r]) continue;
-    any = true;
-    indexer_math::LoadSplitQuery<D_I>(a.proj, a.proj_stride, a.off_qi, a.off_wi, a.bias, a.n_indexer_heads, r,
-                                      s_q + i * q_elems, s_wb + i * 2 * kMaxHeads, s_wb + i * 2 * kMaxHeads + kMaxHeads);
+  // Every row's metadata in one round of loads.
+  if (threadIdx.x < nrows) {
+    const int64_t r = r0 + threadIdx.x;
+    s_pos[threadIdx.x] = a.rows.dense[r] ? -1 : a.rows.position[r];
+    s_seq[threadIdx.x] = a.rows.seq[r];
+    s_off[threadIdx.x] = a.score_offset[r - a.row_begin];
   }
-  if (!any) return;  // uniform: every row of the group is dense or ends before this block
+  __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t lim = -1;
+    int32_t lim = -1, any = 0;
     for (int i = nrows - 1; i >= 0; --i) {
-      const int64_t r = r0 + i;
-      const bool sparse = !a.rows.dense[r];
-      if (i == nrows - 1 || a.rows.seq[r] != a.rows.seq[r + 1]) lim = -1;
-      if (sparse) lim = max(lim, a.rows.position[r]);
+      if (i == nrows - 1 || s_seq[i] != s_seq[i + 1]) lim = -1;
+      lim = max(lim, s_pos[i]);
       s_limit[i] = lim;
+      any |= s_pos[i] >= tile0 ? 1 : 0;
     }
+    s_any = any;
+  }
+  __syncthreads();
+  if (!s_any) return;  // uniform: every row of the group is dense or ends before this block
+  // The live rows' split queries, all loads in flight together.
+  for (int64_t idx = threadIdx.x; idx < nrows * per_part; idx += blockDim.x) {
+    const int i = static_cast<int>(idx / per_part);
+    if (s_pos[i] < tile0) continue;
+    const int64_t e = idx - i * per_part;
+    indexer_math::StoreSplit(a.proj[(r0 + i) * a.proj_stride + a.off_qi + e], s_q + i * q_elems, per_part, e);
+  }
+  for (int idx = threadIdx.x; idx < nrows * a.n_indexer_heads; idx += blockDim.x) {
+    const int i = idx / a.n_indexer_heads, j = idx % a.n_indexer_heads;
+    if (s_pos[i] < tile0) continue;
+    s_wb[i * 2 * kMaxHeads + j] = a.proj[(r0 + i) * a.proj_stride + a.off_wi + j];
+    s_wb[i * 2 * kMaxHeads + kMaxHeads + j] = a.bias[j];
   }
   __syncthreads();
 
@@ -65,11 +84,9 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
   const indexer_math::KeySource src{a.ki_cache, a.ki_fp8, a.ki_scale};
   int32_t loaded_seq = -1;
   for (int i = 0; i < nrows; ++i) {  // warp-uniform control flow throughout
-    const int64_t r = r0 + i;
-    if (a.rows.dense[r]) continue;
-    const int32_t pos = a.rows.position[r];
+    const int32_t pos = s_pos[i];  // -1 for a dense row
     if (wc0 > pos) continue;
-    const int32_t seq = a.rows.seq[r];
+    const int32_t seq = s_seq[i];
     if (seq != loaded_seq) {
       const int32_t lim = s_limit[i];  // ≥ pos; every position ≤ lim belongs to this sequence's context
 #pragma unroll
@@ -82,7 +99,7 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
       loaded_seq = seq;
     }
     const float* w = s_wb + i * 2 * kMaxHeads;
-    float* out = a.scores + a.score_offset[r - a.row_begin];
+    float* out = a.scores + s_off[i];
 #pragma unroll
     for (int u = 0; u < kTilesPerWarp; ++u) {
       const float2 v = indexer_math::TileScores<D_I>(keys[u], key_scale[u][0], key_scale[u][1], s_q + i * q_elems, w,

@@ -5,7 +5,7 @@
 // (split across the whole GPU) and a chunk of prefill rows (causal: row r scores s ≤ position[r]).
 // Only one chunk of scores ever exists; its size is the caller's choice. The dot products run on
 // tensor cores with each fp32 qI split into three bf16 parts (kernels/indexer_math.cuh): within a few
-// fp32 ulps of an fp32 evaluation, and equal keys always score bitwise equal. A block scores 128
+// fp32 ulps of an fp32 evaluation, and equal keys always score bitwise equal. A block scores 256
 // candidates for up to 8 consecutive chunk rows; rows of one sequence reuse the keys it loaded.
 #pragma once
 

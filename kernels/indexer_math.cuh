@@ -37,6 +37,17 @@ __host__ __device__ constexpr int64_t SplitQueryElems(int32_t n_heads, int32_t d
   return static_cast<int64_t>(kQueryParts) * n_heads * d_indexer;
 }
 
+// Element i (of per_part = n_heads · D_I) of one row's split query: x = hi + mid + lo.
+__device__ __forceinline__ void StoreSplit(float x, bf16* q, int64_t per_part, int64_t i) {
+  const bf16 hi = __float2bfloat16_rn(x);
+  const float r1 = x - __bfloat162float(hi);  // exact
+  const bf16 mid = __float2bfloat16_rn(r1);
+  const float r2 = r1 - __bfloat162float(mid);  // exact
+  q[i] = hi;
+  q[per_part + i] = mid;
+  q[2 * per_part + i] = __float2bfloat16_rn(r2);
+}
+
 // Splits proj row `r`'s qI into q (the three parts) and copies wI and the bias into w, b. Every
 // thread of the block calls it; the caller syncs before use.
 template <int D_I>
@@ -45,16 +56,7 @@ __device__ __forceinline__ void LoadSplitQuery(const float* proj, int64_t proj_s
                                                float* b) {
   const float* prow = proj + r * proj_stride;
   const int64_t per_part = static_cast<int64_t>(n_heads) * D_I;
-  for (int64_t i = threadIdx.x; i < per_part; i += blockDim.x) {
-    const float x = prow[off_qi + i];
-    const bf16 hi = __float2bfloat16_rn(x);
-    const float r1 = x - __bfloat162float(hi);  // exact
-    const bf16 mid = __float2bfloat16_rn(r1);
-    const float r2 = r1 - __bfloat162float(mid);  // exact
-    q[i] = hi;
-    q[per_part + i] = mid;
-    q[2 * per_part + i] = __float2bfloat16_rn(r2);
-  }
+  for (int64_t i = threadIdx.x; i < per_part; i += blockDim.x) StoreSplit(prow[off_qi + i], q, per_part, i);
   for (int j = threadIdx.x; j < n_heads; j += blockDim.x) {
     w[j] = prow[off_wi + j];
     b[j] = bias[j];

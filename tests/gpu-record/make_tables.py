@@ -76,14 +76,24 @@ def kernel_tables(kb):
         if case != "decode_dense_attention":
             continue
         g = by.get(("gsa_decode", L, B))
+        u = by.get(("gsa_decode_unfused", L, B))
+        f8 = by.get(("gsa_decode_fp8", L, B))
         frac = r.get("fraction_of_ceiling")
+        gfrac = g.get("fraction_of_ceiling") if g else None
         rows.append([ctx(L), B, num(r["time_us"]), "%s (%s)" % (num(r.get("gbps"), "%.0f"),
                                                                  num(100 * frac, "%.0f%%") if frac else "–"),
-                     num(g["time_us"]) if g else "–", num(g.get("dense_over_gsa"), "%.2f×") if g else "–"])
+                     "%s (%s)" % (num(g["time_us"]), num(100 * gfrac, "%.0f%%") if gfrac else "–") if g else "–",
+                     num(u["time_us"]) if u else "–",
+                     "%s (%s)" % (num(f8["time_us"]), num(f8.get("selection_overlap_vs_bf16"), "%.3f")) if f8 else "–",
+                     num(g.get("dense_over_gsa"), "%.2f×") if g else "–",
+                     num(f8.get("dense_over_gsa"), "%.2f×") if f8 else "–"])
     if rows:
-        out += ["Decode attention (B rows, one query token each, over L cached tokens):", "",
-                table(["L", "B", "dense µs", "dense GB/s (of copy)", "GSA µs (indexer + top-k + sparse)",
-                       "dense / GSA"], rows), ""]
+        out += ["Decode attention (B rows, one query token each, over L cached tokens). GSA = the fused selection "
+                "(indexer + k + top-k in one cooperative launch) + sparse attention, its bytes as a share of the copy "
+                "ceiling; separate = the same with the indexer and top-k launched separately; fp8 = fp8 indexer keys, "
+                "with the share of the bf16 keys' selected positions they keep:", "",
+                table(["L", "B", "dense µs", "dense GB/s (of copy)", "GSA µs (bytes of copy)", "separate µs",
+                       "fp8 µs (kept)", "dense / GSA", "dense / fp8"], rows), ""]
     rows = []
     for L in sorted({r["L"] for r in recs if r["case"] == "prefill_dense_full"}):
         full, chunk, gsa = by.get(("prefill_dense_full", L, 1)), by.get(("prefill_dense_chunk", L, 1)), \

@@ -761,8 +761,9 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
           ia.row_begin = ch.row_begin;
           ia.row_count = ch.row_count;
           ia.max_candidates = ch.max_candidates;
-          if (ch.one_row_per_seq && rule.method != 2) {
-            // Decode: the whole selection in one cooperative launch when the device and shape allow.
+          // Decode: the whole selection in one cooperative launch when the device and shape allow
+          // (at batch 1 below 8K candidates the separate single-block path measured faster).
+          if (ch.one_row_per_seq && rule.method != 2 && (ch.max_candidates >= 8192 || ch.row_count > 1)) {
             kernels::DecodeSelectArgs ds;
             ds.index = ia;
             ds.rule = rule;
