@@ -100,10 +100,12 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
     }
     const float* w = s_wb + i * 2 * kMaxHeads;
     float* out = a.scores + s_off[i];
+    float2 vs[kTilesPerWarp];
+    indexer_math::TileScores<D_I, kTilesPerWarp>(keys, key_scale, s_q + i * q_elems, w, w + kMaxHeads,
+                                                 a.n_indexer_heads, a.relu, vs);
 #pragma unroll
     for (int u = 0; u < kTilesPerWarp; ++u) {
-      const float2 v = indexer_math::TileScores<D_I>(keys[u], key_scale[u][0], key_scale[u][1], s_q + i * q_elems, w,
-                                                     w + kMaxHeads, a.n_indexer_heads, a.relu);
+      const float2 v = vs[u];
       const int64_t c_lo = wc0 + u * 16 + g, c_hi = c_lo + 8;
       const int t = lane & 3;
       if (t == 0 && c_lo <= pos) out[c_lo] = v.x;

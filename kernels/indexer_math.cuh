@@ -156,23 +156,35 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
 #endif
 }
 
-// Scores of the tile's candidates g (.x) and g + 8 (.y) for the row whose split query is q, w, b;
-// every lane of the quad (lanes 4g … 4g+3) gets both. All 32 lanes must call it together.
+// φ = sigmoid for the indexer: e^-z from the SFU (__expf: within a few ulp for the |z| the indexer
+// sees) and a correctly rounded reciprocal; about a fifth of expf + IEEE division's instructions,
+// which dominated the prefill indexer. Shared by every indexer kernel, so all agree bitwise.
+__device__ __forceinline__ float IndexerSigmoid(float z) { return __frcp_rn(1.0f + __expf(-z)); }
+
+// Scores of N tiles of 16 candidates for the row whose split query is q, w, b: out[u].x is tile
+// u's candidate g, .y its candidate g + 8; every lane of the quad (lanes 4g … 4g+3) gets both. The
+// query fragments are loaded once for all N tiles. scale[u]: the key scales of tile u's rows g and
+// g+8 (fp8 keys; exactly 1 for bf16 keys, which leaves a bf16 key's dot product unchanged). All 32
+// lanes must call it together.
 //   I = Σ_j w_j · φ(dot_j · rsqrt(D_I) + b_j): per lane its heads 2t, 2t+1 of each group of eight
-//   in head order, then the quad's sum in a fixed xor order.
-// scale_lo / scale_hi: the key scales of rows g and g+8 (fp8 keys; exactly 1 for bf16 keys, so the
-// product leaves a bf16 key's dot product unchanged).
-template <int D_I>
-__device__ __forceinline__ float2 TileScores(const KeyFragment<D_I>& f, float scale_lo, float scale_hi, const bf16* q,
-                                             const float* w, const float* b, int32_t n_heads, bool relu) {
+//   in head order, then the quad's sum in a fixed xor order. A candidate's score depends only on
+//   its key and the row (not on N or the tile it is in).
+template <int D_I, int N>
+__device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const float (&scale)[N][2], const bf16* q,
+                                           const float* w, const float* b, int32_t n_heads, bool relu,
+                                           float2 (&out)[N]) {
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const float scale = rsqrtf(static_cast<float>(D_I));
+  const float rs = rsqrtf(static_cast<float>(D_I));
   const int64_t per_part = static_cast<int64_t>(n_heads) * D_I;
-  float acc_lo = 0.0f, acc_hi = 0.0f;
+  float acc[N][2];
+#pragma unroll
+  for (int u = 0; u < N; ++u) acc[u][0] = acc[u][1] = 0.0f;
   for (int nt = 0; nt * 8 < n_heads; ++nt) {
     const int head_b = nt * 8 + g;  // the head whose column this lane feeds
-    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float c[N][4];
+#pragma unroll
+    for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
 #pragma unroll
     for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
       const bf16* qh = q + part * per_part + static_cast<int64_t>(head_b) * D_I;
@@ -186,11 +198,14 @@ __device__ __forceinline__ float2 TileScores(const KeyFragment<D_I>& f, float sc
             b0 = *reinterpret_cast<const uint32_t*>(qh + ch);
             b1 = *reinterpret_cast<const uint32_t*>(qh + ch + 2);
           }
-          const uint32_t a0 = h == 0 ? f.lo[p].x : f.lo[p].z;
-          const uint32_t a2 = h == 0 ? f.lo[p].y : f.lo[p].w;
-          const uint32_t a1 = h == 0 ? f.hi[p].x : f.hi[p].z;
-          const uint32_t a3 = h == 0 ? f.hi[p].y : f.hi[p].w;
-          MmaBf16(c, a0, a1, a2, a3, b0, b1);
+#pragma unroll
+          for (int u = 0; u < N; ++u) {
+            const uint32_t a0 = h == 0 ? f[u].lo[p].x : f[u].lo[p].z;
+            const uint32_t a2 = h == 0 ? f[u].lo[p].y : f[u].lo[p].w;
+            const uint32_t a1 = h == 0 ? f[u].hi[p].x : f[u].hi[p].z;
+            const uint32_t a3 = h == 0 ? f[u].hi[p].y : f[u].hi[p].w;
+            MmaBf16(c[u], a0, a1, a2, a3, b0, b1);
+          }
         }
       }
     }
@@ -198,18 +213,26 @@ __device__ __forceinline__ float2 TileScores(const KeyFragment<D_I>& f, float sc
     for (int e = 0; e < 2; ++e) {
       const int head = nt * 8 + 2 * t + e;
       if (head < n_heads) {
-        const float z_lo = (c[e] * scale_lo) * scale + b[head];
-        const float z_hi = (c[2 + e] * scale_hi) * scale + b[head];
-        acc_lo = fmaf(w[head], relu ? fmaxf(z_lo, 0.0f) : SigmoidF(z_lo), acc_lo);
-        acc_hi = fmaf(w[head], relu ? fmaxf(z_hi, 0.0f) : SigmoidF(z_hi), acc_hi);
+        const float wh = w[head], bh = b[head];
+#pragma unroll
+        for (int u = 0; u < N; ++u) {
+          const float z_lo = (c[u][e] * scale[u][0]) * rs + bh;
+          const float z_hi = (c[u][2 + e] * scale[u][1]) * rs + bh;
+          acc[u][0] = fmaf(wh, relu ? fmaxf(z_lo, 0.0f) : IndexerSigmoid(z_lo), acc[u][0]);
+          acc[u][1] = fmaf(wh, relu ? fmaxf(z_hi, 0.0f) : IndexerSigmoid(z_hi), acc[u][1]);
+        }
       }
     }
   }
-  acc_lo += __shfl_xor_sync(0xffffffffu, acc_lo, 1);
-  acc_hi += __shfl_xor_sync(0xffffffffu, acc_hi, 1);
-  acc_lo += __shfl_xor_sync(0xffffffffu, acc_lo, 2);
-  acc_hi += __shfl_xor_sync(0xffffffffu, acc_hi, 2);
-  return make_float2(acc_lo, acc_hi);
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    float lo = acc[u][0], hi = acc[u][1];
+    lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+    lo += __shfl_xor_sync(0xffffffffu, lo, 2);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+    out[u] = make_float2(lo, hi);
+  }
 }
 
 }  // namespace gsa::kernels::indexer_math

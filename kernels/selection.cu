@@ -779,10 +779,11 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
                                     c_hi < pe ? SlotOfPosition(ia.paged, seq, c_hi) : -1, &keys[u], &key_scale[u][0],
                                     &key_scale[u][1]);
       }
+      float2 vs[kTiles];
+      indexer_math::TileScores<D_I, kTiles>(keys, key_scale, s_q, s_w, s_b, ia.n_indexer_heads, ia.relu, vs);
 #pragma unroll
       for (int u = 0; u < kTiles; ++u) {
-        const float2 v2 = indexer_math::TileScores<D_I>(keys[u], key_scale[u][0], key_scale[u][1], s_q, s_w, s_b,
-                                                        ia.n_indexer_heads, ia.relu);
+        const float2 v2 = vs[u];
         const int64_t p = base + u * 16 + g + (t == 1 ? 8 : 0);
         if (t < 2 && p < pe) {
           const float v = t == 0 ? v2.x : v2.y;
