@@ -183,6 +183,17 @@ TEST(ServerProcess, BadFlagsExitTwoNamingTheFlag) {
   EXPECT_EQ(p.Wait(30s), 2);
 }
 
+TEST(ServerProcess, BadIndexerKeyDtypeExitsTwo) {
+  ServerProcess p({"--indexer-key-dtype", "fp16"});
+  EXPECT_EQ(p.Wait(30s), 2);
+}
+
+TEST(ServerProcess, Fp8IndexerKeysOnTheCpuBackendExitOne) {
+  // A lossy CUDA-only cache format: the CPU backend refuses it instead of ignoring it.
+  ServerProcess p({"--backend", "cpu", "--indexer-key-dtype", "fp8", "--port", "0"});
+  EXPECT_EQ(p.Wait(60s), 1);
+}
+
 TEST(ServerProcess, MissingModelDirectoryExitsOne) {
   ServerProcess p({"--model", "/nonexistent/model", "--port", "0"});
   EXPECT_EQ(p.Wait(30s), 1);

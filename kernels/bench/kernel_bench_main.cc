@@ -1003,89 +1003,55 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "decode_dense_attention", L, B, CheckOutput(ctx, out.get(), out.size()));
   }
-  // 5. The GSA step of one layer as the engine runs it: fused selection → sparse attention on it.
-  {
-    Record r = base("gsa_decode");
+  // 5. The GSA step of one layer: a selection (`select(it, set)` fills sel_fused) → sparse attention
+  // on it, one timed region; `extra` annotates the note and the record.
+  auto gsa_step = [&](const char* name, double indexer_bytes, const char* region, const std::string& note_extra,
+                      const std::function<void(int64_t, int64_t)>& select) {
+    Record r = base(name);
     r.t = ctx.timer->Run(
         [&](int64_t it) {
-          const int64_t set = it % nsc;
-          FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + set * B, L, it,
-                      cumvar.get(), kfused.get(), sel_fused.get(), select_ws);
+          select(it, it % nsc);
           Attend(ctx, cache, rows, q.get(), sel_fused.get(), kbuf.get(), kTopK, gate_z.get(), gate_bias.get(),
                  out.get(), attn_ws, it);
         },
         warm, reps, 0);
-    r.bytes = b_indexer + b_topk + b_sparse;
+    r.bytes = indexer_bytes + b_topk + b_sparse;
     r.flops = static_cast<double>(B) * (static_cast<double>(L) * kIndexerHeads * kDIndexer * 2 +
                                         static_cast<double>(kTopK) * kHeads * kDHead * 4);
     r.bound = Bound::kMemory;
     const double ratio = r.t.median_us > 0 ? dense_us / r.t.median_us : 0;
     char note[64];
     std::snprintf(note, sizeof(note), "dense/gsa %.2fx", ratio);
-    r.note = note;
+    r.note = std::string(note) + note_extra;
     r.extra["dense_decode_us"] = dense_us;
     r.extra["dense_over_gsa"] = ratio;
-    r.extra["region"] = "DecodeSelect + GatheredAttention (eager launches, one stream)";
+    r.extra["region"] = region;
+    if (!note_extra.empty()) r.extra["selection_overlap_vs_bf16"] = fp8_overlap;
     AddRecord(ctx, std::move(r));
-    AddCheck(ctx, "gsa_decode selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
-    AddCheck(ctx, "gsa_decode output", L, B, CheckOutput(ctx, out.get(), out.size()));
-  }
-  // 5a. The same step with fp8 indexer keys.
-  {
-    Record r = base("gsa_decode_fp8");
-    r.t = ctx.timer->Run(
-        [&](int64_t it) {
-          const int64_t set = it % nsc;
-          FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + set * B, L, it,
-                      cumvar.get(), kfused.get(), sel_fused.get(), select_ws, codes.get(), key_scales.get());
-          Attend(ctx, cache, rows, q.get(), sel_fused.get(), kbuf.get(), kTopK, gate_z.get(), gate_bias.get(),
-                 out.get(), attn_ws, it);
-        },
-        warm, reps, 0);
-    r.bytes = b_indexer_fp8 + b_topk + b_sparse;
-    r.flops = static_cast<double>(B) * (static_cast<double>(L) * kIndexerHeads * kDIndexer * 2 +
-                                        static_cast<double>(kTopK) * kHeads * kDHead * 4);
-    r.bound = Bound::kMemory;
-    const double ratio = r.t.median_us > 0 ? dense_us / r.t.median_us : 0;
-    char note[96];
-    std::snprintf(note, sizeof(note), "dense/gsa %.2fx; fp8 keys keep %.4f of the selection", ratio, fp8_overlap);
-    r.note = note;
-    r.extra["dense_decode_us"] = dense_us;
-    r.extra["dense_over_gsa"] = ratio;
-    r.extra["selection_overlap_vs_bf16"] = fp8_overlap;
-    r.extra["region"] = "DecodeSelect (fp8 keys) + GatheredAttention (eager launches, one stream)";
-    AddRecord(ctx, std::move(r));
-    AddCheck(ctx, "gsa_decode_fp8 selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
-    AddCheck(ctx, "gsa_decode_fp8 output", L, B, CheckOutput(ctx, out.get(), out.size()));
-  }
-  // 5b. The same step with the selection as separate launches (IndexerScores, TopK).
-  {
-    Record r = base("gsa_decode_unfused");
-    r.t = ctx.timer->Run(
-        [&](int64_t it) {
-          const int64_t set = it % nsc;
-          Index(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + set * B, L, it);
-          Select(ctx, rows, scores.get(), offsets.get() + set * B, L, kbuf.get(), sel_fused.get(), topk_ws,
-                 topk_ws_bytes);
-          Attend(ctx, cache, rows, q.get(), sel_fused.get(), kbuf.get(), kTopK, gate_z.get(), gate_bias.get(),
-                 out.get(), attn_ws, it);
-        },
-        warm, reps, 0);
-    r.bytes = b_indexer + b_topk + b_sparse;
-    r.flops = static_cast<double>(B) * (static_cast<double>(L) * kIndexerHeads * kDIndexer * 2 +
-                                        static_cast<double>(kTopK) * kHeads * kDHead * 4);
-    r.bound = Bound::kMemory;
-    const double ratio = r.t.median_us > 0 ? dense_us / r.t.median_us : 0;
-    char note[64];
-    std::snprintf(note, sizeof(note), "dense/gsa %.2fx", ratio);
-    r.note = note;
-    r.extra["dense_decode_us"] = dense_us;
-    r.extra["dense_over_gsa"] = ratio;
-    r.extra["region"] = "IndexerScores + TopK + GatheredAttention (eager launches, one stream)";
-    AddRecord(ctx, std::move(r));
-    AddCheck(ctx, "gsa_decode_unfused selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
-    AddCheck(ctx, "gsa_decode_unfused output", L, B, CheckOutput(ctx, out.get(), out.size()));
-  }
+    AddCheck(ctx, std::string(name) + " selection", L, B, CheckSelDevice(sel_fused.get(), B, pos));
+    AddCheck(ctx, std::string(name) + " output", L, B, CheckOutput(ctx, out.get(), out.size()));
+  };
+  // As the engine runs it: the fused selection.
+  gsa_step("gsa_decode", b_indexer, "DecodeSelect + GatheredAttention (eager launches, one stream)", "",
+           [&](int64_t it, int64_t set) {
+             FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + set * B, L, it,
+                         cumvar.get(), kfused.get(), sel_fused.get(), select_ws);
+           });
+  // With fp8 indexer keys.
+  char kept[64];
+  std::snprintf(kept, sizeof(kept), "; fp8 keys keep %.4f of the selection", fp8_overlap);
+  gsa_step("gsa_decode_fp8", b_indexer_fp8, "DecodeSelect (fp8 keys) + GatheredAttention (eager launches, one stream)",
+           kept, [&](int64_t it, int64_t set) {
+             FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + set * B, L, it,
+                         cumvar.get(), kfused.get(), sel_fused.get(), select_ws, codes.get(), key_scales.get());
+           });
+  // With the selection as separate launches (IndexerScores, TopK).
+  gsa_step("gsa_decode_unfused", b_indexer, "IndexerScores + TopK + GatheredAttention (eager launches, one stream)",
+           "", [&](int64_t it, int64_t set) {
+             Index(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + set * B, L, it);
+             Select(ctx, rows, scores.get(), offsets.get() + set * B, L, kbuf.get(), sel_fused.get(), topk_ws,
+                    topk_ws_bytes);
+           });
   BENCH_CUDA(cudaDeviceSynchronize());
 }
 
