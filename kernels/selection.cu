@@ -966,7 +966,14 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   attr[0].val.cooperative = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I, kFp8>, d);
+  const cudaError_t launched = cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I, kFp8>, d);
+  if (launched == cudaErrorCooperativeLaunchTooLarge) {
+    // Fewer blocks fit than the occupancy query said (another context holding SMs): not an error
+    // of the step; the caller runs the separate launches instead.
+    (void)cudaGetLastError();
+    return cudaErrorNotSupported;
+  }
+  return launched;
 }
 }  // namespace
 
