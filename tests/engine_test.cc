@@ -141,6 +141,28 @@ class EngineTest : public ::testing::Test {
     return Drain(**s);
   }
 
+  // All of `reqs` at once on an engine whose cache holds 12 blocks of 8 tokens (room for about two
+  // requests): most are preempted and recomputed. Each request's collected output, in order, and
+  // the engine's statistics once it is idle (*stats).
+  static std::vector<Collected> RunUnderASmallCache(const std::vector<GenerateRequest>& reqs, EngineStats* stats) {
+    EngineOptions o;
+    o.max_cache_tokens = 8 * 12;
+    o.max_batched_tokens = 64;
+    auto e = MakeEngine(model_dir_, o);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const auto& r : reqs) {
+      auto s = e->Submit(r);
+      EXPECT_TRUE(s.ok()) << s.status();
+      if (s.ok()) streams.push_back(*s);
+    }
+    std::vector<Collected> out;
+    for (auto& s : streams) out.push_back(Drain(*s));
+    // Stats are published at the end of the step that sent the last delta.
+    for (int i = 0; i < 100 && e->Stats().running != 0; ++i) std::this_thread::sleep_for(10ms);
+    *stats = e->Stats();
+    return out;
+  }
+
   static inline std::unique_ptr<gsa::testing::TempDir> dir_;
   static inline std::string model_dir_;
   static inline std::string spm_path_;
@@ -199,18 +221,11 @@ TEST_F(EngineTest, PreemptionUnderASmallCacheKeepsEveryOutputIdentical) {
   std::vector<Collected> alone;
   for (const auto& r : reqs) alone.push_back(RunAlone(model_dir_, r));
 
-  EngineOptions o;
-  o.max_cache_tokens = 8 * 12;  // 12 blocks of 8: room for about 2 requests at a time
-  o.max_batched_tokens = 64;
-  auto e = MakeEngine(model_dir_, o);
-  std::vector<std::shared_ptr<RequestStream>> streams;
-  for (const auto& r : reqs) {
-    auto s = e->Submit(r);
-    ASSERT_TRUE(s.ok()) << s.status();
-    streams.push_back(*s);
-  }
+  EngineStats st;
+  const std::vector<Collected> got = RunUnderASmallCache(reqs, &st);
+  ASSERT_EQ(got.size(), reqs.size());
   for (size_t i = 0; i < reqs.size(); ++i) {
-    const Collected c = Drain(*streams[i]);
+    const Collected& c = got[i];
     ExpectSameGeneration(c, alone[i], absl::StrCat("request ", i));
     ASSERT_EQ(c.prompt_logprobs.has_value(), alone[i].prompt_logprobs.has_value());
     if (c.prompt_logprobs) {
@@ -220,9 +235,6 @@ TEST_F(EngineTest, PreemptionUnderASmallCacheKeepsEveryOutputIdentical) {
       }
     }
   }
-  // Stats are published at the end of the step that sent the last delta.
-  for (int i = 0; i < 100 && e->Stats().running != 0; ++i) std::this_thread::sleep_for(10ms);
-  EngineStats st = e->Stats();
   EXPECT_GT(st.preemptions, 0) << "the cache was large enough that nothing was preempted";
   EXPECT_EQ(st.cache_blocks_used, 0) << "blocks leaked";
   EXPECT_EQ(st.running, 0);
@@ -612,24 +624,18 @@ TEST_F(EngineTest, PreemptedRequestsRestartTheirAttentionStatsAndCountEveryPosit
   std::vector<Collected> alone;
   for (const auto& r : reqs) alone.push_back(RunAlone(model_dir_, r));
 
-  EngineOptions o;
-  o.max_cache_tokens = 8 * 12;  // 12 blocks of 8: room for about 2 requests at a time
-  o.max_batched_tokens = 64;
-  auto e = MakeEngine(model_dir_, o);
-  std::vector<std::shared_ptr<RequestStream>> streams;
-  for (const auto& r : reqs) {
-    auto s = e->Submit(r);
-    ASSERT_TRUE(s.ok()) << s.status();
-    streams.push_back(*s);
-  }
+  EngineStats st;
+  const std::vector<Collected> got = RunUnderASmallCache(reqs, &st);
+  ASSERT_EQ(got.size(), reqs.size());
   for (size_t i = 0; i < reqs.size(); ++i) {
-    const Collected c = Drain(*streams[i]);
+    const Collected& c = got[i];
     ExpectSameGeneration(c, alone[i], absl::StrCat("request ", i));
     ASSERT_TRUE(c.final.attention_stats.has_value());
     EXPECT_EQ(c.final.attention_stats->positions, static_cast<int64_t>(reqs[i].prompt.size()) + 20 - 1);
     ExpectSameAttentionStats(*c.final.attention_stats, *alone[i].final.attention_stats, absl::StrCat("request ", i));
   }
-  EXPECT_GT(e->Stats().preemptions, 0) << "the cache was large enough that nothing was preempted";
+  EXPECT_GT(st.preemptions, 0) << "the cache was large enough that nothing was preempted";
+  EXPECT_EQ(st.cache_blocks_used, 0) << "blocks leaked";
 }
 
 }  // namespace
