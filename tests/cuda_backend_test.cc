@@ -226,6 +226,30 @@ void ExpectStatsClose(const ModelConfig& c, const RowStats& gpu, const RowStats&
   }
 }
 
+// How a prompt's logits (every position, V each) fit the default model's fixture at its checked
+// positions: the largest |logit − float64 logit|, the fixture's largest |logit| (the scale), how
+// many positions agree on the top-1 token, and the first position with a non-finite logit (-1: none).
+struct FixtureFit {
+  double worst = 0, scale = 0;
+  int top1_same = 0;
+  int64_t non_finite_position = -1;
+};
+
+FixtureFit CompareToFixture(const std::vector<float>& logits, const gsa::testing::DefaultModelFixture& x, int64_t V) {
+  FixtureFit f;
+  for (size_t i = 0; i < x.positions.size(); ++i) {
+    const float* got = logits.data() + x.positions[i] * V;
+    const float* want = x.logits.data() + i * V;
+    for (int64_t v = 0; v < V; ++v) {
+      if (!std::isfinite(got[v]) && f.non_finite_position < 0) f.non_finite_position = x.positions[i];
+      f.worst = std::max(f.worst, static_cast<double>(std::fabs(got[v] - want[v])));
+      f.scale = std::max(f.scale, static_cast<double>(std::fabs(want[v])));
+    }
+    f.top1_same += std::max_element(got, got + V) - got == std::max_element(want, want + V) - want;
+  }
+  return f;
+}
+
 // The bundled default model (trained; few near-ties, unlike the random golden models) on the GPU
 // against its training script's float64 forward pass: a 583-token held-out prompt in chunks of
 // 256 rows, and 24 greedy tokens after "In the beginning" fed back one at a time.
@@ -238,30 +262,12 @@ TEST(CudaDefaultModel, FollowsTheTrainingForwardPass) {
   ASSERT_FALSE(x.input_ids.empty() || x.logits.empty());
   auto gpu = MakeCuda(*m, 128, 16);
   ASSERT_NE(gpu, nullptr);
-  gsa::testing::BatchBuilder builder(128, 16);
-  std::vector<float> logits;
-  const int64_t T = static_cast<int64_t>(x.input_ids.size());
-  for (int64_t start = 0; start < T; start += 256) {
-    gsa::testing::BatchBuilder::Chunk c;
-    c.tokens.assign(x.input_ids.begin() + start, x.input_ids.begin() + std::min(T, start + 256));
-    c.start = start;
-    auto out = gpu->Step(builder.Make({c}));
-    ASSERT_TRUE(out.ok()) << out.status();
-    logits.insert(logits.end(), out->logits.begin(), out->logits.end());
-  }
-  ASSERT_EQ(static_cast<int64_t>(logits.size()), T * V);
-  double worst = 0, scale = 0;
-  int top1_same = 0;
-  for (size_t i = 0; i < x.positions.size(); ++i) {
-    const float* got = logits.data() + x.positions[i] * V;
-    const float* want = x.logits.data() + i * V;
-    for (int64_t v = 0; v < V; ++v) {
-      ASSERT_TRUE(std::isfinite(got[v])) << "position " << x.positions[i];
-      worst = std::max(worst, static_cast<double>(std::fabs(got[v] - want[v])));
-      scale = std::max(scale, static_cast<double>(std::fabs(want[v])));
-    }
-    top1_same += std::max_element(got, got + V) - got == std::max_element(want, want + V) - want;
-  }
+  const std::vector<float> logits = RunPrompt(*gpu, x.input_ids, 256, 16, nullptr);
+  ASSERT_EQ(static_cast<int64_t>(logits.size()), static_cast<int64_t>(x.input_ids.size()) * V);
+  const FixtureFit fit = CompareToFixture(logits, x, V);
+  ASSERT_EQ(fit.non_finite_position, -1) << "a non-finite logit";
+  const double worst = fit.worst, scale = fit.scale;
+  const int top1_same = fit.top1_same;
   std::printf("[ default model ] max |logit gpu - float64| %.3g (logit scale %.3g); top-1 equal at %d of %zu positions\n",
               worst, scale, top1_same, x.positions.size());
   // bf16 weights and activations over 8 layers: a few 1e-2 of the logit scale.
@@ -292,22 +298,10 @@ TEST(CudaDefaultModel, Fp8IndexerKeysStayCloseToTheForwardPass) {
   const std::vector<float> lb = RunPrompt(*bf16, x.input_ids, 256, 16, &sel_bf16);
   const std::vector<float> lf = RunPrompt(*fp8, x.input_ids, 256, 16, &sel_fp8);
   ASSERT_EQ(lf.size(), lb.size());
-  double worst = 0, worst_bf16 = 0, scale = 0;
-  int top1_same = 0, top1_same_bf16 = 0;
-  for (size_t i = 0; i < x.positions.size(); ++i) {
-    const float* got = lf.data() + x.positions[i] * V;
-    const float* ref = lb.data() + x.positions[i] * V;
-    const float* want = x.logits.data() + i * V;
-    for (int64_t v = 0; v < V; ++v) {
-      ASSERT_TRUE(std::isfinite(got[v])) << "position " << x.positions[i];
-      worst = std::max(worst, static_cast<double>(std::fabs(got[v] - want[v])));
-      worst_bf16 = std::max(worst_bf16, static_cast<double>(std::fabs(ref[v] - want[v])));
-      scale = std::max(scale, static_cast<double>(std::fabs(want[v])));
-    }
-    const auto top = std::max_element(want, want + V) - want;
-    top1_same += std::max_element(got, got + V) - got == top;
-    top1_same_bf16 += std::max_element(ref, ref + V) - ref == top;
-  }
+  const FixtureFit fit = CompareToFixture(lf, x, V), fit_bf16 = CompareToFixture(lb, x, V);
+  ASSERT_EQ(fit.non_finite_position, -1) << "a non-finite logit";
+  const double worst = fit.worst, worst_bf16 = fit_bf16.worst, scale = fit.scale;
+  const int top1_same = fit.top1_same, top1_same_bf16 = fit_bf16.top1_same;
   const double agree = SelectionAgreement(sel_fp8, sel_bf16);
   auto g8 = MakeCuda(*m, 128, 16, true, true, true);
   ASSERT_NE(g8, nullptr);

@@ -702,9 +702,10 @@ void Attend(Ctx& ctx, const PagedCache& c, const Rows& rows, const bf16* q, cons
   BENCH_CUDA(kernels::GatheredAttention(ga, ctx.stream));
 }
 
-// Indexer scores of rows.n rows (row r: proj row r, candidates 0 … position[r]) from key copy `it`.
-void Index(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* proj, const float* bias, float* scores,
-           const int64_t* offsets, int64_t max_candidates, int64_t it) {
+// The indexer's arguments for rows.n rows (row r: proj row r, candidates 0 … position[r]) over
+// bf16 key copy `it`.
+kernels::IndexerScoresArgs IndexArgs(const PagedCache& c, const Rows& rows, const float* proj, const float* bias,
+                                     float* scores, const int64_t* offsets, int64_t max_candidates, int64_t it) {
   kernels::IndexerScoresArgs ia;
   ia.proj = proj;
   ia.proj_stride = kProjStride;
@@ -722,7 +723,13 @@ void Index(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* proj, c
   ia.row_begin = 0;
   ia.row_count = rows.n;
   ia.max_candidates = max_candidates;
-  BENCH_CUDA(kernels::IndexerScores(ia, ctx.stream));
+  return ia;
+}
+
+// Indexer scores of rows.n rows from key copy `it`.
+void Index(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* proj, const float* bias, float* scores,
+           const int64_t* offsets, int64_t max_candidates, int64_t it) {
+  BENCH_CUDA(kernels::IndexerScores(IndexArgs(c, rows, proj, bias, scores, offsets, max_candidates, it), ctx.stream));
 }
 
 void Select(Ctx& ctx, const Rows& rows, const float* scores, const int64_t* offsets, int64_t max_candidates,
@@ -743,27 +750,12 @@ void FusedSelect(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* p
                  const int64_t* offsets, int64_t max_candidates, int64_t it, float* cumvar, int32_t* k, int32_t* sel,
                  const DevBuf<uint8_t>& ws, const uint8_t* codes = nullptr, const float* scales = nullptr) {
   kernels::DecodeSelectArgs a;
-  a.index.proj = proj;
-  a.index.proj_stride = kProjStride;
-  a.index.off_qi = kOffQi;
-  a.index.off_wi = kOffWi;
-  a.index.bias = bias;
-  a.index.ki_cache = c.KI(it);
+  a.index = IndexArgs(c, rows, proj, bias, scores, offsets, max_candidates, it);
   if (codes != nullptr) {
     const int64_t inst = it % c.ki_instances;
     a.index.ki_fp8 = codes + inst * c.slots * kDIndexer;
     a.index.ki_scale = scales + inst * c.slots;
   }
-  a.index.paged = c.Layout();
-  a.index.rows = rows.Info();
-  a.index.n_indexer_heads = kIndexerHeads;
-  a.index.d_indexer = kDIndexer;
-  a.index.relu = false;
-  a.index.scores = scores;
-  a.index.score_offset = offsets;
-  a.index.row_begin = 0;
-  a.index.row_count = rows.n;
-  a.index.max_candidates = max_candidates;
   a.rule.method = 0;
   a.rule.k_base = a.rule.k_min = a.rule.k_max = kTopK;
   a.cumvar = cumvar;

@@ -741,8 +741,8 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
         chunk.row_begin = ch.row_begin;
         chunk.row_count = ch.row_count;
         chunk.max_candidates = ch.max_candidates;
-        kernels::IndexerScoresArgs ia;
         if (ch.max_candidates > 0) {
+          kernels::IndexerScoresArgs ia;
           ia.proj = w.proj.get();
           ia.proj_stride = L.proj_stride;
           ia.off_qi = L.off_qi;
