@@ -24,7 +24,8 @@ size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
 // Grid: (candidate blocks of kCandPerBlock, groups of kRowsPerBlock chunk rows). Each warp holds
 // the keys of its 32 candidates (two 16-candidate tiles) in registers and scores them for every row
 // of the group with tensor cores (indexer_math::TileScores); consecutive rows of one sequence (a
-// prefill chunk) reuse the keys, loaded once for the largest position among them.
+// prefill chunk) reuse the keys, loaded once for the largest position among them, and with ≤ 4
+// indexer heads two such rows share each mma (indexer_math::TileScoresPair).
 template <int D_I, bool kFp8>
 __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -37,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
   const int nrows = static_cast<int>(min(static_cast<int64_t>(kRowsPerBlock), a.row_begin + a.row_count - r0));
   const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * kCandPerBlock;
   const int64_t q_elems = indexer_math::SplitQueryElems(a.n_indexer_heads, D_I);
-  const int64_t per_part = static_cast<int64_t>(a.n_indexer_heads) * D_I;
+  const int32_t per_row = a.n_indexer_heads * D_I;  // qI elements of a row
   bf16* s_q = reinterpret_cast<bf16*>(smem);
   float* s_wb = reinterpret_cast<float*>(smem + kRowsPerBlock * q_elems * sizeof(bf16));
 
@@ -62,11 +63,12 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
   __syncthreads();
   if (!s_any) return;  // uniform: every row of the group is dense or ends before this block
   // The live rows' split queries, all loads in flight together.
-  for (int64_t idx = threadIdx.x; idx < nrows * per_part; idx += blockDim.x) {
-    const int i = static_cast<int>(idx / per_part);
+  for (int32_t idx = threadIdx.x; idx < nrows * per_row; idx += blockDim.x) {
+    const int i = idx / per_row;
     if (s_pos[i] < tile0) continue;
-    const int64_t e = idx - i * per_part;
-    indexer_math::StoreSplit(a.proj[(r0 + i) * a.proj_stride + a.off_qi + e], s_q + i * q_elems, per_part, e);
+    const int32_t e = idx - i * per_row;
+    indexer_math::StoreSplit<D_I>(a.proj[(r0 + i) * a.proj_stride + a.off_qi + e], s_q + i * q_elems,
+                                  a.n_indexer_heads, e / D_I, e % D_I);
   }
   for (int idx = threadIdx.x; idx < nrows * a.n_indexer_heads; idx += blockDim.x) {
     const int i = idx / a.n_indexer_heads, j = idx % a.n_indexer_heads;
@@ -83,9 +85,13 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
   float key_scale[kTilesPerWarp][2];
   const indexer_math::KeySource src{a.ki_cache, a.ki_fp8, a.ki_scale};
   int32_t loaded_seq = -1;
-  for (int i = 0; i < nrows; ++i) {  // warp-uniform control flow throughout
+  const bool pairable = a.n_indexer_heads <= indexer_math::kPairMaxHeads;
+  for (int i = 0; i < nrows;) {  // warp-uniform control flow throughout
     const int32_t pos = s_pos[i];  // -1 for a dense row
-    if (wc0 > pos) continue;
+    if (wc0 > pos) {
+      ++i;
+      continue;
+    }
     const int32_t seq = s_seq[i];
     if (seq != loaded_seq) {
       const int32_t lim = s_limit[i];  // ≥ pos; every position ≤ lim belongs to this sequence's context
@@ -98,9 +104,28 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
       }
       loaded_seq = seq;
     }
+    float2 vs[kTilesPerWarp];
+    // The next row shares the keys (same sequence, also live here): score both with one set of mma.
+    if (pairable && i + 1 < nrows && s_seq[i + 1] == seq && wc0 <= s_pos[i + 1]) {
+      const float* w0 = s_wb + i * 2 * kMaxHeads;
+      const float* w1 = w0 + 2 * kMaxHeads;
+      indexer_math::TileScoresPair<D_I, kTilesPerWarp>(keys, key_scale, s_q + i * q_elems, w0, w0 + kMaxHeads,
+                                                       s_q + (i + 1) * q_elems, w1, w1 + kMaxHeads,
+                                                       a.n_indexer_heads, a.relu, vs);
+      const int t = lane & 3;
+      const int row = i + (t >> 1);  // lanes t = 0, 1 hold row i; t = 2, 3 row i + 1
+      const int32_t row_pos = s_pos[row];
+      float* out = a.scores + s_off[row];
+#pragma unroll
+      for (int u = 0; u < kTilesPerWarp; ++u) {
+        const int64_t c = wc0 + u * 16 + g + ((t & 1) ? 8 : 0);
+        if (c <= row_pos) out[c] = (t & 1) ? vs[u].y : vs[u].x;
+      }
+      i += 2;
+      continue;
+    }
     const float* w = s_wb + i * 2 * kMaxHeads;
     float* out = a.scores + s_off[i];
-    float2 vs[kTilesPerWarp];
     indexer_math::TileScores<D_I, kTilesPerWarp>(keys, key_scale, s_q + i * q_elems, w, w + kMaxHeads,
                                                  a.n_indexer_heads, a.relu, vs);
 #pragma unroll
@@ -111,6 +136,7 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
       if (t == 0 && c_lo <= pos) out[c_lo] = v.x;
       if (t == 1 && c_hi <= pos) out[c_hi] = v.y;
     }
+    ++i;
   }
 }
 

@@ -31,21 +31,35 @@ constexpr int kMaxHeads = 16;
 constexpr int kMaxDIndexer = 128;
 constexpr int kQueryParts = 3;  // hi, mid, lo
 
-// One row's indexer query in shared memory: q[(part · n_heads + j) · D_I + i] bf16, w[j] (sigmoid
-// already applied), b[j]. Sized for the largest shape; SplitQueryBytes gives what a shape needs.
+// One row's indexer query in shared memory: part (hi, mid, lo) of head j's element i at
+// q[part · QueryPartStride + j · QueryHeadStride + i] (bf16), with w[j] (sigmoid already applied)
+// and b[j] beside it. The padding keeps the mma's B-fragment loads free of bank conflicts: a lane
+// (g, t) reads word 4t (+ a per-instruction constant) of head g's run, so the head stride is an odd
+// number of words (heads 0 … 3 land on banks 4t + j), and whole rows are 16 words apart modulo 32
+// (TileScoresPair's second row lands on the other 16 banks).
+__host__ __device__ constexpr int64_t QueryHeadStride(int32_t d_indexer) { return d_indexer + 2; }
+__host__ __device__ constexpr int64_t QueryPartStride(int32_t n_heads, int32_t d_indexer) {
+  return static_cast<int64_t>(n_heads) * QueryHeadStride(d_indexer);
+}
+// bf16 elements of one row's split query, rows placed back to back (an odd multiple of 16 words).
 __host__ __device__ constexpr int64_t SplitQueryElems(int32_t n_heads, int32_t d_indexer) {
-  return static_cast<int64_t>(kQueryParts) * n_heads * d_indexer;
+  const int64_t words = kQueryParts * QueryPartStride(n_heads, d_indexer) / 2;
+  return 2 * (words + ((16 - words) % 32 + 32) % 32);
 }
 
-// Element i (of per_part = n_heads · D_I) of one row's split query: x = hi + mid + lo.
-__device__ __forceinline__ void StoreSplit(float x, bf16* q, int64_t per_part, int64_t i) {
+// Element i of head j of one row's split query: x = hi + mid + lo, each the bf16 rounding of what
+// is left (the subtractions are exact).
+template <int D_I>
+__device__ __forceinline__ void StoreSplit(float x, bf16* q, int32_t n_heads, int32_t j, int32_t i) {
+  const int64_t part = QueryPartStride(n_heads, D_I);
+  const int64_t at = j * QueryHeadStride(D_I) + i;
   const bf16 hi = __float2bfloat16_rn(x);
   const float r1 = x - __bfloat162float(hi);  // exact
   const bf16 mid = __float2bfloat16_rn(r1);
   const float r2 = r1 - __bfloat162float(mid);  // exact
-  q[i] = hi;
-  q[per_part + i] = mid;
-  q[2 * per_part + i] = __float2bfloat16_rn(r2);
+  q[at] = hi;
+  q[part + at] = mid;
+  q[2 * part + at] = __float2bfloat16_rn(r2);
 }
 
 // Splits proj row `r`'s qI into q (the three parts) and copies wI and the bias into w, b. Every
@@ -55,8 +69,8 @@ __device__ __forceinline__ void LoadSplitQuery(const float* proj, int64_t proj_s
                                                const float* bias, int32_t n_heads, int64_t r, bf16* q, float* w,
                                                float* b) {
   const float* prow = proj + r * proj_stride;
-  const int64_t per_part = static_cast<int64_t>(n_heads) * D_I;
-  for (int64_t i = threadIdx.x; i < per_part; i += blockDim.x) StoreSplit(prow[off_qi + i], q, per_part, i);
+  const int32_t count = n_heads * D_I;
+  for (int32_t e = threadIdx.x; e < count; e += blockDim.x) StoreSplit<D_I>(prow[off_qi + e], q, n_heads, e / D_I, e % D_I);
   for (int j = threadIdx.x; j < n_heads; j += blockDim.x) {
     w[j] = prow[off_wi + j];
     b[j] = bias[j];
@@ -77,9 +91,6 @@ struct KeyFragment {
   uint4 lo[KeyShape<D_I>::kGroups];
   uint4 hi[KeyShape<D_I>::kGroups];
 };
-
-template <int D_I>
-__device__ __forceinline__ void LoadKeys(const bf16* ki_cache, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f);
 
 // Where the keys are: bf16 rows [num_slots, D_I], or (fp8 != nullptr) e4m3 codes [num_slots, D_I]
 // with one fp32 scale per slot (key = scale · code).
@@ -104,44 +115,38 @@ __device__ __forceinline__ uint4 Fp8x8ToBf16x8(uint2 codes) {
   return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
-// Loads the tile's key chunks and the two rows' scales (1 for bf16 keys); a negative slot reads
-// as a zero key (its score is never stored).
+// Loads the tile's key chunks (row g: slot_lo, row g + 8: slot_hi) and the two rows' scales (1
+// for bf16 keys); a negative slot reads as a zero key with scale 0 (its score is never stored).
 template <int D_I, bool kFp8>
 __device__ __forceinline__ void LoadKeys(const KeySource& src, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f,
                                          float* scale_lo, float* scale_hi) {
-  if constexpr (!kFp8) {
+  const int t = threadIdx.x & 3;
+  const int64_t row_lo = slot_lo >= 0 ? slot_lo : 0, row_hi = slot_hi >= 0 ? slot_hi : 0;
+#pragma unroll
+  for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
+    const int chunk = 4 * p + t;
+    const bool ok_lo = slot_lo >= 0 && chunk < KeyShape<D_I>::kChunks;
+    const bool ok_hi = slot_hi >= 0 && chunk < KeyShape<D_I>::kChunks;
+    if constexpr (kFp8) {
+      const uint2* a = reinterpret_cast<const uint2*>(src.fp8 + row_lo * D_I);
+      const uint2* c = reinterpret_cast<const uint2*>(src.fp8 + row_hi * D_I);
+      const uint2 zero = make_uint2(0u, 0u);
+      f->lo[p] = Fp8x8ToBf16x8(ok_lo ? __ldg(a + chunk) : zero);
+      f->hi[p] = Fp8x8ToBf16x8(ok_hi ? __ldg(c + chunk) : zero);
+    } else {
+      const uint4* a = reinterpret_cast<const uint4*>(src.bf16_keys + row_lo * D_I);
+      const uint4* c = reinterpret_cast<const uint4*>(src.bf16_keys + row_hi * D_I);
+      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+      f->lo[p] = ok_lo ? __ldg(a + chunk) : zero;
+      f->hi[p] = ok_hi ? __ldg(c + chunk) : zero;
+    }
+  }
+  if constexpr (kFp8) {
+    *scale_lo = slot_lo >= 0 ? __ldg(src.scale + slot_lo) : 0.0f;
+    *scale_hi = slot_hi >= 0 ? __ldg(src.scale + slot_hi) : 0.0f;
+  } else {
     *scale_lo = 1.0f;
     *scale_hi = 1.0f;
-    LoadKeys<D_I>(src.bf16_keys, slot_lo, slot_hi, f);
-    return;
-  } else {
-  const int t = threadIdx.x & 3;
-  const uint2* a = reinterpret_cast<const uint2*>(src.fp8 + (slot_lo >= 0 ? slot_lo : 0) * D_I);
-  const uint2* c = reinterpret_cast<const uint2*>(src.fp8 + (slot_hi >= 0 ? slot_hi : 0) * D_I);
-  const uint2 zero = make_uint2(0u, 0u);
-#pragma unroll
-  for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
-    const bool chunk_ok = 4 * p + t < KeyShape<D_I>::kChunks;
-    f->lo[p] = Fp8x8ToBf16x8((slot_lo >= 0 && chunk_ok) ? __ldg(a + 4 * p + t) : zero);
-    f->hi[p] = Fp8x8ToBf16x8((slot_hi >= 0 && chunk_ok) ? __ldg(c + 4 * p + t) : zero);
-  }
-  *scale_lo = slot_lo >= 0 ? __ldg(src.scale + slot_lo) : 0.0f;
-  *scale_hi = slot_hi >= 0 ? __ldg(src.scale + slot_hi) : 0.0f;
-  }
-}
-
-// Loads the tile's key chunks; a negative slot reads as a zero key (its score is never stored).
-template <int D_I>
-__device__ __forceinline__ void LoadKeys(const bf16* ki_cache, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f) {
-  const int t = threadIdx.x & 3;
-  const uint4* a = reinterpret_cast<const uint4*>(ki_cache + (slot_lo >= 0 ? slot_lo : 0) * D_I);
-  const uint4* c = reinterpret_cast<const uint4*>(ki_cache + (slot_hi >= 0 ? slot_hi : 0) * D_I);
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-  for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
-    const bool chunk_ok = 4 * p + t < KeyShape<D_I>::kChunks;
-    f->lo[p] = (slot_lo >= 0 && chunk_ok) ? __ldg(a + 4 * p + t) : zero;
-    f->hi[p] = (slot_hi >= 0 && chunk_ok) ? __ldg(c + 4 * p + t) : zero;
   }
 }
 
@@ -176,7 +181,7 @@ __device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const float rs = rsqrtf(static_cast<float>(D_I));
-  const int64_t per_part = static_cast<int64_t>(n_heads) * D_I;
+  const int64_t part_stride = QueryPartStride(n_heads, D_I);
   float acc[N][2];
 #pragma unroll
   for (int u = 0; u < N; ++u) acc[u][0] = acc[u][1] = 0.0f;
@@ -187,7 +192,7 @@ __device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const
     for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
 #pragma unroll
     for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
-      const bf16* qh = q + part * per_part + static_cast<int64_t>(head_b) * D_I;
+      const bf16* qh = q + part * part_stride + head_b * QueryHeadStride(D_I);
 #pragma unroll
       for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
 #pragma unroll
@@ -231,6 +236,84 @@ __device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const
     hi += __shfl_xor_sync(0xffffffffu, hi, 1);
     lo += __shfl_xor_sync(0xffffffffu, lo, 2);
     hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+    out[u] = make_float2(lo, hi);
+  }
+}
+
+// Heads a TileScoresPair call can take: its two rows share the mma's 8 head columns.
+constexpr int kPairMaxHeads = 4;
+
+// TileScores for two rows at once (n_heads ≤ kPairMaxHeads), filling the mma's 8 columns that a
+// single row of ≤ 4 heads leaves half empty: column 4ρ + j is row ρ's head j (row 0: q0, w0, b0;
+// row 1: q1, w1, b1), so one mma and one epilogue serve both rows. Lane (g, t) gets out[u] = the
+// scores of tile u's candidates g (.x) and g + 8 (.y) for row t / 2 (lanes t = 0, 1: row 0; t =
+// 2, 3: row 1). Bitwise equal to TileScores for each row: a lane accumulates heads 2(t % 2) and
+// 2(t % 2) + 1 of its row in head order, as TileScores' lanes t = 0, 1 do, and the sum of the two
+// lanes is the same single addition (TileScores adds the empty lanes' +0 after it, which changes
+// no non-negative sum and no sigmoid sum). All 32 lanes must call it together.
+template <int D_I, int N>
+__device__ __forceinline__ void TileScoresPair(const KeyFragment<D_I> (&f)[N], const float (&scale)[N][2],
+                                               const bf16* q0, const float* w0, const float* b0, const bf16* q1,
+                                               const float* w1, const float* b1, int32_t n_heads, bool relu,
+                                               float2 (&out)[N]) {
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const float rs = rsqrtf(static_cast<float>(D_I));
+  const int64_t part_stride = QueryPartStride(n_heads, D_I);
+  const int head_b = g & 3;  // the head whose column this lane feeds, of row g / 4
+  const bf16* q = (g < 4 ? q0 : q1) + head_b * QueryHeadStride(D_I);
+  float c[N][4];
+#pragma unroll
+  for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
+#pragma unroll
+  for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
+    const bf16* qh = q + part * part_stride;
+#pragma unroll
+    for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int ch = 8 * (4 * p + t) + 4 * h;
+        uint32_t bq0 = 0u, bq1 = 0u;
+        if (head_b < n_heads && 4 * p + t < KeyShape<D_I>::kChunks) {
+          bq0 = *reinterpret_cast<const uint32_t*>(qh + ch);
+          bq1 = *reinterpret_cast<const uint32_t*>(qh + ch + 2);
+        }
+#pragma unroll
+        for (int u = 0; u < N; ++u) {
+          const uint32_t a0 = h == 0 ? f[u].lo[p].x : f[u].lo[p].z;
+          const uint32_t a2 = h == 0 ? f[u].lo[p].y : f[u].lo[p].w;
+          const uint32_t a1 = h == 0 ? f[u].hi[p].x : f[u].hi[p].z;
+          const uint32_t a3 = h == 0 ? f[u].hi[p].y : f[u].hi[p].w;
+          MmaBf16(c[u], a0, a1, a2, a3, bq0, bq1);
+        }
+      }
+    }
+  }
+  // Column 2t + e is row t / 2's head 2(t % 2) + e.
+  const float* w = t < 2 ? w0 : w1;
+  const float* b = t < 2 ? b0 : b1;
+  float acc[N][2];
+#pragma unroll
+  for (int u = 0; u < N; ++u) acc[u][0] = acc[u][1] = 0.0f;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int head = 2 * (t & 1) + e;
+    if (head < n_heads) {
+      const float wh = w[head], bh = b[head];
+#pragma unroll
+      for (int u = 0; u < N; ++u) {
+        const float z_lo = (c[u][e] * scale[u][0]) * rs + bh;
+        const float z_hi = (c[u][2 + e] * scale[u][1]) * rs + bh;
+        acc[u][0] = fmaf(wh, relu ? fmaxf(z_lo, 0.0f) : IndexerSigmoid(z_lo), acc[u][0]);
+        acc[u][1] = fmaf(wh, relu ? fmaxf(z_hi, 0.0f) : IndexerSigmoid(z_hi), acc[u][1]);
+      }
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    float lo = acc[u][0], hi = acc[u][1];
+    lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 1);
     out[u] = make_float2(lo, hi);
   }
 }

@@ -434,6 +434,30 @@ __device__ __forceinline__ void MbStoreState(uint32_t* ws, int slot, const Selec
   s[3] = static_cast<uint32_t>(st.done);
 }
 
+// Adds the block's shared histogram into the global one (integer atomics: order-independent).
+template <int NT>
+__device__ __forceinline__ void FlushHistogram(const int32_t* s_hist, uint32_t* g_hist) {
+  for (int i = threadIdx.x; i < kRadix; i += NT) {
+    const int32_t c = s_hist[i];
+    if (c != 0) atomicAdd(&g_hist[i], static_cast<uint32_t>(c));
+  }
+}
+
+// The carries of part `before` of a row: the summed (gt, eq) counts of parts [0, before), stored
+// as counts[2b], counts[2b + 1] earlier in this launch or by an earlier one (read through L2). All
+// threads call it; all get both sums.
+template <int NT>
+__device__ __forceinline__ void PrecedingCounts(const uint32_t* counts, int before, int32_t* s_warp, int32_t* carry_g,
+                                                int32_t* carry_e) {
+  int32_t g = 0, e = 0;
+  for (int b = threadIdx.x; b < before; b += NT) {
+    g += static_cast<int32_t>(__ldcg(counts + 2 * b));
+    e += static_cast<int32_t>(__ldcg(counts + 2 * b + 1));
+  }
+  BlockExclusiveSum<NT>(g, s_warp, carry_g);
+  BlockExclusiveSum<NT>(e, s_warp, carry_e);
+}
+
 // Radix pass `pass` for every row of the grid (gridDim.y rows, gridDim.x blocks each). State slot
 // `pass` is the state before the pass (slot 0 is computed, not stored); slot pass+1 after it.
 // Workspace histograms and tickets must be zero at launch (TopK memsets them).
@@ -462,10 +486,7 @@ __global__ void __launch_bounds__(kMbThreads) TopKMbHistogramKernel(MbArgs a, in
                  s_hist, tid, kMbThreads);
   __syncthreads();
   uint32_t* g_hist = ws + kWsHistOff + static_cast<int64_t>(pass) * kRadix;
-  for (int i = tid; i < kRadix; i += kMbThreads) {
-    const int32_t c = s_hist[i];
-    if (c != 0) atomicAdd(&g_hist[i], static_cast<uint32_t>(c));
-  }
+  FlushHistogram<kMbThreads>(s_hist, g_hist);
   // Last-block pattern (CUDA programming guide, "memory fence functions"): every thread fences its
   // histogram atomics, the block syncs, one thread fences again and takes a ticket.
   __threadfence();
@@ -509,14 +530,8 @@ __global__ void __launch_bounds__(kMbThreads) TopKMbWriteKernel(MbArgs a) {
   if (!LoadTopKRow(a.chunk, a.rows, a.k, a.sel, a.sel_stride, blockIdx.y, &row)) return;
   const uint32_t* ws = a.ws + static_cast<int64_t>(blockIdx.y) * a.row_words;
   const SelectState st = MbLoadState(ws, kNumPasses);
-  int32_t g = 0, e = 0;
-  for (int b = threadIdx.x; b < static_cast<int>(blockIdx.x); b += kMbThreads) {
-    g += static_cast<int32_t>(ws[kWsCountsOff + 2 * static_cast<int64_t>(b)]);
-    e += static_cast<int32_t>(ws[kWsCountsOff + 2 * static_cast<int64_t>(b) + 1]);
-  }
   int32_t carry_g, carry_e;
-  BlockExclusiveSum<kMbThreads>(g, s_warp, &carry_g);
-  BlockExclusiveSum<kMbThreads>(e, s_warp, &carry_e);
+  PrecedingCounts<kMbThreads>(ws + kWsCountsOff, static_cast<int>(blockIdx.x), s_warp, &carry_g, &carry_e);
   int64_t jb, je;
   MbSegment(a.seg, row.n, &jb, &je);
   OrderedCompact<kMbThreads, kMbItems>(GlobalScores{row.scores}, row.n, jb, je, st, carry_g, carry_e, row.out, row.kk, s_tot);
@@ -646,6 +661,22 @@ __device__ int64_t SelectedCountDevice(const SelectionRule& rule, int64_t positi
   return min(static_cast<int64_t>(clamped), available);
 }
 
+// What a dense row leaves in the running Σvar at its slot: a quiet NaN, as the CPU writes.
+__device__ __forceinline__ float DenseRowCumvar() { return __uint_as_float(0x7FC00000u); }
+
+// k_t of a selecting row of sequence `seq` at `position` with statistic v (variance rule) or ent
+// (entropy rule): adds v to the running Σvar at position − 1, rounds it to fp32 (*cum, which the
+// caller stores at the row's slot) and uses ref = cum / (position + 1). The previous position's
+// slot was written by an earlier launch or earlier in the caller's own loop, so a plain load sees it.
+__device__ __forceinline__ int64_t RunningSelectedCount(const SelectionRule& rule, const PagedLayout& paged,
+                                                        const float* cumvar, int32_t seq, int64_t position, double v,
+                                                        double ent, float* cum) {
+  const double prev = position > 0 ? static_cast<double>(cumvar[SlotOfPosition(paged, seq, position - 1)]) : 0.0;
+  *cum = __double2float_rn(__dadd_rn(prev, v));
+  const double ref = __ddiv_rn(static_cast<double>(*cum), static_cast<double>(position + 1));
+  return SelectedCountDevice(rule, position, v, ref, ent);
+}
+
 __global__ void SelectionCountsKernel(ScoreChunk chunk, RowInfo rows, PagedLayout paged, const int32_t* seq_first_row,
                                       int32_t num_seqs, SelectionRule rule, const double* var, const double* entropy,
                                       float* cumvar, int32_t* k) {
@@ -658,19 +689,15 @@ __global__ void SelectionCountsKernel(ScoreChunk chunk, RowInfo rows, PagedLayou
     const int64_t pos = rows.position[r];
     const int64_t slot = rows.slot[r];
     if (rows.dense[r] != 0) {
-      cumvar[slot] = __uint_as_float(0x7FC00000u);  // quiet NaN, as the CPU writes
+      cumvar[slot] = DenseRowCumvar();
       k[r] = static_cast<int32_t>(pos + 1);
       continue;
     }
     const double v = var != nullptr ? var[r] : 0.0;
-    // The previous position's slot is written by this same thread earlier in this loop or by an
-    // earlier launch, so a plain load sees it.
-    const double prev = pos > 0 ? static_cast<double>(cumvar[SlotOfPosition(paged, rows.seq[r], pos - 1)]) : 0.0;
-    const float cum = __double2float_rn(__dadd_rn(prev, v));
-    cumvar[slot] = cum;
-    const double ref = __ddiv_rn(static_cast<double>(cum), static_cast<double>(pos + 1));
     const double ent = (rule.method == 2 && entropy != nullptr) ? entropy[r] : 0.0;
-    k[r] = static_cast<int32_t>(SelectedCountDevice(rule, pos, v, ref, ent));
+    float cum;
+    k[r] = static_cast<int32_t>(RunningSelectedCount(rule, paged, cumvar, rows.seq[r], pos, v, ent, &cum));
+    cumvar[slot] = cum;
   }
 }
 
@@ -708,14 +735,6 @@ __device__ __forceinline__ double SumParts(const double* vals, int64_t count, do
   double v = 0.0;
   for (int64_t i = threadIdx.x; i < count; i += kDsThreads) v += __ldcg(vals + i);
   return BlockSumDouble<kDsThreads>(v, s_dwarp);
-}
-
-// Adds the block's shared histogram into the global one (integer atomics: order-independent).
-__device__ __forceinline__ void FlushHistogram(const int32_t* s_hist, uint32_t* g_hist) {
-  for (int i = threadIdx.x; i < kRadix; i += kDsThreads) {
-    const int32_t c = s_hist[i];
-    if (c != 0) atomicAdd(&g_hist[i], static_cast<uint32_t>(c));
-  }
 }
 
 template <int D_I, bool kFp8>
@@ -797,7 +816,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   }
   __syncthreads();
   if (active) {
-    FlushHistogram(s_hist, g_hist);
+    FlushHistogram<kDsThreads>(s_hist, g_hist);
     const double total = BlockSumDouble<kDsThreads>(sum, s_dwarp);
     if (tid == 0) g_sum[part] = total;
   }
@@ -836,15 +855,12 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   int64_t kk = 0;
   if (dense) {
     if (part == 0 && tid == 0) {
-      a.cumvar[ia.rows.slot[r]] = __uint_as_float(0x7FC00000u);
+      a.cumvar[ia.rows.slot[r]] = DenseRowCumvar();
       a.k[r] = pos + 1;
     }
   } else if (active) {
-    const double prev =
-        pos > 0 ? static_cast<double>(a.cumvar[SlotOfPosition(ia.paged, ia.rows.seq[r], pos - 1)]) : 0.0;
-    const float cum = __double2float_rn(__dadd_rn(prev, var));
-    const double ref = __ddiv_rn(static_cast<double>(cum), static_cast<double>(pos + 1));
-    const int64_t kt = SelectedCountDevice(a.rule, pos, var, ref, 0.0);
+    float cum;
+    const int64_t kt = RunningSelectedCount(a.rule, ia.paged, a.cumvar, ia.rows.seq[r], pos, var, 0.0, &cum);
     if (part == 0 && tid == 0) {
       a.cumvar[ia.rows.slot[r]] = cum;
       a.k[r] = static_cast<int32_t>(kt);
@@ -872,7 +888,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
                        kDsThreads);
       });
       __syncthreads();
-      FlushHistogram(s_hist, g_hist + (pass + 1) * kRadix);
+      FlushHistogram<kDsThreads>(s_hist, g_hist + (pass + 1) * kRadix);
     }
     grid.sync();
   }
@@ -894,14 +910,8 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   }
   // (D) Ordered compaction, carrying the preceding parts' counts.
   if (selecting) {
-    int32_t g = 0, e = 0;
-    for (int b = tid; b < part; b += kDsThreads) {
-      g += static_cast<int32_t>(__ldcg(g_cnt + 2 * b));
-      e += static_cast<int32_t>(__ldcg(g_cnt + 2 * b + 1));
-    }
     int32_t carry_g, carry_e;
-    BlockExclusiveSum<kDsThreads>(g, s_warp, &carry_g);
-    BlockExclusiveSum<kDsThreads>(e, s_warp, &carry_e);
+    PrecedingCounts<kDsThreads>(g_cnt, static_cast<int>(part), s_warp, &carry_g, &carry_e);
     int32_t* out = a.sel + r * a.sel_stride;
     with_scores([&](const auto& src) {
       OrderedCompact<kDsThreads, kMbItems>(src, n, jb, je, st, carry_g, carry_e, out, static_cast<int32_t>(kk), s_tot);

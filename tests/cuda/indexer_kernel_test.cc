@@ -1,6 +1,7 @@
 // kernels/indexer.h against an fp32 CPU reference of MODEL.md's I(t, s) on the same bf16 keys:
 // a 128K-token decode row, causal prefill rows, dense rows skipped, shuffled block tables, every
-// supported d_indexer, both activations; outputs poisoned, every element checked.
+// supported d_indexer, both activations; outputs poisoned, every element checked; each row scored
+// alone equals it scored in the chunk, bit for bit (paired and single-row tensor-core paths).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -173,6 +174,27 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
     auto got = scores_buf->ToHost();
     ASSERT_TRUE(got.ok());
 
+    // Each row scored alone (its own launch: with ≤ 4 heads the chunk launch scores two rows per
+    // mma, a lone row one) gives bitwise the chunk's scores.
+    {
+      auto alone_buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
+      ASSERT_TRUE(alone_buf.ok());
+      ASSERT_EQ(cudaMemset(alone_buf->get(), 0xFF, alone_buf->bytes()), cudaSuccess);
+      kernels::IndexerScoresArgs one = a;
+      one.scores = alone_buf->get();
+      for (int64_t r = 0; r < rows; ++r) {
+        one.row_begin = r;
+        one.row_count = 1;
+        one.score_offset = d_off.get() + r;
+        one.max_candidates = dense[r] ? 1 : pos[r] + 1;
+        ASSERT_EQ(kernels::IndexerScores(one, nullptr), cudaSuccess);
+      }
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      auto alone = alone_buf->ToHost();
+      ASSERT_TRUE(alone.ok());
+      ASSERT_EQ(std::memcmp(alone->data(), got->data(), static_cast<size_t>(total) * sizeof(float)), 0)
+          << "a row scored alone differs from the same row scored in the chunk";
+    }
     for (int64_t p : kDupPositions) {
       uint32_t a, b;
       std::memcpy(&a, &(*got)[offsets[1] + p], 4);
