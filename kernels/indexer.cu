@@ -26,7 +26,7 @@ size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
 // of the group with tensor cores (indexer_math::TileScores); consecutive rows of one sequence (a
 // prefill chunk) reuse the keys, loaded once for the largest position among them, and with ≤ 4
 // indexer heads two such rows share each mma (indexer_math::TileScoresPair).
-template <int D_I, bool kFp8>
+template <int D_I, bool kFp8, bool kRelu>
 __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   // The group's rows: position (-1: dense), sequence, score offset, and the largest position of the
@@ -109,9 +109,9 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
     if (pairable && i + 1 < nrows && s_seq[i + 1] == seq && wc0 <= s_pos[i + 1]) {
       const float* w0 = s_wb + i * 2 * kMaxHeads;
       const float* w1 = w0 + 2 * kMaxHeads;
-      indexer_math::TileScoresPair<D_I, kTilesPerWarp>(keys, key_scale, s_q + i * q_elems, w0, w0 + kMaxHeads,
-                                                       s_q + (i + 1) * q_elems, w1, w1 + kMaxHeads,
-                                                       a.n_indexer_heads, a.relu, vs);
+      indexer_math::TileScoresPair<D_I, kTilesPerWarp, kRelu, kFp8>(keys, key_scale, s_q + i * q_elems, w0,
+                                                                    w0 + kMaxHeads, s_q + (i + 1) * q_elems, w1,
+                                                                    w1 + kMaxHeads, a.n_indexer_heads, vs);
       const int t = lane & 3;
       const int row = i + (t >> 1);  // lanes t = 0, 1 hold row i; t = 2, 3 row i + 1
       const int32_t row_pos = s_pos[row];
@@ -126,8 +126,8 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
     }
     const float* w = s_wb + i * 2 * kMaxHeads;
     float* out = a.scores + s_off[i];
-    indexer_math::TileScores<D_I, kTilesPerWarp>(keys, key_scale, s_q + i * q_elems, w, w + kMaxHeads,
-                                                 a.n_indexer_heads, a.relu, vs);
+    indexer_math::TileScores<D_I, kTilesPerWarp, kRelu, kFp8>(keys, key_scale, s_q + i * q_elems, w, w + kMaxHeads,
+                                                              a.n_indexer_heads, vs);
 #pragma unroll
     for (int u = 0; u < kTilesPerWarp; ++u) {
       const float2 v = vs[u];
@@ -140,23 +140,26 @@ __global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArg
   }
 }
 
-template <int D_I, bool kFp8>
-cudaError_t LaunchKeys(const IndexerScoresArgs& a, cudaStream_t stream) {
+template <int D_I, bool kFp8, bool kRelu>
+cudaError_t LaunchKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
   const size_t smem = SmemBytes(a.n_indexer_heads, D_I);
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(IndexerScoresKernel<D_I, kFp8>,
+    const cudaError_t err = cudaFuncSetAttribute(IndexerScoresKernel<D_I, kFp8, kRelu>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   const dim3 grid(static_cast<unsigned>((a.max_candidates + kCandPerBlock - 1) / kCandPerBlock),
                   static_cast<unsigned>((a.row_count + kRowsPerBlock - 1) / kRowsPerBlock));
-  IndexerScoresKernel<D_I, kFp8><<<grid, kThreads, smem, stream>>>(a);
+  IndexerScoresKernel<D_I, kFp8, kRelu><<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();
 }
 
 template <int D_I>
 cudaError_t Launch(const IndexerScoresArgs& a, cudaStream_t stream) {
-  return a.ki_fp8 != nullptr ? LaunchKeys<D_I, true>(a, stream) : LaunchKeys<D_I, false>(a, stream);
+  if (a.ki_fp8 != nullptr) {
+    return a.relu ? LaunchKernel<D_I, true, true>(a, stream) : LaunchKernel<D_I, true, false>(a, stream);
+  }
+  return a.relu ? LaunchKernel<D_I, false, true>(a, stream) : LaunchKernel<D_I, false, false>(a, stream);
 }
 
 }  // namespace

@@ -162,26 +162,74 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
 }
 
 // φ = sigmoid for the indexer: e^-z from the SFU (__expf: within a few ulp for the |z| the indexer
-// sees) and a correctly rounded reciprocal; about a fifth of expf + IEEE division's instructions,
-// which dominated the prefill indexer. Shared by every indexer kernel, so all agree bitwise.
-__device__ __forceinline__ float IndexerSigmoid(float z) { return __frcp_rn(1.0f + __expf(-z)); }
+// sees) and the SFU's reciprocal (rcp.approx: within 1 ulp; 1 + e^-z ≥ 1 is never subnormal, and
+// infinity gives 0). Two SFU operations and two FP instructions, where expf and IEEE division took
+// about forty and a correctly rounded reciprocal a slow-path check and call. Shared by every indexer
+// kernel, so all agree bitwise.
+__device__ __forceinline__ float IndexerSigmoid(float z) {
+  const float d = 1.0f + __expf(-z);
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return r;
+}
+
+// One head's term w · φ(z) with z = (dot · key scale) · rsqrt(D_I) + b, added to acc. bf16 keys
+// (kScaled false) have scale exactly 1, so skipping the product changes no bit.
+template <bool kRelu, bool kScaled>
+__device__ __forceinline__ float HeadTerm(float dot, float key_scale, float rs, float w, float b, float acc) {
+  const float z = (kScaled ? dot * key_scale : dot) * rs + b;
+  return fmaf(w, kRelu ? fmaxf(z, 0.0f) : IndexerSigmoid(z), acc);
+}
+
+// c[u] += keys of tile u × this lane's B column over all D_I channels and the three query parts
+// (lo first). qw: the lane's head run in the split query (32-bit words, QueryHeadStride apart per
+// head), part_words apart per part; `live` false feeds a zero column (a head past n_heads).
+template <int D_I, int N>
+__device__ __forceinline__ void MmaQueryParts(const KeyFragment<D_I> (&f)[N], const uint32_t* qw, int32_t part_words,
+                                              bool live, float (&c)[N][4]) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
+    const uint32_t* qp = qw + part * part_words + 4 * t;
+#pragma unroll
+    for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        // Channels 8(4p + t) + 4h + {0, 1} and + {2, 3}: words 16p + 4t + 2h and + 1.
+        uint32_t b0 = 0u, b1 = 0u;
+        if (live && 4 * p + t < KeyShape<D_I>::kChunks) {
+          b0 = qp[16 * p + 2 * h];
+          b1 = qp[16 * p + 2 * h + 1];
+        }
+#pragma unroll
+        for (int u = 0; u < N; ++u) {
+          const uint32_t a0 = h == 0 ? f[u].lo[p].x : f[u].lo[p].z;
+          const uint32_t a2 = h == 0 ? f[u].lo[p].y : f[u].lo[p].w;
+          const uint32_t a1 = h == 0 ? f[u].hi[p].x : f[u].hi[p].z;
+          const uint32_t a3 = h == 0 ? f[u].hi[p].y : f[u].hi[p].w;
+          MmaBf16(c[u], a0, a1, a2, a3, b0, b1);
+        }
+      }
+    }
+  }
+}
 
 // Scores of N tiles of 16 candidates for the row whose split query is q, w, b: out[u].x is tile
 // u's candidate g, .y its candidate g + 8; every lane of the quad (lanes 4g … 4g+3) gets both. The
 // query fragments are loaded once for all N tiles. scale[u]: the key scales of tile u's rows g and
-// g+8 (fp8 keys; exactly 1 for bf16 keys, which leaves a bf16 key's dot product unchanged). All 32
-// lanes must call it together.
+// g+8 (fp8 keys, kScaled; bf16 keys pass 1 and kScaled false). kRelu: φ = relu, else sigmoid. All
+// 32 lanes must call it together.
 //   I = Σ_j w_j · φ(dot_j · rsqrt(D_I) + b_j): per lane its heads 2t, 2t+1 of each group of eight
 //   in head order, then the quad's sum in a fixed xor order. A candidate's score depends only on
 //   its key and the row (not on N or the tile it is in).
-template <int D_I, int N>
+template <int D_I, int N, bool kRelu, bool kScaled>
 __device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const float (&scale)[N][2], const bf16* q,
-                                           const float* w, const float* b, int32_t n_heads, bool relu,
-                                           float2 (&out)[N]) {
+                                           const float* w, const float* b, int32_t n_heads, float2 (&out)[N]) {
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const float rs = rsqrtf(static_cast<float>(D_I));
-  const int64_t part_stride = QueryPartStride(n_heads, D_I);
+  const int32_t part_words = static_cast<int32_t>(QueryPartStride(n_heads, D_I) / 2);
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(q);
   float acc[N][2];
 #pragma unroll
   for (int u = 0; u < N; ++u) acc[u][0] = acc[u][1] = 0.0f;
@@ -190,30 +238,8 @@ __device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const
     float c[N][4];
 #pragma unroll
     for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
-#pragma unroll
-    for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
-      const bf16* qh = q + part * part_stride + head_b * QueryHeadStride(D_I);
-#pragma unroll
-      for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int ch = 8 * (4 * p + t) + 4 * h;
-          uint32_t b0 = 0u, b1 = 0u;
-          if (head_b < n_heads && 4 * p + t < KeyShape<D_I>::kChunks) {
-            b0 = *reinterpret_cast<const uint32_t*>(qh + ch);
-            b1 = *reinterpret_cast<const uint32_t*>(qh + ch + 2);
-          }
-#pragma unroll
-          for (int u = 0; u < N; ++u) {
-            const uint32_t a0 = h == 0 ? f[u].lo[p].x : f[u].lo[p].z;
-            const uint32_t a2 = h == 0 ? f[u].lo[p].y : f[u].lo[p].w;
-            const uint32_t a1 = h == 0 ? f[u].hi[p].x : f[u].hi[p].z;
-            const uint32_t a3 = h == 0 ? f[u].hi[p].y : f[u].hi[p].w;
-            MmaBf16(c[u], a0, a1, a2, a3, b0, b1);
-          }
-        }
-      }
-    }
+    MmaQueryParts<D_I, N>(f, qw + head_b * static_cast<int32_t>(QueryHeadStride(D_I) / 2), part_words,
+                          head_b < n_heads, c);
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int head = nt * 8 + 2 * t + e;
@@ -221,10 +247,8 @@ __device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const
         const float wh = w[head], bh = b[head];
 #pragma unroll
         for (int u = 0; u < N; ++u) {
-          const float z_lo = (c[u][e] * scale[u][0]) * rs + bh;
-          const float z_hi = (c[u][2 + e] * scale[u][1]) * rs + bh;
-          acc[u][0] = fmaf(wh, relu ? fmaxf(z_lo, 0.0f) : IndexerSigmoid(z_lo), acc[u][0]);
-          acc[u][1] = fmaf(wh, relu ? fmaxf(z_hi, 0.0f) : IndexerSigmoid(z_hi), acc[u][1]);
+          acc[u][0] = HeadTerm<kRelu, kScaled>(c[u][e], scale[u][0], rs, wh, bh, acc[u][0]);
+          acc[u][1] = HeadTerm<kRelu, kScaled>(c[u][2 + e], scale[u][1], rs, wh, bh, acc[u][1]);
         }
       }
     }
@@ -251,44 +275,21 @@ constexpr int kPairMaxHeads = 4;
 // 2(t % 2) + 1 of its row in head order, as TileScores' lanes t = 0, 1 do, and the sum of the two
 // lanes is the same single addition (TileScores adds the empty lanes' +0 after it, which changes
 // no non-negative sum and no sigmoid sum). All 32 lanes must call it together.
-template <int D_I, int N>
+template <int D_I, int N, bool kRelu, bool kScaled>
 __device__ __forceinline__ void TileScoresPair(const KeyFragment<D_I> (&f)[N], const float (&scale)[N][2],
                                                const bf16* q0, const float* w0, const float* b0, const bf16* q1,
-                                               const float* w1, const float* b1, int32_t n_heads, bool relu,
-                                               float2 (&out)[N]) {
+                                               const float* w1, const float* b1, int32_t n_heads, float2 (&out)[N]) {
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const float rs = rsqrtf(static_cast<float>(D_I));
-  const int64_t part_stride = QueryPartStride(n_heads, D_I);
+  const int32_t part_words = static_cast<int32_t>(QueryPartStride(n_heads, D_I) / 2);
   const int head_b = g & 3;  // the head whose column this lane feeds, of row g / 4
-  const bf16* q = (g < 4 ? q0 : q1) + head_b * QueryHeadStride(D_I);
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(g < 4 ? q0 : q1) +
+                       head_b * static_cast<int32_t>(QueryHeadStride(D_I) / 2);
   float c[N][4];
 #pragma unroll
   for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
-#pragma unroll
-  for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
-    const bf16* qh = q + part * part_stride;
-#pragma unroll
-    for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int ch = 8 * (4 * p + t) + 4 * h;
-        uint32_t bq0 = 0u, bq1 = 0u;
-        if (head_b < n_heads && 4 * p + t < KeyShape<D_I>::kChunks) {
-          bq0 = *reinterpret_cast<const uint32_t*>(qh + ch);
-          bq1 = *reinterpret_cast<const uint32_t*>(qh + ch + 2);
-        }
-#pragma unroll
-        for (int u = 0; u < N; ++u) {
-          const uint32_t a0 = h == 0 ? f[u].lo[p].x : f[u].lo[p].z;
-          const uint32_t a2 = h == 0 ? f[u].lo[p].y : f[u].lo[p].w;
-          const uint32_t a1 = h == 0 ? f[u].hi[p].x : f[u].hi[p].z;
-          const uint32_t a3 = h == 0 ? f[u].hi[p].y : f[u].hi[p].w;
-          MmaBf16(c[u], a0, a1, a2, a3, bq0, bq1);
-        }
-      }
-    }
-  }
+  MmaQueryParts<D_I, N>(f, qw, part_words, head_b < n_heads, c);
   // Column 2t + e is row t / 2's head 2(t % 2) + e.
   const float* w = t < 2 ? w0 : w1;
   const float* b = t < 2 ? b0 : b1;
@@ -302,10 +303,8 @@ __device__ __forceinline__ void TileScoresPair(const KeyFragment<D_I> (&f)[N], c
       const float wh = w[head], bh = b[head];
 #pragma unroll
       for (int u = 0; u < N; ++u) {
-        const float z_lo = (c[u][e] * scale[u][0]) * rs + bh;
-        const float z_hi = (c[u][2 + e] * scale[u][1]) * rs + bh;
-        acc[u][0] = fmaf(wh, relu ? fmaxf(z_lo, 0.0f) : IndexerSigmoid(z_lo), acc[u][0]);
-        acc[u][1] = fmaf(wh, relu ? fmaxf(z_hi, 0.0f) : IndexerSigmoid(z_hi), acc[u][1]);
+        acc[u][0] = HeadTerm<kRelu, kScaled>(c[u][e], scale[u][0], rs, wh, bh, acc[u][0]);
+        acc[u][1] = HeadTerm<kRelu, kScaled>(c[u][2 + e], scale[u][1], rs, wh, bh, acc[u][1]);
       }
     }
   }

@@ -260,14 +260,19 @@ __device__ SelectState AdvanceState(SelectState st, int pass, const int32_t* s_h
 
 // Ordered compaction over descending indices [j_begin, j_end) of a row (position = n-1-j), with
 // carry_g / carry_e the gt / eq counts of all descending indices before j_begin. Writes each
-// selected position p to out[#gt before + min(#eq before, kneed)]. Tiles of NT*ITEMS: warp w takes
-// the w-th run of 32*ITEMS indices, in ITEMS sub-rows of 32 lanes (coalesced loads, descending
-// addresses). All threads must call it with identical scalar arguments (loop and break uniform).
+// selected position p to out[#gt before + min(#eq before, kneed)] (as pos_of(p): index p of the
+// scanned scores may stand for another position, as in TopKSampledKernel's buffer). Tiles of
+// NT*ITEMS: warp w takes the w-th run of 32*ITEMS indices, in ITEMS sub-rows of 32 lanes
+// (coalesced loads, descending addresses). All threads must call it with identical scalar arguments (loop and break uniform).
 // s_tot: [2 buffers][gt, eq][NT/32], double-buffered so one barrier per tile suffices.
-template <int NT, int ITEMS, typename Src>
+struct IdentityPos {  // index p of the scanned scores is position p
+  __device__ __forceinline__ int32_t operator()(int64_t p) const { return static_cast<int32_t>(p); }
+};
+
+template <int NT, int ITEMS, typename Src, typename PosOf = IdentityPos>
 __device__ void OrderedCompact(const Src& scores, int64_t n, int64_t j_begin, int64_t j_end,
                                const SelectState& st, int32_t carry_g, int32_t carry_e, int32_t* __restrict__ out,
-                               int32_t out_limit, int32_t (*s_tot)[2][NT / 32]) {
+                               int32_t out_limit, int32_t (*s_tot)[2][NT / 32], PosOf pos_of = PosOf{}) {
   constexpr int kWarps = NT / 32;
   constexpr int64_t kTile = static_cast<int64_t>(NT) * ITEMS;
   constexpr int kWarpSpan = 32 * ITEMS;
@@ -331,7 +336,7 @@ __device__ void OrderedCompact(const Src& scores, int64_t n, int64_t j_begin, in
       }
       if (idx >= 0 && idx < out_limit) {
         const int64_t j = j0 + i * 32;
-        out[idx] = static_cast<int32_t>(n - 1 - j);
+        out[idx] = pos_of(n - 1 - j);
       }
       run_g += __popc(bg[i]);
       run_e += __popc(be[i]);
@@ -374,6 +379,40 @@ __device__ void CountRange(const Src& scores, int64_t p0, int64_t p1, const Sele
 
 // ---- Single-block top-k ------------------------------------------------------------------------
 
+// The whole single-block selection of one row: radix passes over the row, then the ordered
+// compaction. All threads call it.
+__device__ void SingleBlockSelect(const TopKRow& row, int32_t* s_hist, int32_t* s_warp, int32_t* s_result,
+                                  int32_t (*s_tot)[2][kSbThreads / 32]) {
+  const int tid = threadIdx.x;
+  SelectState st = InitState(row.kk, row.n);
+  for (int pass = 0; pass < kNumPasses && !st.done; ++pass) {  // st is uniform across the block
+    for (int i = tid; i < kRadix; i += kSbThreads) s_hist[i] = 0;
+    __syncthreads();
+    HistogramRange(GlobalScores{row.scores}, 0, row.n, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass), s_hist,
+                   tid, kSbThreads);
+    __syncthreads();
+    st = AdvanceState<kSbThreads>(st, pass, s_hist, s_warp, s_result);
+  }
+  OrderedCompact<kSbThreads, kSbItems>(GlobalScores{row.scores}, row.n, 0, row.n, st, 0, 0, row.out, row.kk, s_tot);
+}
+
+// Radix select of the kneed-th largest of scores [0, n) (n ≤ a block's shared buffer): the
+// final state. All threads call it; s_hist is reused.
+template <typename Src>
+__device__ SelectState SelectInBlock(const Src& scores, int64_t n, int32_t kneed, int32_t* s_hist, int32_t* s_warp,
+                                     int32_t* s_result) {
+  const int tid = threadIdx.x;
+  SelectState st = InitState(kneed, n);
+  for (int pass = 0; pass < kNumPasses && !st.done; ++pass) {
+    for (int i = tid; i < kRadix; i += kSbThreads) s_hist[i] = 0;
+    __syncthreads();
+    HistogramRange(scores, 0, n, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass), s_hist, tid, kSbThreads);
+    __syncthreads();
+    st = AdvanceState<kSbThreads>(st, pass, s_hist, s_warp, s_result);
+  }
+  return st;
+}
+
 __global__ void __launch_bounds__(kSbThreads) TopKSingleBlockKernel(ScoreChunk chunk, RowInfo rows, const int32_t* k,
                                                                     int32_t* sel, int64_t sel_stride) {
   __shared__ int32_t s_hist[kRadix];
@@ -383,17 +422,116 @@ __global__ void __launch_bounds__(kSbThreads) TopKSingleBlockKernel(ScoreChunk c
 
   TopKRow row;
   if (!LoadTopKRow(chunk, rows, k, sel, sel_stride, blockIdx.x, &row)) return;  // uniform per block
-  const int tid = threadIdx.x;
-  SelectState st = InitState(row.kk, row.n);
-  for (int pass = 0; pass < kNumPasses && !st.done; ++pass) {  // st is uniform across the block
-    for (int i = tid; i < kRadix; i += kSbThreads) s_hist[i] = 0;
-    __syncthreads();
-    HistogramRange(GlobalScores{row.scores}, 0, row.n, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass), s_hist, tid,
-                   kSbThreads);
-    __syncthreads();
-    st = AdvanceState<kSbThreads>(st, pass, s_hist, s_warp, s_result);
+  SingleBlockSelect(row, s_hist, s_warp, s_result, s_tot);
+}
+
+// ---- Sampled single-block top-k (long rows) --------------------------------------------------
+// The radix passes of SingleBlockSelect each read the whole row from memory (four reads of a
+// 128K-candidate row: 2 MB). Here one read suffices: a stratified sample of kSmpSamples scores (runs
+// of kSmpRun, one sector each) gives a threshold T (the key of its m-th largest, m well above the
+// kk·S/n samples expected above the true k-th score), one ordered pass copies every score with key
+// ≥ T and its position into shared memory, and the exact selection runs there. Exact whatever the
+// sample: when fewer than kk or more than kSmpCap scores reach T (ties, odd distributions), the row
+// takes SingleBlockSelect.
+constexpr int kSmpCap = 8192;                           // scores kept in shared memory
+constexpr int kSmpSamples = kSmpCap;                     // the sample is held in the same buffer
+constexpr int kSmpRun = 8;                               // consecutive samples (one 32-byte sector)
+constexpr int64_t kSmpMinCandidates = 2 * kSmpSamples;   // shorter rows: SingleBlockSelect
+constexpr size_t kSmpSmemBytes = static_cast<size_t>(kSmpCap) * (sizeof(float) + sizeof(int32_t));
+
+struct BufferPos {  // index p of the buffer holds position pos[p]
+  const int32_t* pos;
+  __device__ __forceinline__ int32_t operator()(int64_t p) const { return pos[p]; }
+};
+
+__global__ void __launch_bounds__(kSbThreads) TopKSampledKernel(ScoreChunk chunk, RowInfo rows, const int32_t* k,
+                                                                int32_t* sel, int64_t sel_stride) {
+  extern __shared__ __align__(16) unsigned char smp_smem[];
+  float* s_val = reinterpret_cast<float*>(smp_smem);                        // [kSmpCap]
+  int32_t* s_pos = reinterpret_cast<int32_t*>(smp_smem + kSmpCap * sizeof(float));  // [kSmpCap]
+  __shared__ int32_t s_hist[kRadix];
+  __shared__ int32_t s_warp[kSbThreads / 32];
+  __shared__ int32_t s_result[3];
+  __shared__ int32_t s_tot[2][2][kSbThreads / 32];
+  constexpr int kWarps = kSbThreads / 32;
+
+  TopKRow row;
+  if (!LoadTopKRow(chunk, rows, k, sel, sel_stride, blockIdx.x, &row)) return;  // uniform per block
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t n = row.n;
+  // Samples expected above the k-th score: mu = kk·S/n; take the m-th largest sample with m about
+  // mu + 6·sqrt(mu) + 16, so that fewer than kk scores reach it with negligible probability, while
+  // about m·n/S do (the buffer must hold them).
+  const double mu = static_cast<double>(row.kk) * kSmpSamples / static_cast<double>(n);
+  const int32_t m = static_cast<int32_t>(min(static_cast<double>(kSmpSamples), ceil(mu + 6.0 * sqrt(mu) + 16.0)));
+  const bool try_sample = n >= kSmpMinCandidates && static_cast<double>(m) * n / kSmpSamples <= 0.75 * kSmpCap;
+  if (!try_sample) {
+    SingleBlockSelect(row, s_hist, s_warp, s_result, s_tot);
+    return;
   }
-  OrderedCompact<kSbThreads, kSbItems>(GlobalScores{row.scores}, row.n, 0, row.n, st, 0, 0, row.out, row.kk, s_tot);
+  const GlobalScores src{row.scores};
+  // Stratified: run j of kSmpRun scores starts at the sector at or below j·n / (runs).
+  constexpr int kRuns = kSmpSamples / kSmpRun;
+  for (int i = tid; i < kSmpSamples; i += kSbThreads) {
+    const int64_t start = (static_cast<int64_t>(i / kSmpRun) * n / kRuns) & ~static_cast<int64_t>(kSmpRun - 1);
+    s_val[i] = src(start + i % kSmpRun);
+  }
+  __syncthreads();
+  const SelectState ts = SelectInBlock(SharedScores{s_val, 0}, kSmpSamples, m, s_hist, s_warp, s_result);
+  const uint32_t threshold = ts.prefix;  // ts.mask covers the top bits: key ≥ prefix ⇔ (key & mask) ≥ prefix
+  __syncthreads();  // every thread has read the samples before the buffer is overwritten
+
+  // Ordered copy, ascending positions, of every score with key ≥ threshold.
+  constexpr int kItems = kSbItems;
+  constexpr int64_t kTile = static_cast<int64_t>(kSbThreads) * kItems;
+  int32_t carry = 0;
+  int buf = 0;
+  for (int64_t tile = 0; tile < n && carry <= kSmpCap; tile += kTile) {  // carry is uniform
+    const int64_t p0 = tile + static_cast<int64_t>(warp) * 32 * kItems + lane;
+    float v[kItems];
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int64_t p = p0 + i * 32;
+      v[i] = p < n ? src(p) : 0.0f;
+    }
+    uint32_t bits[kItems];
+    int32_t wc = 0;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      bits[i] = __ballot_sync(kFullMask, p0 + i * 32 < n && OrderKey(v[i]) >= threshold);
+      wc += __popc(bits[i]);
+    }
+    if (lane == 0) s_tot[buf][0][warp] = wc;
+    __syncthreads();
+    int32_t before = carry, total = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const int32_t x = s_tot[buf][0][w];
+      if (w < warp) before += x;
+      total += x;
+    }
+    const uint32_t lt_mask = (1u << lane) - 1u;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int32_t idx = before + __popc(bits[i] & lt_mask);
+      if (((bits[i] >> lane) & 1u) != 0 && idx < kSmpCap) {
+        s_val[idx] = v[i];
+        s_pos[idx] = static_cast<int32_t>(p0 + i * 32);
+      }
+      before += __popc(bits[i]);
+    }
+    carry += total;
+    buf ^= 1;
+  }
+  if (carry < row.kk || carry > kSmpCap) {  // uniform: the sample missed; select the usual way
+    __syncthreads();
+    SingleBlockSelect(row, s_hist, s_warp, s_result, s_tot);
+    return;
+  }
+  __syncthreads();
+  const SelectState st = SelectInBlock(SharedScores{s_val, 0}, carry, row.kk, s_hist, s_warp, s_result);
+  OrderedCompact<kSbThreads, kSbItems>(SharedScores{s_val, 0}, carry, 0, carry, st, 0, 0, row.out, row.kk, s_tot,
+                                       BufferPos{s_pos});
 }
 
 // ---- Multi-block top-k -------------------------------------------------------------------------
@@ -799,7 +937,11 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
                                     &key_scale[u][1]);
       }
       float2 vs[kTiles];
-      indexer_math::TileScores<D_I, kTiles>(keys, key_scale, s_q, s_w, s_b, ia.n_indexer_heads, ia.relu, vs);
+      if (ia.relu) {
+        indexer_math::TileScores<D_I, kTiles, true, kFp8>(keys, key_scale, s_q, s_w, s_b, ia.n_indexer_heads, vs);
+      } else {
+        indexer_math::TileScores<D_I, kTiles, false, kFp8>(keys, key_scale, s_q, s_w, s_b, ia.n_indexer_heads, vs);
+      }
 #pragma unroll
       for (int u = 0; u < kTiles; ++u) {
         const float2 v2 = vs[u];
@@ -1030,8 +1172,15 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
   if (sel_stride <= 0 || chunk.row_count > 0x7FFFFFFF) return cudaErrorInvalidValue;
 
   if (!TopKUsesMultiBlock(chunk.row_count, chunk.max_candidates, workspace, workspace_bytes)) {
-    TopKSingleBlockKernel<<<static_cast<unsigned>(chunk.row_count), kSbThreads, 0, stream>>>(chunk, rows, k, sel,
-                                                                                            sel_stride);
+    const unsigned blocks = static_cast<unsigned>(chunk.row_count);
+    if (chunk.max_candidates >= kSmpMinCandidates) {
+      const cudaError_t err = cudaFuncSetAttribute(TopKSampledKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(kSmpSmemBytes));
+      if (err != cudaSuccess) return err;
+      TopKSampledKernel<<<blocks, kSbThreads, kSmpSmemBytes, stream>>>(chunk, rows, k, sel, sel_stride);
+    } else {
+      TopKSingleBlockKernel<<<blocks, kSbThreads, 0, stream>>>(chunk, rows, k, sel, sel_stride);
+    }
     return cudaGetLastError();
   }
 

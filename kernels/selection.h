@@ -70,8 +70,10 @@ cudaError_t SelectionCounts(const ScoreChunk& chunk, const RowInfo& rows, const 
 // TopKWorkspaceBytes (0 when the multi-block path is never used for such chunks). The multi-block
 // path (each row split over many blocks: for a few long rows, e.g. decode at small batch) is used
 // when TopKUsesMultiBlock says so, i.e. chunk.max_candidates is large, row_count small and the
-// workspace large enough; otherwise one block per row (workspace may be null). Both give the same
-// result. The multi-block path is 1 memset + 5 kernel launches on `stream`, all capturable in a
+// workspace large enough; otherwise one block per row (workspace may be null), which for rows of
+// ≥ 16K candidates first tries a sampled threshold so that the row is read from memory once
+// (falling back to the plain radix passes when the sample does not bracket the k-th score). All
+// paths give the same result. The multi-block path is 1 memset + 5 kernel launches on `stream`, all capturable in a
 // CUDA graph; the workspace must not be shared with concurrently running work.
 size_t TopKWorkspaceBytes(int64_t max_rows, int64_t max_candidates);
 bool TopKUsesMultiBlock(int64_t row_count, int64_t max_candidates, const void* workspace, size_t workspace_bytes);

@@ -1212,6 +1212,39 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "prefill_topk_chunk", L, 1, CheckSelDevice(sel_topk.get(), C, pos));
   }
+  // 4b. Indexer + top-k of the chunk in score chunks of R rows (the engine's score buffer holds
+  // score_budget_bytes / (4 L) rows at a time): which R the chunk's selection is fastest at.
+  for (const int64_t R : {int64_t{64}, int64_t{256}, int64_t{512}}) {
+    std::vector<int64_t> sub_h(static_cast<size_t>(R));
+    for (int64_t j = 0; j < R; ++j) sub_h[static_cast<size_t>(j)] = j * L;
+    DevBuf<int64_t> sub_off = Upload(sub_h, "score-chunk offsets");
+    const std::string name = "prefill_select_rows" + std::to_string(R);
+    Record r = base(name.c_str(), C);
+    r.t = ctx.timer->Run(
+        [&](int64_t it) {
+          for (int64_t j = 0; j < C; j += R) {
+            kernels::IndexerScoresArgs ia = IndexArgs(cache, rows, proj.get(), bias.get(), scores.get(), sub_off.get(), L, it);
+            ia.row_begin = j;
+            ia.row_count = std::min(R, C - j);
+            BENCH_CUDA(kernels::IndexerScores(ia, ctx.stream));
+            kernels::ScoreChunk ch;
+            ch.scores = scores.get();
+            ch.score_offset = sub_off.get();
+            ch.row_begin = j;
+            ch.row_count = ia.row_count;
+            ch.max_candidates = L;
+            BENCH_CUDA(kernels::TopK(ch, rows.Info(), kbuf.get(), sel_topk.get(), kTopK,
+                                     topk_ws_bytes > 0 ? topk_ws.get() : nullptr, topk_ws_bytes, ctx.stream));
+          }
+        },
+        warm, reps, kPrefillBudgetMs);
+    r.bytes = b_index + chunk_pairs * 4;
+    r.bound = Bound::kNone;
+    r.note = "indexer + top-k, score chunks of " + std::to_string(R) + " rows";
+    r.extra["score_chunk_rows"] = R;
+    AddRecord(ctx, std::move(r));
+    AddCheck(ctx, name, L, 1, CheckSelDevice(sel_topk.get(), C, pos));
+  }
   // 5, 6. Token-level sparse prefill of the chunk: random and clustered selections.
   for (int pattern = 0; pattern < 2; ++pattern) {
     const char* name = pattern == 0 ? "prefill_sparse_random" : "prefill_sparse_clustered";

@@ -465,6 +465,39 @@ TEST(SelectionTopKKernel, PrefillChunkAdaptiveK) {
   ExpectTopK(in, want, stride, res.sel, "prefill chunk");
 }
 
+// One block per row on long rows samples a threshold first (kernels/selection.cu, "Sampled"):
+// rows whose sample is unrepresentative must still come out exact. The sample reads runs of 8
+// scores every n/1024 positions, so at n = 131072 the positions p with p % 128 < 8 are sampled:
+// high there and low elsewhere (too few scores reach the threshold), low there and high elsewhere
+// (too many do), and ordinary rows around them (the sample works).
+TEST(SelectionTopKKernel, SampledThresholdStaysExactWhenTheSampleMisleads) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int64_t n = 131072;
+  std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+  TopKRows in;
+  for (int32_t k : {2048, 256, 4096}) {
+    std::vector<float> high_sampled(static_cast<size_t>(n)), low_sampled(static_cast<size_t>(n));
+    for (int64_t p = 0; p < n; ++p) {
+      const bool sampled = p % 128 < 8;
+      high_sampled[static_cast<size_t>(p)] = uni(rng) + (sampled ? 10.0f : 0.0f);
+      low_sampled[static_cast<size_t>(p)] = uni(rng) - (sampled ? 10.0f : 0.0f);
+    }
+    in.Add(std::move(high_sampled), k, "sampled positions high");
+    in.Add(std::move(low_sampled), k, "sampled positions low");
+    in.Add(MakeScores(n, Dist::kPositive, rng), k, "positive");
+    in.Add(MakeScores(n, Dist::kUniform, rng), k, "uniform");
+  }
+  const int64_t stride = 4096;
+  const std::vector<std::vector<int32_t>> want = TopKOracle(in);
+  const TopKDevice dev = UploadRows(in, rng);
+  const TopKResult single = RunTopK(dev, stride, /*allow_multi=*/false);
+  EXPECT_FALSE(single.multi_block);
+  ExpectTopK(in, want, stride, single.sel, "one block per row, sampled threshold");
+}
+
 // The tie rule spelled out (independently of the oracle): equal scores → the later position.
 TEST(SelectionTopKKernel, TiesPreferTheLaterPosition) {
   GSA_REQUIRE_GPU();
