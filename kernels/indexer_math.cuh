@@ -181,6 +181,18 @@ __device__ __forceinline__ float HeadTerm(float dot, float key_scale, float rs, 
   return fmaf(w, kRelu ? fmaxf(z, 0.0f) : IndexerSigmoid(z), acc);
 }
 
+// Adds head column e of the mma outputs (c[u][e]: candidate g, c[u][2 + e]: candidate g + 8) to
+// both candidates' sums of every tile, with that head's w and b.
+template <int N, bool kRelu, bool kScaled>
+__device__ __forceinline__ void AddHeadColumn(const float (&c)[N][4], int e, const float (&scale)[N][2], float rs,
+                                              float w, float b, float (&acc)[N][2]) {
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    acc[u][0] = HeadTerm<kRelu, kScaled>(c[u][e], scale[u][0], rs, w, b, acc[u][0]);
+    acc[u][1] = HeadTerm<kRelu, kScaled>(c[u][2 + e], scale[u][1], rs, w, b, acc[u][1]);
+  }
+}
+
 // c[u] += keys of tile u × this lane's B column over all D_I channels and the three query parts
 // (lo first). qw: the lane's head run in the split query (32-bit words, QueryHeadStride apart per
 // head), part_words apart per part; `live` false feeds a zero column (a head past n_heads).
@@ -243,14 +255,7 @@ __device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int head = nt * 8 + 2 * t + e;
-      if (head < n_heads) {
-        const float wh = w[head], bh = b[head];
-#pragma unroll
-        for (int u = 0; u < N; ++u) {
-          acc[u][0] = HeadTerm<kRelu, kScaled>(c[u][e], scale[u][0], rs, wh, bh, acc[u][0]);
-          acc[u][1] = HeadTerm<kRelu, kScaled>(c[u][2 + e], scale[u][1], rs, wh, bh, acc[u][1]);
-        }
-      }
+      if (head < n_heads) AddHeadColumn<N, kRelu, kScaled>(c, e, scale, rs, w[head], b[head], acc);
     }
   }
 #pragma unroll
@@ -299,14 +304,7 @@ __device__ __forceinline__ void TileScoresPair(const KeyFragment<D_I> (&f)[N], c
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
     const int head = 2 * (t & 1) + e;
-    if (head < n_heads) {
-      const float wh = w[head], bh = b[head];
-#pragma unroll
-      for (int u = 0; u < N; ++u) {
-        acc[u][0] = HeadTerm<kRelu, kScaled>(c[u][e], scale[u][0], rs, wh, bh, acc[u][0]);
-        acc[u][1] = HeadTerm<kRelu, kScaled>(c[u][2 + e], scale[u][1], rs, wh, bh, acc[u][1]);
-      }
-    }
+    if (head < n_heads) AddHeadColumn<N, kRelu, kScaled>(c, e, scale, rs, w[head], b[head], acc);
   }
 #pragma unroll
   for (int u = 0; u < N; ++u) {
