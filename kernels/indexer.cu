@@ -27,7 +27,7 @@ size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
 // prefill chunk) reuse the keys, loaded once for the largest position among them, and with ≤ 4
 // indexer heads two such rows share each mma (indexer_math::TileScoresPair).
 template <int D_I, bool kFp8, bool kRelu>
-__global__ void __launch_bounds__(kThreads) IndexerScoresKernel(IndexerScoresArgs a) {
+__global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKernel(IndexerScoresArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   // The group's rows: position (-1: dense), sequence, score offset, and the largest position of the
   // run of same-sequence rows from here (keys are loaded once per run, up to it).
