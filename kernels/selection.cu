@@ -263,7 +263,8 @@ __device__ SelectState AdvanceState(SelectState st, int pass, const int32_t* s_h
 // selected position p to out[#gt before + min(#eq before, kneed)] (as pos_of(p): index p of the
 // scanned scores may stand for another position, as in TopKSampledKernel's buffer). Tiles of
 // NT*ITEMS: warp w takes the w-th run of 32*ITEMS indices, in ITEMS sub-rows of 32 lanes
-// (coalesced loads, descending addresses). All threads must call it with identical scalar arguments (loop and break uniform).
+// (coalesced loads, descending addresses). All threads must call it with identical scalar
+// arguments (loop and break uniform).
 // s_tot: [2 buffers][gt, eq][NT/32], double-buffered so one barrier per tile suffices.
 struct IdentityPos {  // index p of the scanned scores is position p
   __device__ __forceinline__ int32_t operator()(int64_t p) const { return static_cast<int32_t>(p); }
@@ -379,31 +380,14 @@ __device__ void CountRange(const Src& scores, int64_t p0, int64_t p1, const Sele
 
 // ---- Single-block top-k ------------------------------------------------------------------------
 
-// The whole single-block selection of one row: radix passes over the row, then the ordered
-// compaction. All threads call it.
-__device__ void SingleBlockSelect(const TopKRow& row, int32_t* s_hist, int32_t* s_warp, int32_t* s_result,
-                                  int32_t (*s_tot)[2][kSbThreads / 32]) {
-  const int tid = threadIdx.x;
-  SelectState st = InitState(row.kk, row.n);
-  for (int pass = 0; pass < kNumPasses && !st.done; ++pass) {  // st is uniform across the block
-    for (int i = tid; i < kRadix; i += kSbThreads) s_hist[i] = 0;
-    __syncthreads();
-    HistogramRange(GlobalScores{row.scores}, 0, row.n, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass), s_hist,
-                   tid, kSbThreads);
-    __syncthreads();
-    st = AdvanceState<kSbThreads>(st, pass, s_hist, s_warp, s_result);
-  }
-  OrderedCompact<kSbThreads, kSbItems>(GlobalScores{row.scores}, row.n, 0, row.n, st, 0, 0, row.out, row.kk, s_tot);
-}
-
-// Radix select of the kneed-th largest of scores [0, n) (n ≤ a block's shared buffer): the
-// final state. All threads call it; s_hist is reused.
+// Radix select of the kneed-th largest of scores [0, n): the final state. All threads call it;
+// s_hist is reused.
 template <typename Src>
 __device__ SelectState SelectInBlock(const Src& scores, int64_t n, int32_t kneed, int32_t* s_hist, int32_t* s_warp,
                                      int32_t* s_result) {
   const int tid = threadIdx.x;
   SelectState st = InitState(kneed, n);
-  for (int pass = 0; pass < kNumPasses && !st.done; ++pass) {
+  for (int pass = 0; pass < kNumPasses && !st.done; ++pass) {  // st is uniform across the block
     for (int i = tid; i < kRadix; i += kSbThreads) s_hist[i] = 0;
     __syncthreads();
     HistogramRange(scores, 0, n, st.mask, st.prefix, PassShift(pass), PassDigitMask(pass), s_hist, tid, kSbThreads);
@@ -411,6 +395,15 @@ __device__ SelectState SelectInBlock(const Src& scores, int64_t n, int32_t kneed
     st = AdvanceState<kSbThreads>(st, pass, s_hist, s_warp, s_result);
   }
   return st;
+}
+
+// The whole single-block selection of one row: radix passes over the row, then the ordered
+// compaction. All threads call it.
+__device__ void SingleBlockSelect(const TopKRow& row, int32_t* s_hist, int32_t* s_warp, int32_t* s_result,
+                                  int32_t (*s_tot)[2][kSbThreads / 32]) {
+  const GlobalScores src{row.scores};
+  const SelectState st = SelectInBlock(src, row.n, row.kk, s_hist, s_warp, s_result);
+  OrderedCompact<kSbThreads, kSbItems>(src, row.n, 0, row.n, st, 0, 0, row.out, row.kk, s_tot);
 }
 
 __global__ void __launch_bounds__(kSbThreads) TopKSingleBlockKernel(ScoreChunk chunk, RowInfo rows, const int32_t* k,
