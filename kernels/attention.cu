@@ -126,6 +126,7 @@ __global__ void __launch_bounds__(kThreads) GatheredAttentionKernel(const Gather
   const int32_t kvh = static_cast<int32_t>(blockIdx.y);
   const int32_t split = static_cast<int32_t>(blockIdx.z);
   const int32_t r = a.row_ids[li];
+  if (a.row_skip != nullptr && a.row_skip[r] != 0) return;  // whole CTA, before any barrier
   const int64_t n = RowTokenCount(a, r);
   const int64_t begin = Min64(static_cast<int64_t>(split) * p.chunk, n);
   const int64_t end = (split == p.splits - 1) ? n : Min64(n, begin + p.chunk);
@@ -347,6 +348,7 @@ __global__ void __launch_bounds__(256) MergeSplitsKernel(const GatheredAttention
   const int64_t li = blockIdx.x;
   const int32_t h = static_cast<int32_t>(blockIdx.y);
   const int32_t r = a.row_ids[li];
+  if (a.row_skip != nullptr && a.row_skip[r] != 0) return;  // no partials were written for it
   const int splits = p.splits;                       // 2 ≤ splits ≤ kMaxSplits
   const int64_t p0 = li * splits * a.n_heads + h;    // partial of split s: p0 + s * n_heads
   const int d = static_cast<int>(threadIdx.x);

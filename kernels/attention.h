@@ -17,6 +17,9 @@ struct GatheredAttentionArgs {
   RowInfo rows;                   // seq, position and dense are read
   const int32_t* row_ids = nullptr;  // [num_row_ids] the rows this launch computes
   int64_t num_row_ids = 0;
+  // Optional, [num_rows]: a listed row whose entry is nonzero is skipped (not computed, not
+  // written): SparsePrefill computed it. Null: every listed row is computed.
+  const uint8_t* row_skip = nullptr;
   // Sparse rows attend to sel[r * sel_stride + i], i < sel_count[r] (distinct positions ≤ t, any
   // order); dense rows to all s ≤ position[r] (sel and sel_count ignored). Defensive, not part of
   // the function: a count is clamped to [0, sel_stride], an entry outside [0, t] is skipped, and a

@@ -44,89 +44,23 @@
 //   S of iteration it-1, which every thread finished before B2 of it-1; V buffer b^1 was last read
 //   by PV of it-1, which every thread finished before B1 of it.
 //
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 fragments (PTX ISA "Matrix Fragments for
-// mma.m16n8k16 with floating point type"); lane = 0..31, g = lane >> 2 (groupID),
-// t = lane & 3 (threadID_in_group); each .b32 register holds two bf16, the lower column/row index
-// in the low half:
-//   A (16×16, row-major): a0 = (row g,   cols 2t, 2t+1)   a1 = (row g+8, cols 2t, 2t+1)
-//                         a2 = (row g,   cols 2t+8, 2t+9) a3 = (row g+8, cols 2t+8, 2t+9)
-//   B (16×8, "col"):      b0 = (rows 2t, 2t+1, col g)     b1 = (rows 2t+8, 2t+9, col g)
-//   C/D (16×8 fp32):      c0, c1 = (row g, cols 2t, 2t+1) c2, c3 = (row g+8, cols 2t, 2t+1)
-// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8i … 8i+7 give the addresses of rows 0 … 7 of
-//   matrix i (16 contiguous bytes each); register ri of lane L receives matrix i's
-//   (row L>>2, cols 2(L&3), 2(L&3)+1); with .trans it receives (rows 2(L&3), 2(L&3)+1, col L>>2).
-//   Q (A operand, Q[row][d]):   matrices (rows 0-7, d 0-7), (rows 8-15, d 0-7), (rows 0-7, d 8-15),
-//                               (rows 8-15, d 8-15) → a0..a3; lane L: row L & 15, d (L >> 4)·8.
-//   K (B operand of S = Q Kᵀ, B[d][key] = K[key][d], no .trans): matrices (keys 0-7, d 0-7),
-//                               (keys 0-7, d 8-15), (keys 8-15, d 0-7), (keys 8-15, d 8-15)
-//                               → b0, b1 of key n-tile 2j and b0, b1 of n-tile 2j+1;
-//                               lane L: key ((L >> 4) << 3) + (L & 7), d ((L >> 3) & 1)·8.
-//   V (B operand of O = P V, B[key][d] = V[key][d], .trans): matrices (keys 0-7, d 0-7),
-//                               (keys 8-15, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 8-15)
-//                               → b0, b1 of d n-tile 2j and b0, b1 of d n-tile 2j+1;
-//                               lane L: key L & 15, d (L >> 4)·8.
-//   P (A operand of P V) comes from the S accumulators of key n-tiles 2k and 2k+1:
-//     a0 = (c0, c1) of tile 2k, a1 = (c2, c3) of tile 2k, a2 = (c0, c1) of 2k+1, a3 = (c2, c3) of 2k+1.
+// Fragment layouts and the shared step pieces (S = Q Kᵀ, online softmax, P V): kernels/flash_mma.cuh.
 #include "kernels/dense_prefill.h"
 
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/flash_mma.cuh"
+
 namespace gsa::kernels {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global → shared copy; with valid = false nothing is read and the 16 bytes are zeroed
-// (src-size 0). `src` must still be a valid address (callers pass the array's base then).
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
-  const int src_size = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_size) : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// d += a · b for one m16n8k16 tile (fragments as in the file comment).
-__device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats → one register of two bf16 (round to nearest even), `lo` in the low half.
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// 2^x (ex2.approx: 2 ulp, 2^-inf = +0).
-__device__ __forceinline__ float Exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+using flash::CpAsync16;
+using flash::CpAsyncCommit;
+using flash::CpAsyncWait;
+using flash::kLog2e;
+using flash::LdMatrixX4;
+using flash::SmemAddr;
 
 template <int D_, int kWarps_, int kMAtoms_, int kBlockN_>
 struct Cfg {
@@ -251,11 +185,9 @@ __global__ void __launch_bounds__(C::kThreads) DensePrefillKernel(const DensePre
   }
   uint32_t q_frag[C::kQInRegs ? kKSteps : 1][4];  // used only when kQInRegs (then kMAtoms == 1)
 
-  // ldmatrix lane offsets (elements) within a 16×16 block, as in the file comment.
-  const int a_lane_off = (lane & 15) * kStride + (lane >> 4) * 8;                      // Q
-  const int k_lane_off = (((lane >> 4) << 3) + (lane & 7)) * kStride + ((lane >> 3) & 1) * 8;  // K
-  const int v_lane_off = (lane & 15) * kStride + (lane >> 4) * 8;                      // V (.trans)
-  const uint32_t sQ_warp = SmemAddr(sQ + wrow0 * kStride + a_lane_off);
+  const uint32_t sQ_warp = SmemAddr(sQ + wrow0 * kStride + flash::QLaneOffset<kStride>(lane));
+  const int k_lane_off = flash::KLaneOffset<kStride>(lane);
+  const int v_lane_off = flash::VLaneOffset<kStride>(lane);
 
   // One key tile; kMask: the tile reaches past the tile's first query position (causal mask).
   auto step = [&](const int it, auto mask_tag) {
@@ -278,113 +210,30 @@ __global__ void __launch_bounds__(C::kThreads) DensePrefillKernel(const DensePre
       }
     }
 
-    // ---- S = Q Kᵀ (raw scores; the scale is folded into the exponent below)
+    // ---- S = Q Kᵀ (raw scores; the scale is folded into the exponent)
     float acc_s[kMAtoms][kNTiles][4];
-#pragma unroll
-    for (int mi = 0; mi < kMAtoms; ++mi) {
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_s[mi][j][e] = 0.0f;
-      }
-    }
-    const uint32_t sK_lane = SmemAddr(sK + buf * C::kSmemKv + k_lane_off);
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      uint32_t qa[kMAtoms][4];
-#pragma unroll
-      for (int mi = 0; mi < kMAtoms; ++mi) {
-        if constexpr (C::kQInRegs) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) qa[mi][e] = q_frag[kk][e];
-        } else {
-          LdMatrixX4(qa[mi], sQ_warp + (mi * 16 * kStride + kk * 16) * sizeof(bf16));
-        }
-      }
-#pragma unroll
-      for (int jp = 0; jp < kNTiles / 2; ++jp) {
-        uint32_t kb[4];
-        LdMatrixX4(kb, sK_lane + (jp * 16 * kStride + kk * 16) * sizeof(bf16));
-#pragma unroll
-        for (int mi = 0; mi < kMAtoms; ++mi) {
-          MmaBf16(acc_s[mi][2 * jp], qa[mi], kb[0], kb[1]);
-          MmaBf16(acc_s[mi][2 * jp + 1], qa[mi], kb[2], kb[3]);
-        }
-      }
-    }
+    flash::QkScores<kMAtoms, kNTiles, kKSteps, kStride, C::kQInRegs>(
+        acc_s, q_frag, sQ_warp, SmemAddr(sK + buf * C::kSmemKv + k_lane_off));
 
-    // ---- causal mask, online softmax (scale > 0, so max commutes with the scaling)
+    // ---- causal mask (key n0 + 8j + 2t + e against the row's position), online softmax
     const int32_t n0 = it * kBlockN;
     uint32_t p_frag[kMAtoms][kPSteps][4];
-#pragma unroll
-    for (int mi = 0; mi < kMAtoms; ++mi) {
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {  // hf 0: row g (c0, c1); hf 1: row g + 8 (c2, c3)
-        float mx = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < kNTiles; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            if constexpr (kMask) {
-              // key n0 + 8j + 2t + e against the row's position pos0 + (tile row)
-              const int32_t limit = pos0 + wrow0 + mi * 16 + g + hf * 8 - n0 - 2 * t;
-              if (j * 8 + e > limit) acc_s[mi][j][2 * hf + e] = -INFINITY;
-            }
-            mx = fmaxf(mx, acc_s[mi][j][2 * hf + e]);
-          }
-        }
-        // The 4 lanes of a quad (same g) hold the row's kBlockN values.
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(row_max[mi][hf], mx * scale_log2);  // log2 domain
-        // A row with no key yet (m_new = -inf) keeps everything at 0: subtract 0, not -inf.
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        const float alpha = Exp2(row_max[mi][hf] - m_use);  // 0 on the first tile (−inf)
-        row_max[mi][hf] = m_new;
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kNTiles; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float p = Exp2(fmaf(acc_s[mi][j][2 * hf + e], scale_log2, -m_use));
-            acc_s[mi][j][2 * hf + e] = p;
-            sum += p;
-          }
-        }
-        row_sum[mi][hf] = row_sum[mi][hf] * alpha + sum;
-#pragma unroll
-        for (int j = 0; j < kDTiles; ++j) {
-          acc_o[mi][j][2 * hf] *= alpha;
-          acc_o[mi][j][2 * hf + 1] *= alpha;
-        }
+    auto causal = [&](int mi, int hf, int j, int e) {
+      if constexpr (kMask) {
+        const int32_t limit = pos0 + wrow0 + mi * 16 + g + hf * 8 - n0 - 2 * t;
+        return j * 8 + e <= limit;
+      } else {
+        return true;
       }
-#pragma unroll
-      for (int kk = 0; kk < kPSteps; ++kk) {
-        p_frag[mi][kk][0] = PackBf16(acc_s[mi][2 * kk][0], acc_s[mi][2 * kk][1]);
-        p_frag[mi][kk][1] = PackBf16(acc_s[mi][2 * kk][2], acc_s[mi][2 * kk][3]);
-        p_frag[mi][kk][2] = PackBf16(acc_s[mi][2 * kk + 1][0], acc_s[mi][2 * kk + 1][1]);
-        p_frag[mi][kk][3] = PackBf16(acc_s[mi][2 * kk + 1][2], acc_s[mi][2 * kk + 1][3]);
-      }
-    }
+    };
+    flash::SoftmaxStep<kMAtoms, kNTiles, kDTiles>(acc_s, row_max, row_sum, acc_o, scale_log2, causal, p_frag);
 
     CpAsyncWait<2>();
     __syncthreads();  // B2: V[it] visible; every thread is past S of it (K buffer free)
 
     // ---- O += P V
-    const uint32_t sV_lane = SmemAddr(sV + buf * C::kSmemKv + v_lane_off);
-#pragma unroll
-    for (int kk = 0; kk < kPSteps; ++kk) {
-#pragma unroll
-      for (int jp = 0; jp < kDTiles / 2; ++jp) {
-        uint32_t vb[4];
-        LdMatrixX4Trans(vb, sV_lane + (kk * 16 * kStride + jp * 16) * sizeof(bf16));
-#pragma unroll
-        for (int mi = 0; mi < kMAtoms; ++mi) {
-          MmaBf16(acc_o[mi][2 * jp], p_frag[mi][kk], vb[0], vb[1]);
-          MmaBf16(acc_o[mi][2 * jp + 1], p_frag[mi][kk], vb[2], vb[3]);
-        }
-      }
-    }
+    flash::PvAccumulate<kMAtoms, kPSteps, kDTiles, kStride>(acc_o, p_frag,
+                                                            SmemAddr(sV + buf * C::kSmemKv + v_lane_off));
   };
 
   // Tiles whose every key is ≤ pos0 need no mask: keys n0 … n0 + kBlockN - 1 ≤ pos0.
@@ -399,9 +248,7 @@ __global__ void __launch_bounds__(C::kThreads) DensePrefillKernel(const DensePre
   for (int mi = 0; mi < kMAtoms; ++mi) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float l = row_sum[mi][hf];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float l = flash::QuadRowSum(row_sum[mi][hf]);
       const int r = wrow0 + mi * 16 + g + hf * 8;
       if (r >= rows_valid) continue;
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l ≥ 1 for every real row
@@ -409,19 +256,7 @@ __global__ void __launch_bounds__(C::kThreads) DensePrefillKernel(const DensePre
       bf16* const out = a.out + row * out_row_stride + static_cast<int64_t>(h) * D;
       const float* const gz = gated ? a.gate_z + row * a.gate_stride + static_cast<int64_t>(h) * D : nullptr;
       const float* const gb = (gated && a.gate_bias != nullptr) ? a.gate_bias + static_cast<int64_t>(h) * D : nullptr;
-#pragma unroll
-      for (int j = 0; j < kDTiles; ++j) {
-        const int d = j * 8 + 2 * t;
-        float v0 = acc_o[mi][j][2 * hf] * inv;
-        float v1 = acc_o[mi][j][2 * hf + 1] * inv;
-        if (gated) {
-          const float z0 = gz[d] + (gb != nullptr ? gb[d] : 0.0f);
-          const float z1 = gz[d + 1] + (gb != nullptr ? gb[d + 1] : 0.0f);
-          v0 *= GateActF(a.gate_act, z0);
-          v1 *= GateActF(a.gate_act, z1);
-        }
-        *reinterpret_cast<__nv_bfloat162*>(out + d) = __floats2bfloat162_rn(v0, v1);
-      }
+      flash::StoreRow<kDTiles>(acc_o[mi], hf, inv, t, out, gated, gz, gb, a.gate_act);
     }
   }
 }

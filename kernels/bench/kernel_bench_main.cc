@@ -39,6 +39,7 @@
 #include "kernels/indexer.h"
 #include "kernels/paged.h"
 #include "kernels/selection.h"
+#include "kernels/sparse_prefill.h"
 
 namespace gsa::bench {
 namespace {
@@ -702,6 +703,74 @@ void Attend(Ctx& ctx, const PagedCache& c, const Rows& rows, const bf16* q, cons
   BENCH_CUDA(kernels::GatheredAttention(ga, ctx.stream));
 }
 
+// The engine's sparse prefill of one chunk (rows.n rows of sequence 0, the last of its L
+// positions): SparsePrefill (union tiles where they pay), then GatheredAttention over the rows it
+// left (row_skip). seq: query_start = {0}, num_query = {rows.n}, context_len = {L}, seq_ids = {0}.
+struct ChunkSeq {
+  const int32_t *zero = nullptr, *num_query = nullptr, *context_len = nullptr;
+  int32_t rows = 0, context = 0;
+};
+
+void SparseAttend(Ctx& ctx, const PagedCache& c, const Rows& rows, const ChunkSeq& seq, const bf16* q,
+                  const int32_t* sel, const int32_t* count, const float* gate_z, const float* gate_bias, bf16* out,
+                  const DevBuf<uint8_t>& attn_ws, const DevBuf<uint8_t>& sp_ws, uint8_t* row_skip,
+                  kernels::SparsePrefillTileStat* stats, int64_t it) {
+  kernels::SparsePrefillArgs sp;
+  sp.q = q;
+  sp.k_cache = c.K(it);
+  sp.v_cache = c.V(it);
+  sp.paged = c.Layout();
+  sp.query_start = seq.zero;
+  sp.num_query = seq.num_query;
+  sp.context_len = seq.context_len;
+  sp.seq_ids = seq.zero;
+  sp.num_seq_ids = 1;
+  sp.max_num_query = seq.rows;
+  sp.max_context = seq.context;
+  sp.sel = sel;
+  sp.sel_count = count;
+  sp.sel_stride = kTopK;
+  sp.gate_z = gate_z;
+  sp.gate_stride = kGateCols;
+  sp.gate_bias = gate_bias;
+  sp.gate_act = kernels::GateActivation::kSigmoid;
+  sp.n_heads = kHeads;
+  sp.n_kv_heads = kKvHeads;
+  sp.d_head = kDHead;
+  sp.scale = kScale;
+  sp.out = out;
+  sp.row_skip = row_skip;
+  sp.workspace = sp_ws.get();
+  sp.workspace_bytes = sp_ws.bytes();
+  sp.tile_stats = stats;
+  BENCH_CUDA(kernels::SparsePrefill(sp, ctx.stream));
+  kernels::GatheredAttentionArgs ga;
+  ga.q = q;
+  ga.k_cache = c.K(it);
+  ga.v_cache = c.V(it);
+  ga.paged = c.Layout();
+  ga.rows = rows.Info();
+  ga.row_ids = rows.row_ids.get();
+  ga.num_row_ids = rows.n;
+  ga.row_skip = row_skip;
+  ga.sel = sel;
+  ga.sel_count = count;
+  ga.sel_stride = kTopK;
+  ga.max_tokens = kTopK;
+  ga.gate_z = gate_z;
+  ga.gate_stride = kGateCols;
+  ga.gate_bias = gate_bias;
+  ga.gate_act = kernels::GateActivation::kSigmoid;
+  ga.n_heads = kHeads;
+  ga.n_kv_heads = kKvHeads;
+  ga.d_head = kDHead;
+  ga.scale = kScale;
+  ga.out = out;
+  ga.workspace = attn_ws.get();
+  ga.workspace_bytes = attn_ws.bytes();
+  BENCH_CUDA(kernels::GatheredAttention(ga, ctx.stream));
+}
+
 // The indexer's arguments for rows.n rows (row r: proj row r, candidates 0 … position[r]) over
 // bf16 key copy `it`.
 kernels::IndexerScoresArgs IndexArgs(const PagedCache& c, const Rows& rows, const float* proj, const float* bias,
@@ -1058,7 +1127,8 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   const double need = static_cast<double>(PagedCache::Bytes(L, 1, R)) +
                       static_cast<double>(L) * (2 * kQBytesPerRow + kGateCols * 4) +
                       static_cast<double>(C) * L * 4 + static_cast<double>(C) * (8 + kProjStride * 4 + 4) +
-                      static_cast<double>(3 * C * kTopK * 4) + static_cast<double>(topk_ws_bytes + attn_ws_bytes);
+                      static_cast<double>(3 * C * kTopK * 4) + static_cast<double>(topk_ws_bytes + attn_ws_bytes) +
+                      static_cast<double>(C) * L / 64 * 8;  // SparsePrefill workspace (generous bound)
   if (!FitsMemory(ctx, "prefill", L, 1, need)) return;
   std::printf("[prefill L=%" PRId64 " B=1] %.2f GiB of buffers\n", L, Gib(need));
   std::fflush(stdout);
@@ -1086,6 +1156,17 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   DevBuf<int64_t> offsets = Upload(off_h, "score offsets");
   DevBuf<uint8_t> topk_ws(static_cast<int64_t>(topk_ws_bytes), "top-k workspace");
   DevBuf<uint8_t> attn_ws(static_cast<int64_t>(attn_ws_bytes), "attention workspace");
+  // SparsePrefill: the engine's workspace rule (unions up to kQ · k / (64 · cost) blocks).
+  constexpr int32_t kGroup = kHeads / kKvHeads;
+  const int32_t kq = kernels::SparsePrefillTileRows(kGroup);
+  const int32_t u_cap =
+      static_cast<int32_t>(std::ceil(static_cast<double>(kq) * kTopK / (64.0 * kernels::kSparsePrefillTileKeyCost)));
+  DevBuf<uint8_t> sp_ws(
+      static_cast<int64_t>(kernels::SparsePrefillWorkspaceBytes(1, static_cast<int32_t>(C), kGroup, u_cap)),
+      "sparse prefill workspace");
+  DevBuf<uint8_t> row_skip(C, "row_skip");
+  const int32_t n_tiles = kernels::SparsePrefillTilesPerSeq(static_cast<int32_t>(C), kGroup);
+  DevBuf<kernels::SparsePrefillTileStat> tile_stats(n_tiles, "tile stats");
 
   // Selections: random (distinct uniform positions ≤ t) and clustered (recent 512 + 3 shared spans).
   std::vector<int32_t> rand_h(static_cast<size_t>(C * kTopK)), clus_h(static_cast<size_t>(C * kTopK));
@@ -1118,6 +1199,47 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   DevBuf<int32_t> zero = Upload(std::vector<int32_t>{0}, "dense prefill zero");
   DevBuf<int32_t> full_len = Upload(std::vector<int32_t>{static_cast<int32_t>(L)}, "dense prefill L");
   DevBuf<int32_t> chunk_len = Upload(std::vector<int32_t>{static_cast<int32_t>(C)}, "dense prefill chunk");
+  // Σ over chunk rows of (position + 1): the chunk's causal (row, candidate) pairs.
+  const double chunk_pairs = static_cast<double>(C) * static_cast<double>(c0) + static_cast<double>(C) * (C + 1) / 2.0;
+  ChunkSeq chunk_seq;
+  chunk_seq.zero = zero.get();
+  chunk_seq.num_query = chunk_len.get();
+  chunk_seq.context_len = full_len.get();
+  chunk_seq.rows = static_cast<int32_t>(C);
+  chunk_seq.context = static_cast<int32_t>(L);
+  // What SparsePrefill's plan decided in the last run: tiles on the union path, their union
+  // tokens, rows left to GatheredAttention; the K+V bytes actually loaded and the (row, key) score
+  // pairs computed (a tile computes all its rows against all its union's keys).
+  auto plan_extra = [&](Record& r) {
+    BENCH_CUDA(cudaStreamSynchronize(ctx.stream));
+    std::vector<kernels::SparsePrefillTileStat> st(static_cast<size_t>(n_tiles));
+    BENCH_CUDA(cudaMemcpy(st.data(), tile_stats.get(), st.size() * sizeof(st[0]), cudaMemcpyDeviceToHost));
+    int64_t tiles = 0, on = 0, union_tokens = 0, rows_on = 0, selected_off = 0;
+    for (int32_t y = 0; y < n_tiles; ++y) {
+      const kernels::SparsePrefillTileStat& t = st[static_cast<size_t>(y)];
+      if (t.union_blocks < 0) continue;
+      ++tiles;
+      const int64_t j0 = static_cast<int64_t>(y) * kq - c0 % kq;
+      const int64_t n = std::min<int64_t>(j0 + kq, C) - std::max<int64_t>(j0, 0);
+      if (t.on_tiles != 0) {
+        ++on;
+        union_tokens += static_cast<int64_t>(t.union_blocks) * 64;
+        rows_on += n;
+      } else {
+        selected_off += t.selected;
+      }
+    }
+    const double loaded = static_cast<double>(union_tokens + selected_off) * 2 * kKvBytesPerSlot;
+    const double pairs = static_cast<double>(union_tokens) * kq + static_cast<double>(selected_off);
+    r.extra["tiles"] = tiles;
+    r.extra["tiles_on_union_path"] = on;
+    r.extra["rows_on_union_path"] = rows_on;
+    r.extra["mean_union_tokens"] = on > 0 ? static_cast<double>(union_tokens) / static_cast<double>(on) : 0.0;
+    r.extra["kv_bytes_loaded"] = loaded;
+    r.extra["score_pairs_computed"] = pairs;
+    r.extra["work_skipped_vs_dense_chunk"] = 1.0 - pairs / chunk_pairs;
+    return loaded;
+  };
   BENCH_CUDA(cudaDeviceSynchronize());  // setup (fills, uploads) done before anything is timed
 
   const json rotation{{"kv_cache_copies", cache.kv_instances}, {"indexer_key_copies", cache.ki_instances}};
@@ -1157,8 +1279,6 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   };
   const int reps = ctx.opt.reps, warm = ctx.opt.warmup;
   const double attn_flop_per_pair = static_cast<double>(kHeads) * kDHead * 4;  // QKᵀ and PV, multiply-add = 2
-  // Σ over chunk rows of (position + 1): the chunk's causal (row, candidate) pairs.
-  const double chunk_pairs = static_cast<double>(C) * static_cast<double>(c0) + static_cast<double>(C) * (C + 1) / 2.0;
   const double b_gather = static_cast<double>(C) * kTopK * 2 * kKvBytesPerSlot;
 
   // 1. Dense prefill of the whole prompt.
@@ -1245,21 +1365,36 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, name, L, 1, CheckSelDevice(sel_topk.get(), C, pos));
   }
-  // 5, 6. Token-level sparse prefill of the chunk: random and clustered selections.
-  for (int pattern = 0; pattern < 2; ++pattern) {
-    const char* name = pattern == 0 ? "prefill_sparse_random" : "prefill_sparse_clustered";
+  // 5, 6. Sparse prefill of the chunk, random and clustered selections: the engine's path
+  // (union tiles where they pay, the rest per row), and every row gathered on its own (_rows).
+  for (int variant = 0; variant < 4; ++variant) {
+    const int pattern = variant % 2;
+    const bool per_row = variant >= 2;
+    const char* const names[4] = {"prefill_sparse_random", "prefill_sparse_clustered", "prefill_sparse_random_rows",
+                                  "prefill_sparse_clustered_rows"};
+    const char* name = names[variant];
     const int32_t* sel = pattern == 0 ? sel_rand.get() : sel_clus.get();
     Record r = base(name, C);
     r.t = ctx.timer->Run(
         [&](int64_t it) {
-          Attend(ctx, cache, rows, q.get(), sel, kbuf.get(), kTopK, gate_z.get(), gate_bias.get(), out.get(), attn_ws,
-                 it);
+          if (per_row) {
+            Attend(ctx, cache, rows, q.get(), sel, kbuf.get(), kTopK, gate_z.get(), gate_bias.get(), out.get(),
+                   attn_ws, it);
+          } else {
+            SparseAttend(ctx, cache, rows, chunk_seq, q.get(), sel, kbuf.get(), gate_z.get(), gate_bias.get(),
+                         out.get(), attn_ws, sp_ws, row_skip.get(), tile_stats.get(), it);
+          }
         },
         warm, reps, kPrefillBudgetMs);
-    r.bytes = b_gather;
     r.flops = static_cast<double>(C) * kTopK * attn_flop_per_pair;
     r.bound = Bound::kMemory;
-    r.note = "bytes = K+V gathered";
+    if (per_row) {
+      r.bytes = b_gather;
+      r.note = "GatheredAttention per row; bytes = K+V gathered";
+    } else {
+      r.bytes = plan_extra(r);
+      r.note = "SparsePrefill + GatheredAttention; bytes = K+V loaded";
+    }
     r.extra["selected_per_row"] = kTopK;
     if (pattern == 0) {
       r.extra["pattern"] = "random: 2048 distinct uniform positions <= t per row";
@@ -1278,11 +1413,11 @@ void RunPrefill(Ctx& ctx, int64_t L) {
         [&](int64_t it) {
           Index(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, it);
           Select(ctx, rows, scores.get(), offsets.get(), L, kbuf.get(), sel_topk.get(), topk_ws, topk_ws_bytes);
-          Attend(ctx, cache, rows, q.get(), sel_topk.get(), kbuf.get(), kTopK, gate_z.get(), gate_bias.get(),
-                 out.get(), attn_ws, it);
+          SparseAttend(ctx, cache, rows, chunk_seq, q.get(), sel_topk.get(), kbuf.get(), gate_z.get(),
+                       gate_bias.get(), out.get(), attn_ws, sp_ws, row_skip.get(), tile_stats.get(), it);
         },
         warm, reps, kPrefillBudgetMs);
-    r.bytes = b_index + chunk_pairs * 4 + b_gather;
+    r.bytes = b_index + chunk_pairs * 4 + plan_extra(r);
     r.bound = Bound::kNone;
     const double ratio = r.t.median_us > 0 ? dense_chunk_us / r.t.median_us : 0;
     char note[64];

@@ -17,6 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <random>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,7 @@
 
 #include "engine/backend/cuda/device_buffer.h"
 #include "kernels/attention.h"
+#include "kernels/sparse_prefill.h"
 #include "tests/testing/cuda_test_support.h"
 
 namespace gsa {
@@ -92,6 +95,8 @@ struct Spec {
   Shape shape;
   std::vector<int64_t> contexts;  // per sequence: tokens in the cache (> every row's position)
   std::vector<RowSpec> rows;
+  // Per row, when present and not empty: a sparse row's exact positions (distinct, ≤ position).
+  std::vector<std::vector<int32_t>> lists;
   bool gate = false;
   GateActivation act = GateActivation::kSigmoid;
   float q_range = 3.0f;  // q ~ U(-q_range, q_range): scores of a few units, softmax far from flat
@@ -153,7 +158,9 @@ Problem Build(const Spec& sp, uint64_t seed) {
 
   const int64_t rows = static_cast<int64_t>(sp.rows.size());
   std::vector<int32_t> all;
-  for (const RowSpec& rs : sp.rows) {
+  for (size_t ri = 0; ri < sp.rows.size(); ++ri) {
+    const RowSpec& rs = sp.rows[ri];
+    const std::vector<int32_t>* explicit_list = ri < sp.lists.size() && !sp.lists[ri].empty() ? &sp.lists[ri] : nullptr;
     const int64_t t = rs.position;
     if (rs.seq < 0 || static_cast<size_t>(rs.seq) >= sp.contexts.size() || t < 0 ||
         t >= sp.contexts[static_cast<size_t>(rs.seq)]) {
@@ -168,6 +175,14 @@ Problem Build(const Spec& sp, uint64_t seed) {
     if (rs.dense) {
       list.resize(static_cast<size_t>(t + 1));
       std::iota(list.begin(), list.end(), 0);
+    } else if (explicit_list != nullptr) {
+      list = *explicit_list;
+      std::vector<int32_t> sorted = list;
+      std::sort(sorted.begin(), sorted.end());
+      if (sorted.front() < 0 || sorted.back() > t || std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+        ADD_FAILURE() << "bad test spec: explicit list of the row at position " << t;
+        return p;
+      }
     } else {
       const int64_t k = std::clamp<int64_t>(rs.k, 1, t + 1);
       all.resize(static_cast<size_t>(t + 1));
@@ -305,13 +320,20 @@ enum class Workspace {
 // One launch over `row_ids` (the output and the workspace poisoned first); the whole output
 // buffer [rows, n_heads * d_head] comes back. Empty on a failure (already reported).
 std::vector<bf16> Launch(const Problem& p, const DeviceProblem& d, const std::vector<int32_t>& row_ids,
-                         Workspace ws = Workspace::kFull) {
+                         Workspace ws = Workspace::kFull, const uint8_t* row_skip = nullptr,
+                         const DeviceBuffer<bf16>* out_in = nullptr) {
   const int32_t H = p.shape.n_heads, D = p.shape.d_head;
   DeviceBuffer<int32_t> ids = Upload(row_ids);
-  auto out = DeviceBuffer<bf16>::Allocate(static_cast<size_t>(p.rows()) * H * D);
-  EXPECT_TRUE(out.ok()) << out.status();
-  if (!out.ok()) return {};
-  EXPECT_EQ(cudaMemset(out->get(), gsa::testing::kPoisonByte, out->bytes()), cudaSuccess);
+  // The output: a fresh poisoned buffer, or `out_in` as it is (what an earlier kernel wrote).
+  DeviceBuffer<bf16> own;
+  if (out_in == nullptr) {
+    auto o = DeviceBuffer<bf16>::Allocate(static_cast<size_t>(p.rows()) * H * D);
+    EXPECT_TRUE(o.ok()) << o.status();
+    if (!o.ok()) return {};
+    own = std::move(*o);
+    EXPECT_EQ(cudaMemset(own.get(), gsa::testing::kPoisonByte, own.bytes()), cudaSuccess);
+  }
+  const DeviceBuffer<bf16>* out = out_in != nullptr ? out_in : &own;
   size_t ws_bytes = 0;
   if (ws == Workspace::kFull) ws_bytes = kernels::GatheredAttentionWorkspaceBytes(static_cast<int64_t>(row_ids.size()), H, D);
   if (ws == Workspace::kOneRow) ws_bytes = kernels::GatheredAttentionWorkspaceBytes(1, H, D);
@@ -340,6 +362,7 @@ std::vector<bf16> Launch(const Problem& p, const DeviceProblem& d, const std::ve
   a.rows.dense = d.dense.get();
   a.row_ids = ids.get();
   a.num_row_ids = static_cast<int64_t>(row_ids.size());
+  a.row_skip = row_skip;
   a.sel = d.sel.get();
   a.sel_count = d.sel_count.get();
   a.sel_stride = p.sel_stride;
@@ -756,6 +779,435 @@ TEST(AttentionKernel, RejectsUnsupportedShapesWithoutLaunching) {
   b.scale = 0.0f;
   EXPECT_EQ(kernels::GatheredAttention(b, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // nothing sticky left behind
+}
+
+
+// ─────────────────────────────────────────────────────────────────────────────────────────────
+// SparsePrefill (kernels/sparse_prefill.h) followed by GatheredAttention with row_skip over the
+// same rows: the engine's path for sparse prefill chunks. Every row must match the reference
+// whichever kernel computed it; the tile plan (union sizes, choices) is checked against the host.
+
+// A listed row whose row_skip entry is set is neither computed nor written.
+TEST(AttentionKernel, RowSkipLeavesThoseRowsUntouched) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SEED_TRACE(seed);
+  Spec sp;
+  sp.shape = {8, 4, 128, 16};
+  sp.contexts = {3000, 9000};
+  sp.rows = {{0, 2999, false, 2048}, {1, 8999, true}, {0, 1000, false, 37, true}, {1, 8000, false, 2048},
+             {1, 5, true},           {0, 2998, false, 300}};
+  const Problem p = Build(sp, seed);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  const DeviceProblem d = UploadProblem(p);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ReferenceCache refs(p);
+  const std::vector<uint8_t> skip = {1, 0, 0, 1, 1, 0};
+  DeviceBuffer<uint8_t> skip_d = Upload(skip);
+  for (const std::vector<int32_t>& ids : {AllRows(p), std::vector<int32_t>{3}, std::vector<int32_t>{1}}) {
+    const std::vector<bf16> out = Launch(p, d, ids, Workspace::kFull, skip_d.get());
+    std::vector<int32_t> computed;
+    for (int32_t r : ids) {
+      if (skip[static_cast<size_t>(r)] == 0) computed.push_back(r);
+    }
+    if (!out.empty()) ExpectMatches(p, refs, computed, out);  // skipped rows must still be poison
+  }
+}
+
+struct SparseChunkSpec {
+  int32_t seq = 0;
+  int32_t first = 0;  // position of the chunk's first row
+  int32_t rows = 0;
+  bool listed = true;  // in SparsePrefill's seq_ids (else only GatheredAttention computes it)
+};
+
+enum class Pattern {
+  kClustered,  // the row's `window` most recent positions + shared spans + a few random ones
+  kRandom,     // `k` distinct uniform positions ≤ t
+};
+
+// Selection of row t: clustered = min(t + 1, window) most recent positions, the positions of
+// `spans` (shared by every row; those ≤ t), and 8 random ones; random = k uniform ones.
+std::vector<int32_t> PatternList(Pattern pat, int32_t t, int32_t window, const std::vector<std::pair<int32_t, int32_t>>& spans,
+                                 int64_t k, Rng& rng) {
+  std::vector<uint8_t> in(static_cast<size_t>(t + 1), 0);
+  std::vector<int32_t> list;
+  auto add = [&](int32_t pos) {
+    if (pos >= 0 && pos <= t && !in[static_cast<size_t>(pos)]) {
+      in[static_cast<size_t>(pos)] = 1;
+      list.push_back(pos);
+    }
+  };
+  if (pat == Pattern::kClustered) {
+    for (int32_t s = std::max(0, t - window + 1); s <= t; ++s) add(s);
+    for (const auto& [b, e] : spans) {
+      for (int32_t s = b; s < e; ++s) add(s);
+    }
+    for (int i = 0; i < 8; ++i) add(static_cast<int32_t>(rng.Below(t + 1)));
+  } else {
+    const int64_t want = std::min<int64_t>(k, t + 1);
+    while (static_cast<int64_t>(list.size()) < want) add(static_cast<int32_t>(rng.Below(t + 1)));
+  }
+  return list;
+}
+
+struct SparseLaunch {
+  std::vector<bf16> out;            // after both kernels
+  std::vector<bf16> tiles_only;     // after SparsePrefill alone (same poison first)
+  std::vector<uint8_t> row_skip;
+  std::vector<kernels::SparsePrefillTileStat> stats;
+  int32_t tiles_per_seq = 0;
+};
+
+struct SparseOptions {
+  float key_cost = 0.0f;     // SparsePrefillArgs::tile_key_cost
+  int32_t union_cap = -1;    // workspace for unions of this many blocks (-1: the context's blocks)
+};
+
+// SparsePrefill over `chunks` (listed ones), then GatheredAttention with its row_skip over every
+// row. The problem's rows must be the chunks' rows in order.
+SparseLaunch LaunchSparse(const Problem& p, const DeviceProblem& d, const std::vector<SparseChunkSpec>& chunks,
+                          SparseOptions o) {
+  SparseLaunch res;
+  const int32_t H = p.shape.n_heads, Hkv = p.shape.n_kv_heads, D = p.shape.d_head;
+  const int32_t group = H / Hkv;
+  const size_t S = chunks.size();
+  std::vector<int32_t> qstart(S), nq(S), ctx(S), seq_ids;
+  int32_t row = 0, max_nq = 0, max_ctx = 1;
+  for (size_t i = 0; i < S; ++i) {
+    qstart[i] = row;
+    nq[i] = chunks[i].rows;
+    ctx[i] = chunks[i].first + chunks[i].rows;
+    row += chunks[i].rows;
+    if (chunks[i].listed) {
+      seq_ids.push_back(static_cast<int32_t>(i));
+      max_nq = std::max(max_nq, nq[i]);
+      max_ctx = std::max(max_ctx, ctx[i]);
+    }
+  }
+  EXPECT_EQ(row, p.rows()) << "internal: chunk rows vs problem rows";
+  // block_tables rows are the Problem's sequences; the chunks' sequences must be 0, 1, … in order.
+  for (size_t i = 0; i < S; ++i) EXPECT_EQ(chunks[i].seq, static_cast<int32_t>(i)) << "internal: chunk order";
+  DeviceBuffer<int32_t> qs_d = Upload(qstart), nq_d = Upload(nq), ctx_d = Upload(ctx), ids_d = Upload(seq_ids);
+  const int32_t cap = o.union_cap >= 0 ? o.union_cap : (max_ctx + 63) / 64;
+  const size_t ws_bytes = std::max<size_t>(
+      16, kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(seq_ids.size()), max_nq, group, cap));
+  res.tiles_per_seq = kernels::SparsePrefillTilesPerSeq(max_nq, group);
+  const size_t n_stats = seq_ids.size() * static_cast<size_t>(res.tiles_per_seq);
+  auto ws = DeviceBuffer<uint8_t>::Allocate(ws_bytes);
+  auto skip = DeviceBuffer<uint8_t>::Allocate(static_cast<size_t>(p.rows()));
+  auto stats = DeviceBuffer<kernels::SparsePrefillTileStat>::Allocate(std::max<size_t>(n_stats, 1));
+  auto out = DeviceBuffer<bf16>::Allocate(static_cast<size_t>(p.rows()) * H * D);
+  EXPECT_TRUE(ws.ok() && skip.ok() && stats.ok() && out.ok());
+  if (::testing::Test::HasFailure()) return res;
+  EXPECT_EQ(cudaMemset(ws->get(), gsa::testing::kPoisonByte, ws->bytes()), cudaSuccess);
+  EXPECT_EQ(cudaMemset(skip->get(), 0, skip->bytes()), cudaSuccess);  // as the engine does per step
+  EXPECT_EQ(cudaMemset(out->get(), gsa::testing::kPoisonByte, out->bytes()), cudaSuccess);
+
+  kernels::SparsePrefillArgs a;
+  a.q = d.q.get();
+  a.k_cache = d.k.get();
+  a.v_cache = d.v.get();
+  a.paged.block_tables = d.tables.get();
+  a.paged.max_blocks_per_seq = p.max_blocks_per_seq;
+  a.paged.block_size = p.shape.block_size;
+  a.query_start = qs_d.get();
+  a.num_query = nq_d.get();
+  a.context_len = ctx_d.get();
+  a.seq_ids = ids_d.get();
+  a.num_seq_ids = static_cast<int32_t>(seq_ids.size());
+  a.max_num_query = max_nq;
+  a.max_context = max_ctx;
+  a.sel = d.sel.get();
+  a.sel_count = d.sel_count.get();
+  a.sel_stride = p.sel_stride;
+  if (p.gate) {
+    a.gate_z = d.gate_z.get();
+    a.gate_stride = p.gate_stride;
+    a.gate_bias = d.gate_bias.get();
+    a.gate_act = p.act;
+  }
+  a.n_heads = H;
+  a.n_kv_heads = Hkv;
+  a.d_head = D;
+  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  a.out = out->get();
+  a.row_skip = skip->get();
+  a.tile_key_cost = o.key_cost;
+  a.workspace = ws->get();
+  a.workspace_bytes = ws_bytes;
+  a.tile_stats = stats->get();
+  EXPECT_EQ(kernels::SparsePrefill(a, nullptr), cudaSuccess);
+  const cudaError_t sync = cudaDeviceSynchronize();
+  EXPECT_EQ(sync, cudaSuccess) << cudaGetErrorString(sync);
+  if (::testing::Test::HasFailure()) return res;
+  auto tiles_only = out->ToHost();
+  auto skip_h = skip->ToHost();
+  auto stats_h = stats->ToHost();
+  EXPECT_TRUE(tiles_only.ok() && skip_h.ok() && stats_h.ok());
+  if (::testing::Test::HasFailure()) return res;
+  res.tiles_only = std::move(*tiles_only);
+  res.row_skip = std::move(*skip_h);
+  res.stats.assign(stats_h->begin(), stats_h->begin() + static_cast<int64_t>(n_stats));
+  res.out = Launch(p, d, AllRows(p), Workspace::kFull, skip->get(), &*out);
+  return res;
+}
+
+// The host's view of the plan: per (listed chunk, tile) the union of the rows' blocks and Σ counts,
+// and whether the rule (with `key_cost`, `cap`) puts it on the tile path. Checks the device's
+// stats and row_skip against it, and that SparsePrefill wrote exactly the tile rows.
+void ExpectPlan(const Problem& p, const std::vector<SparseChunkSpec>& chunks, const SparseLaunch& res, float key_cost,
+                int32_t cap_at_least, int64_t* tile_rows_out) {
+  const int32_t H = p.shape.n_heads, D = p.shape.d_head, group = H / p.shape.n_kv_heads;
+  const int32_t kq = kernels::SparsePrefillTileRows(group);
+  const float cost = key_cost > 0.0f ? key_cost : kernels::kSparsePrefillTileKeyCost;
+  int64_t row = 0, listed_index = 0, tile_rows = 0;
+  int reported = 0;
+  for (const SparseChunkSpec& c : chunks) {
+    const int64_t chunk_row0 = row;
+    row += c.rows;
+    if (!c.listed) {
+      for (int64_t r = chunk_row0; r < row; ++r) {
+        EXPECT_EQ(res.row_skip[static_cast<size_t>(r)], 0) << "row " << r << " of an unlisted chunk";
+      }
+      continue;
+    }
+    const int32_t off = c.first % kq;
+    for (int32_t y = 0; y < res.tiles_per_seq; ++y) {
+      const kernels::SparsePrefillTileStat& st = res.stats[static_cast<size_t>(listed_index * res.tiles_per_seq + y)];
+      const int32_t j0 = y * kq - off, lo = std::max(j0, 0), hi = std::min(j0 + kq, c.rows);
+      if (lo >= hi) {
+        EXPECT_EQ(st.union_blocks, -1) << "empty tile " << y;
+        continue;
+      }
+      std::vector<int32_t> blocks;
+      int64_t selected = 0;
+      for (int32_t j = lo; j < hi; ++j) {
+        const std::vector<int32_t>& l = p.lists[static_cast<size_t>(chunk_row0 + j)];
+        selected += p.sel_count[static_cast<size_t>(chunk_row0 + j)];
+        for (int32_t pos : l) blocks.push_back(pos / 64);
+      }
+      std::sort(blocks.begin(), blocks.end());
+      blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+      const int32_t u = static_cast<int32_t>(blocks.size());
+      const bool rule = u >= 1 && static_cast<double>(u) * 64 * cost <= static_cast<double>(selected);
+      EXPECT_EQ(st.union_blocks, u) << "chunk " << c.seq << " tile " << y;
+      EXPECT_EQ(st.selected, selected) << "chunk " << c.seq << " tile " << y;
+      if (u <= cap_at_least) {
+        EXPECT_EQ(st.on_tiles, rule ? 1 : 0) << "chunk " << c.seq << " tile " << y << " U " << u;
+      }
+      if (st.on_tiles != 0) {
+        EXPECT_TRUE(rule) << "tile path against the rule: chunk " << c.seq << " tile " << y;
+      }
+      for (int32_t j = lo; j < hi; ++j) {
+        const size_t r = static_cast<size_t>(chunk_row0 + j);
+        EXPECT_EQ(res.row_skip[r], st.on_tiles) << "row " << r;
+        // SparsePrefill wrote the tile rows, and nothing else.
+        int64_t poison = 0;
+        for (int64_t e = 0; e < static_cast<int64_t>(H) * D; ++e) {
+          poison += Bits(res.tiles_only[r * H * D + static_cast<size_t>(e)]) == 0xFFFFu;
+        }
+        const bool ok = st.on_tiles ? poison == 0 : poison == static_cast<int64_t>(H) * D;
+        if (!ok && reported++ < 5) ADD_FAILURE() << "row " << r << " (tile path " << st.on_tiles << "): " << poison << " poison elements after SparsePrefill";
+      }
+      tile_rows += st.on_tiles ? hi - lo : 0;
+    }
+    ++listed_index;
+  }
+  if (tile_rows_out != nullptr) *tile_rows_out = tile_rows;
+}
+
+// Builds the problem of `chunks` (each row's list from `list_of(seq, t)`).
+template <typename ListOf>
+Problem BuildChunks(Shape shape, const std::vector<SparseChunkSpec>& chunks, bool gate, GateActivation act,
+                    uint64_t seed, ListOf list_of) {
+  Spec sp;
+  sp.shape = shape;
+  sp.gate = gate;
+  sp.act = act;
+  for (const SparseChunkSpec& c : chunks) {
+    sp.contexts.push_back(c.first + c.rows);
+    for (int32_t j = 0; j < c.rows; ++j) {
+      RowSpec rs;
+      rs.seq = c.seq;
+      rs.position = c.first + j;
+      rs.k = 1;  // for an empty list: Build draws one position (callers zero the count)
+      sp.rows.push_back(rs);
+      sp.lists.push_back(list_of(c.seq, c.first + j));
+    }
+  }
+  return Build(sp, seed);
+}
+
+void RunSparse(const Problem& p, const std::vector<SparseChunkSpec>& chunks, SparseOptions o, int64_t* tile_rows,
+               std::vector<bf16>* out_copy = nullptr) {
+  const DeviceProblem d = UploadProblem(p);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ReferenceCache refs(p);
+  const SparseLaunch res = LaunchSparse(p, d, chunks, o);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_FALSE(res.out.empty());
+  ExpectPlan(p, chunks, res, o.key_cost, o.union_cap >= 0 ? o.union_cap : (1 << 30), tile_rows);
+  ExpectMatches(p, refs, AllRows(p), res.out);
+  if (out_copy != nullptr) *out_copy = res.out;
+}
+
+// The gsa-1.7b attention shape; chunks starting on and off tile boundaries, a 2-row chunk, an
+// unlisted chunk (GatheredAttention alone); clustered selections (tile path) next to random ones
+// (gathered), sorted descending, ascending or shuffled; out-of-range list entries the kernels must
+// skip; a row with an empty selection (zeros).
+TEST(AttentionKernel, SparsePrefillTilesAndGatheredRowsTogether) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SEED_TRACE(seed);
+  Rng rng(seed ^ 0x5a);
+  const std::vector<SparseChunkSpec> chunks = {
+      {0, 6000, 300, true}, {1, 2048, 192, true}, {2, 77, 2, true}, {3, 900, 40, false}, {4, 20000, 130, true}};
+  const std::vector<std::pair<int32_t, int32_t>> spans = {{100, 356}, {1500, 1600}};
+  const Problem base = BuildChunks({16, 8, 128, 16}, chunks, true, GateActivation::kSigmoid, seed, [&](int32_t seq, int32_t t) {
+    // Chunk 4 random (2048 of ~20000: its tiles' unions are every block), chunk 1's rows mixed.
+    const bool random = seq == 4 || (seq == 1 && t % 3 == 0);
+    std::vector<int32_t> l = PatternList(random ? Pattern::kRandom : Pattern::kClustered, t, 700, spans, 2048, rng);
+    if (rng.Below(3) == 0) std::shuffle(l.begin(), l.end(), std::mt19937(static_cast<uint32_t>(t)));
+    else if (rng.Below(2) == 0) std::sort(l.begin(), l.end());
+    else std::sort(l.begin(), l.end(), std::greater<int32_t>());
+    return l;
+  });
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  Problem p = base;
+  // Junk after the lists (counts raised over them): past t, negative, far out. And one empty row.
+  for (int64_t r = 0; r < p.rows(); r += 7) {
+    const size_t n = p.lists[static_cast<size_t>(r)].size();
+    if (static_cast<int64_t>(n) + 3 > p.sel_stride) continue;
+    const int32_t t = p.position[static_cast<size_t>(r)];
+    int32_t* row = p.sel.data() + r * p.sel_stride;
+    row[n] = t + 1;
+    row[n + 1] = -3;
+    row[n + 2] = 1 << 30;
+    p.sel_count[static_cast<size_t>(r)] = static_cast<int32_t>(n + 3);
+  }
+  p.lists[5].clear();
+  p.sel_count[5] = 0;
+  // ExpectPlan counts Σ sel_count (junk included, as the kernel does).
+  int64_t tile_rows = 0;
+  RunSparse(p, chunks, SparseOptions{}, &tile_rows);
+  EXPECT_GT(tile_rows, 300) << "the clustered chunks should mostly run on tiles";
+  EXPECT_LT(tile_rows, 624) << "the 2-row chunk's tile is too small to pay";
+  // Tiles cost 10 gathered tokens a key: the random chunk's tiles (every block of ~20000
+  // positions for 64 × 2048 selections) are gathered, the clustered ones still not.
+  RunSparse(p, chunks, SparseOptions{10.0f, -1}, &tile_rows);
+  EXPECT_GT(tile_rows, 200);
+  EXPECT_LT(tile_rows, 624 - 128);
+}
+
+// Every supported head size and group (kQ = 128 / group), gates on and off, block sizes 16 and 64;
+// with the tile path forced (cost ~0) and never taken (cost huge): the same function.
+TEST(AttentionKernel, SparsePrefillEveryHeadSizeAndGroup) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SEED_TRACE(seed);
+  int config = 0;
+  for (int32_t dh : {64, 128}) {
+    for (const auto& [h, hkv] : std::vector<std::pair<int32_t, int32_t>>{{2, 2}, {4, 2}, {8, 2}, {16, 2}}) {
+      ++config;
+      SCOPED_TRACE(::testing::Message() << "d_head " << dh << ", " << h << " heads / " << hkv << " KV heads");
+      Rng rng(seed + static_cast<uint64_t>(config));
+      const std::vector<SparseChunkSpec> chunks = {{0, 1000, 260, true}, {1, 0, 150, true}};
+      const Problem p = BuildChunks({h, hkv, dh, config % 2 == 0 ? 16 : 64}, chunks, config % 3 != 0,
+                                    static_cast<GateActivation>(config % 3), seed + static_cast<uint64_t>(config),
+                                    [&](int32_t, int32_t t) {
+                                      return PatternList(Pattern::kClustered, t, 200, {{30, 90}}, 0, rng);
+                                    });
+      ASSERT_FALSE(::testing::Test::HasFailure());
+      std::vector<bf16> forced, never;
+      int64_t tile_rows = 0;
+      RunSparse(p, chunks, SparseOptions{1e-6f, -1}, &tile_rows, &forced);
+      EXPECT_EQ(tile_rows, 410) << "cost ~0: every row on tiles";
+      RunSparse(p, chunks, SparseOptions{1e9f, -1}, &tile_rows, &never);
+      EXPECT_EQ(tile_rows, 0) << "huge cost: no tiles";
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+}
+
+// Early positions select everything (t < k): one tile covers the whole causal prefix; a workspace
+// with no room for unions leaves every row to GatheredAttention, one with room for a few blocks
+// only some tiles; repeated launches give the same bits.
+TEST(AttentionKernel, SparsePrefillWorkspaceCapsAndDeterminism) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SEED_TRACE(seed);
+  Rng rng(seed ^ 0x33);
+  const std::vector<SparseChunkSpec> chunks = {{0, 0, 512, true}, {1, 3000, 256, true}};
+  const Problem p = BuildChunks({8, 4, 128, 64}, chunks, true, GateActivation::kTanh, seed, [&](int32_t seq, int32_t t) {
+    if (seq == 0) {  // everything ≤ t
+      std::vector<int32_t> all(static_cast<size_t>(t + 1));
+      std::iota(all.begin(), all.end(), 0);
+      return all;
+    }
+    return PatternList(Pattern::kClustered, t, 300, {{0, 64}}, 0, rng);
+  });
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  int64_t tile_rows = 0;
+  std::vector<bf16> first, again;
+  RunSparse(p, chunks, SparseOptions{1e-6f, 0}, &tile_rows);
+  EXPECT_EQ(tile_rows, 0) << "no room for unions: every row gathered";
+  RunSparse(p, chunks, SparseOptions{1e-6f, 4}, &tile_rows);
+  EXPECT_GT(tile_rows, 0) << "room for 4 blocks: the first tiles";
+  EXPECT_LT(tile_rows, 768);
+  RunSparse(p, chunks, SparseOptions{1e-6f, -1}, &tile_rows, &first);
+  EXPECT_EQ(tile_rows, 768);
+  RunSparse(p, chunks, SparseOptions{1e-6f, -1}, &tile_rows, &again);
+  if (!first.empty()) ExpectBitwiseEqual(first, again);
+}
+
+// A 128-row chunk at the end of a 131072-token context, clustered (recent window + spans spread
+// over the whole context): positions past 2^16, block tables 2048 entries long.
+TEST(AttentionKernel, SparsePrefillChunkAt128K) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SEED_TRACE(seed);
+  Rng rng(seed ^ 0x128);
+  const std::vector<SparseChunkSpec> chunks = {{0, 131072 - 128, 128, true}};
+  const Problem p = BuildChunks({4, 2, 128, 64}, chunks, true, GateActivation::kSigmoid, seed, [&](int32_t, int32_t t) {
+    return PatternList(Pattern::kClustered, t, 512, {{1000, 1512}, {70000, 70512}, {120000, 120512}}, 0, rng);
+  });
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  int64_t tile_rows = 0;
+  RunSparse(p, chunks, SparseOptions{}, &tile_rows);
+  EXPECT_EQ(tile_rows, 128) << "clustered at 128K: every row on tiles with the default cost";
+}
+
+TEST(AttentionKernel, SparsePrefillRejectsBadArguments) {
+  GSA_REQUIRE_GPU();
+  EXPECT_TRUE(kernels::SparsePrefillSupports(128, 2));
+  EXPECT_TRUE(kernels::SparsePrefillSupports(64, 8));
+  EXPECT_FALSE(kernels::SparsePrefillSupports(256, 2));
+  EXPECT_FALSE(kernels::SparsePrefillSupports(128, 3));
+  EXPECT_EQ(kernels::SparsePrefillTileRows(2), 64);
+  EXPECT_EQ(kernels::SparsePrefillTilesPerSeq(2048, 2), 33);  // 32 aligned + 1 for an unaligned start
+  kernels::SparsePrefillArgs a;
+  a.n_heads = 16;
+  a.n_kv_heads = 8;
+  a.d_head = 128;
+  a.scale = 0.088f;
+  a.num_seq_ids = 0;
+  a.max_num_query = 0;
+  EXPECT_EQ(kernels::SparsePrefill(a, nullptr), cudaSuccess);  // nothing listed
+  a.num_seq_ids = 1;
+  a.max_num_query = 64;
+  a.max_context = 4096;
+  EXPECT_EQ(kernels::SparsePrefill(a, nullptr), cudaErrorInvalidValue);  // null pointers
+  kernels::SparsePrefillArgs b = a;
+  b.d_head = 256;
+  EXPECT_EQ(kernels::SparsePrefill(b, nullptr), cudaErrorInvalidValue);
+  b = a;
+  b.max_context = kernels::kSparsePrefillMaxContext + 1;
+  EXPECT_EQ(kernels::SparsePrefill(b, nullptr), cudaErrorInvalidValue);
+  b = a;
+  b.tile_key_cost = -1.0f;
+  EXPECT_EQ(kernels::SparsePrefill(b, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "kernels/attention.h"
 #include "kernels/attention_stats.h"
 #include "kernels/dense_prefill.h"
+#include "kernels/sparse_prefill.h"
 #include "kernels/elementwise.h"
 #include "kernels/indexer.h"
 #include "kernels/selection.h"
@@ -168,6 +169,8 @@ struct Workspace {
   DeviceBuffer<uint8_t> attn_ws, topk_ws;
   DeviceBuffer<uint8_t> select_ws;  // kernels::DecodeSelect's, zeroed when allocated (its contract)
   DeviceBuffer<float> scores;   // one score chunk
+  DeviceBuffer<uint8_t> sparse_ws;  // kernels::SparsePrefill's (block lists and masks of its tiles)
+  DeviceBuffer<uint8_t> row_skip;   // [rows] rows SparsePrefill computed (GatheredAttention skips them)
   DeviceBuffer<uint8_t> meta;   // the step's metadata blob
 };
 
@@ -236,6 +239,21 @@ absl::Status EnsureWorkspace(const ModelConfig& c, CudaBackend::Impl& im, int64_
                                       std::max<size_t>(1, kernels::TopKWorkspaceBytes(rows, im.max_candidates))));
   GSA_ASSIGN_OR_RETURN(n.scores, DeviceBuffer<float>::Allocate(static_cast<size_t>(score_floats)));
   GSA_ASSIGN_OR_RETURN(n.select_ws, DeviceBuffer<uint8_t>::Allocate(kernels::DecodeSelectWorkspaceBytes(rows)));
+  const int32_t group = static_cast<int32_t>(c.heads_per_kv());
+  if (kernels::SparsePrefillSupports(static_cast<int32_t>(c.d_head), group)) {
+    // Room for one sequence's chunk of `rows` rows whose tiles take unions up to what the default
+    // cost rule accepts (kQ rows × the longest selection / (64 × cost) blocks), plus headers for
+    // many sequences; with more sequences the launcher lowers the cap (more rows gathered).
+    const int64_t k_bound = std::max<int64_t>({c.k_base, c.k_max, 1});
+    const int64_t kq = kernels::SparsePrefillTileRows(group);
+    const int64_t u_cap = static_cast<int64_t>(std::ceil(static_cast<double>(kq * k_bound) /
+                                                         (64.0 * kernels::kSparsePrefillTileKeyCost)));
+    const int32_t nq = static_cast<int32_t>(std::min<int64_t>(rows, 1 << 30));
+    const size_t bytes = kernels::SparsePrefillWorkspaceBytes(1, nq, group, static_cast<int32_t>(std::min<int64_t>(u_cap, 1 << 20))) +
+                         kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(std::min<int64_t>(rows, 65535)), 1, group, 0);
+    GSA_ASSIGN_OR_RETURN(n.sparse_ws, DeviceBuffer<uint8_t>::Allocate(bytes));
+    GSA_ASSIGN_OR_RETURN(n.row_skip, DeviceBuffer<uint8_t>::Allocate(R));
+  }
   GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(n.select_ws.get(), 0, n.select_ws.bytes(), im.stream.get()));
   n.meta = std::move(w.meta);
   w = std::move(n);
@@ -448,6 +466,10 @@ struct StepPlan {
   int64_t gathered_max_tokens = 0;
   std::vector<int32_t> prefill_seqs;    // sequences for DensePrefill
   int32_t prefill_max_query = 0;
+  // Sparse sequences with a chunk of several rows, for SparsePrefill (their rows stay in
+  // gathered_rows: the ones SparsePrefill leaves are computed there).
+  std::vector<int32_t> sparse_prefill_seqs;
+  int32_t sparse_prefill_max_query = 0, sparse_prefill_max_context = 0;
   int32_t max_blocks = 0;
   std::vector<int32_t> block_tables, seq_first_row, query_start, num_query, context_len;
   std::vector<int32_t> logits_rows;
@@ -467,8 +489,14 @@ struct FixedShape {
 // The most tokens a sparse row attends to (k_t ≤ max(k_base, k_max)).
 int64_t SparseTokenBound(const ModelConfig& c) { return std::max<int64_t>({c.k_base, c.k_max, 1}); }
 
+// Which prefill kernels a step may use (CudaBackendOptions).
+struct PrefillKernels {
+  bool dense = true;
+  bool sparse_tiles = true;
+};
+
 StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_size, int64_t score_floats,
-                  bool dense_prefill_kernel, const FixedShape* fixed) {
+                  PrefillKernels kernels_on, const FixedShape* fixed) {
   StepPlan p;
   p.rows = batch.num_rows();
   p.token_ids = batch.token_ids;
@@ -490,7 +518,10 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
   p.query_start.resize(S);
   p.num_query.resize(S);
   p.context_len.resize(S);
-  const bool use_prefill_kernel = dense_prefill_kernel && kernels::DensePrefillSupports(static_cast<int32_t>(c.d_head));
+  const bool use_prefill_kernel = kernels_on.dense && kernels::DensePrefillSupports(static_cast<int32_t>(c.d_head));
+  const bool use_sparse_tiles =
+      kernels_on.sparse_tiles &&
+      kernels::SparsePrefillSupports(static_cast<int32_t>(c.d_head), static_cast<int32_t>(c.heads_per_kv()));
   for (size_t i = 0; i < S; ++i) {
     const SequenceInBatch& s = batch.seqs[i];
     const int64_t nb = (s.context_len + block_size - 1) / block_size;
@@ -511,6 +542,11 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
       p.prefill_seqs.push_back(static_cast<int32_t>(i));
       p.prefill_max_query = std::max(p.prefill_max_query, s.num_query);
     } else {
+      if (!dense && s.num_query > 1 && use_sparse_tiles && s.context_len <= kernels::kSparsePrefillMaxContext) {
+        p.sparse_prefill_seqs.push_back(static_cast<int32_t>(i));
+        p.sparse_prefill_max_query = std::max(p.sparse_prefill_max_query, s.num_query);
+        p.sparse_prefill_max_context = std::max(p.sparse_prefill_max_context, s.context_len);
+      }
       for (int32_t j = 0; j < s.num_query; ++j) {
         const int32_t r = s.query_start + j;
         p.gathered_rows.push_back(r);
@@ -571,14 +607,14 @@ struct StepDevice {
   kernels::PagedLayout paged;
   const int32_t *first = nullptr, *qstart = nullptr, *nq = nullptr, *ctx = nullptr;
   const int64_t* offsets = nullptr;
-  const int32_t *grows = nullptr, *pseqs = nullptr, *logit_rows = nullptr, *stats_rows = nullptr;
+  const int32_t *grows = nullptr, *pseqs = nullptr, *spseqs = nullptr, *logit_rows = nullptr, *stats_rows = nullptr;
 };
 
 // A step's metadata packed for one upload: the blob, and where each array sits in it.
 struct PackedStep {
   StagingBlob blob;
   size_t tokens = 0, seq = 0, pos = 0, slot = 0, dense = 0, tables = 0, first = 0, qstart = 0, nq = 0, ctx = 0,
-         offsets = 0, grows = 0, pseqs = 0, logit_rows = 0, stats_rows = 0;
+         offsets = 0, grows = 0, pseqs = 0, spseqs = 0, logit_rows = 0, stats_rows = 0;
   int32_t max_blocks = 0, block_size = 0;
 
   // The device addresses of the arrays once the blob is copied to `base`.
@@ -600,6 +636,7 @@ struct PackedStep {
     d.offsets = reinterpret_cast<const int64_t*>(at(offsets));
     d.grows = reinterpret_cast<const int32_t*>(at(grows));
     d.pseqs = reinterpret_cast<const int32_t*>(at(pseqs));
+    d.spseqs = reinterpret_cast<const int32_t*>(at(spseqs));
     d.logit_rows = reinterpret_cast<const int32_t*>(at(logit_rows));
     d.stats_rows = reinterpret_cast<const int32_t*>(at(stats_rows));
     return d;
@@ -621,6 +658,7 @@ PackedStep PackStep(const StepPlan& plan, int64_t block_size) {
   p.offsets = p.blob.Add(plan.score_offset);
   p.grows = p.blob.Add(plan.gathered_rows);
   p.pseqs = p.blob.Add(plan.prefill_seqs);
+  p.spseqs = p.blob.Add(plan.sparse_prefill_seqs);
   p.logit_rows = p.blob.Add(plan.logits_rows);
   p.stats_rows = p.blob.Add(plan.stats_rows);
   p.max_blocks = plan.max_blocks;
@@ -689,6 +727,11 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w.var.get(), 0, static_cast<size_t>(R) * sizeof(double), st));
   }
   GSA_CUDA_RETURN_IF_ERROR(kernels::EmbedRows(im.embed.get(), d.tokens, R, D, w.hidden.get(), st));
+  if (!plan.sparse_prefill_seqs.empty()) {
+    // Rows of other sequences (decodes) are never skipped; SparsePrefill sets its own rows' flags
+    // in every layer.
+    GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w.row_skip.get(), 0, static_cast<size_t>(R), st));
+  }
   const float eps = static_cast<float>(c.norm_eps);
   const kernels::GateActivation gate_act = ToKernel(c.gate_activation);
   for (int64_t li = 0; li < c.n_layers; ++li) {
@@ -797,6 +840,38 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     // 4. Attention (output gate fused).
     const float* gate_z = L.off_og >= 0 ? w.proj.get() + L.off_og : nullptr;
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
+    const uint8_t* row_skip = nullptr;
+    if (!plan.sparse_prefill_seqs.empty()) {
+      kernels::SparsePrefillArgs sp;
+      sp.q = w.q.get();
+      sp.k_cache = cache.k.get();
+      sp.v_cache = cache.v.get();
+      sp.paged = d.paged;
+      sp.query_start = d.qstart;
+      sp.num_query = d.nq;
+      sp.context_len = d.ctx;
+      sp.seq_ids = d.spseqs;
+      sp.num_seq_ids = static_cast<int32_t>(plan.sparse_prefill_seqs.size());
+      sp.max_num_query = plan.sparse_prefill_max_query;
+      sp.max_context = plan.sparse_prefill_max_context;
+      sp.sel = w.sel.get();
+      sp.sel_count = k_layer;
+      sp.sel_stride = im.sel_stride;
+      sp.gate_z = gate_z;
+      sp.gate_stride = L.proj_stride;
+      sp.gate_bias = L.og_bias.get();
+      sp.gate_act = gate_act;
+      sp.n_heads = static_cast<int32_t>(c.n_heads);
+      sp.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
+      sp.d_head = static_cast<int32_t>(c.d_head);
+      sp.scale = scale;
+      sp.out = w.attn.get();
+      sp.row_skip = w.row_skip.get();
+      sp.workspace = w.sparse_ws.get();
+      sp.workspace_bytes = w.sparse_ws.bytes();
+      GSA_CUDA_RETURN_IF_ERROR(kernels::SparsePrefill(sp, st));
+      row_skip = w.row_skip.get();
+    }
     if (!plan.gathered_rows.empty()) {
       kernels::GatheredAttentionArgs ga;
       ga.q = w.q.get();
@@ -806,6 +881,7 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
       ga.rows = d.rows;
       ga.row_ids = d.grows;
       ga.num_row_ids = static_cast<int64_t>(plan.gathered_rows.size());
+      ga.row_skip = row_skip;
       ga.sel = w.sel.get();
       ga.sel_count = k_layer;
       ga.sel_stride = im.sel_stride;
@@ -1010,7 +1086,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       StepBatch padded = batch;
       AppendIdleDecodeRows(padded, g->bucket, scratch_block_);
       FixedShape fixed{g->max_context, g->long_dense_rows};
-      const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
+      const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles}, &fixed);
       const PackedStep packed = PackStep(plan, bs);
       const std::vector<uint8_t>& bytes = packed.blob.bytes();
       if (bytes.size() > g->meta.bytes()) {
@@ -1032,7 +1108,7 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     GSA_RETURN_IF_ERROR(EnsureWorkspace(c, im, R, im.score_floats));
   }
   Workspace& w = im.ws;
-  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, options_.use_dense_prefill_kernel, nullptr);
+  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles}, nullptr);
   const PackedStep packed = PackStep(plan, bs);
   const std::vector<uint8_t>& bytes = packed.blob.bytes();
   if (w.meta.bytes() < bytes.size()) {
@@ -1125,7 +1201,7 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
   StepBatch shape;
   AppendIdleDecodeRows(shape, bucket, scratch_block_);
   FixedShape fixed{cap, long_dense};
-  const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, options_.use_dense_prefill_kernel, &fixed);
+  const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles}, &fixed);
   auto g = std::make_unique<DecodeGraph>();
   g->bucket = bucket;
   g->max_context = cap;

@@ -49,6 +49,10 @@ struct CudaBackendOptions {
   int64_t max_rows = 2048;           // rows (new tokens) per step the workspace is sized for
   int64_t score_budget_bytes = int64_t{256} << 20;  // one chunk of indexer scores, at most
   bool use_dense_prefill_kernel = true;  // false: dense prefill through the gathered kernel (tests)
+  // Sparse prefill chunks through the union-tile kernel (kernels/sparse_prefill.h) where a tile's
+  // rows share enough of their selections, the rest through the gathered kernel. false: every
+  // sparse row through the gathered kernel (tests compare the two).
+  bool use_sparse_prefill_tiles = true;
   // Pure decode steps (one new token per sequence) run as CUDA graphs captured per batch-size
   // bucket (1, 2, 4, … 256, padded with idle rows), context cap (4K … 1M, at most 1.5x apart) and whether
   // a dense row needs more than a sparse row's tokens, captured on first use, when their longest

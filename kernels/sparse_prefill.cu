@@ -1,0 +1,534 @@
+// Union-tile sparse prefill: see kernels/sparse_prefill.h for the contract.
+//
+// Tiles. A listed sequence's chunk (rows query_start … + num_query, positions pos_first …) is cut
+// at absolute multiples of kQ = 128 / group: tile y holds chunk rows [y·kQ - off, (y+1)·kQ - off)
+// ∩ [0, num_query), off = pos_first mod kQ. Grid of both kernels: (…, tiles per sequence, listed
+// sequence); a tile with no rows does nothing.
+//
+// Union blocks. Position p is in block p / 64 (kBlk = 64 = the attention kernel's key tile).
+//
+// Workspace: headers int32 [slots] (slot = sequence index · tiles per sequence + tile; U ≥ 1 on
+// the tile path, -1 otherwise), padded to 16 bytes, then per slot a region of `slot_bytes`:
+// masks uint64 [U_cap][kQ] (mask[u][i] bit b: tile row i selected position 64·list[u] + b), then
+// the block list int32 [U_cap] (ascending).
+//
+// Kernel 1 (PlanKernel<kQ>): one CTA of kPlanThreads per tile. Warps take the tile's rows; each
+// row's list entries, 32 lanes side by side, mark their blocks in a shared bitmap (a lane skips the
+// atomic when the lane before it marked the same block: lists come sorted, so runs are common).
+// A block-wide scan of the bitmap's popcounts gives U and each word's rank base; the decision;
+// row_skip; then on the tile path the list (ascending), zeroed masks, and a second pass over the
+// entries that ORs each lane's bit into mask[rank(block)][row] (a segmented OR across lanes with
+// the same block first, so one 64-bit atomic per run).
+// Kernel 2 (TileAttentionKernel<D, kQ>): one CTA of 8 warps per (KV head, tile). The 128 M rows
+// are (query head g, tile row i) = (m / kQ, m mod kQ); warp w owns rows [16w, 16w + 16), one m16
+// atom, Q fragments in registers. Per union block (in list order): K and V of its 64 positions
+// (cp.async, double-buffered, the pipeline of kernels/dense_prefill.cu; positions past the tile's
+// last row are zero-filled and never read), S = Q Kᵀ, keys the row did not select at -inf (the
+// mask words are read from global memory while the scores are computed), online softmax, P V.
+// Epilogue: O / l (0 for a row that selected nothing), output gate, bf16 stores of valid rows.
+#include "kernels/sparse_prefill.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/flash_mma.cuh"
+
+namespace gsa::kernels {
+namespace {
+
+using flash::CpAsync16;
+using flash::CpAsyncCommit;
+using flash::CpAsyncWait;
+using flash::LdMatrixX4;
+using flash::SmemAddr;
+
+constexpr int kBlk = 64;            // positions per union block = keys per attention tile
+constexpr int kMRows = 128;         // M rows of the attention CTA: kQ tile rows × group heads
+constexpr int kPlanThreads = 256;
+constexpr int kPlanWarps = kPlanThreads / 32;
+constexpr int kPlanUnroll = 4;      // list entries per lane in flight
+constexpr int kAttnWarps = kMRows / 16;
+constexpr int kAttnThreads = kAttnWarps * 32;
+
+// Where a tile's rows are, computed the same way by both kernels.
+struct Tile {
+  int32_t seq = 0;
+  int64_t row0 = 0;      // absolute row of chunk row 0
+  int32_t pos_first = 0; // position of chunk row 0
+  int32_t j0 = 0;        // chunk row of tile row 0 (may be negative for the first tile)
+  int32_t lo = 0, hi = 0;  // chunk rows [lo, hi) are real (lo < hi unless the tile is empty)
+};
+
+template <int kQ>
+__device__ __forceinline__ Tile TileOf(const SparsePrefillArgs& a, int tile_y, int seq_index) {
+  Tile tl;
+  tl.seq = a.seq_ids[seq_index];
+  const int32_t nq = a.num_query[tl.seq];
+  tl.pos_first = a.context_len[tl.seq] - nq;
+  tl.row0 = a.query_start[tl.seq];
+  tl.j0 = tile_y * kQ - tl.pos_first % kQ;
+  tl.lo = max(tl.j0, 0);
+  tl.hi = min(tl.j0 + kQ, nq);
+  return tl;
+}
+
+// Launch-wide constants of both kernels.
+struct Plan {
+  int32_t tiles_per_seq = 0;
+  int32_t bitmap_words = 0;  // shared bitmap words: ≥ ceil(ceil(max_context / 64) / 32)
+  int32_t u_cap = 0;         // the most union blocks a tile's slot holds (0: no tile path)
+  float key_cost = 0.0f;
+  int32_t* headers = nullptr;   // [slots]
+  unsigned char* slots = nullptr;
+  size_t slot_bytes = 0;
+  size_t list_offset = 0;  // bytes from a slot's start to its block list
+};
+
+__device__ __forceinline__ uint64_t* SlotMasks(const Plan& p, int64_t slot) {
+  return reinterpret_cast<uint64_t*>(p.slots + static_cast<size_t>(slot) * p.slot_bytes);
+}
+__device__ __forceinline__ int32_t* SlotList(const Plan& p, int64_t slot) {
+  return reinterpret_cast<int32_t*>(p.slots + static_cast<size_t>(slot) * p.slot_bytes + p.list_offset);
+}
+
+// Exclusive prefix sum over the CTA (kPlanThreads threads, every thread calls it); *total gets the
+// sum.
+__device__ __forceinline__ int32_t BlockExclusiveSum(int32_t v, int32_t* s_warp, int32_t* total) {
+  const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+  int32_t incl = v;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int32_t up = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += up;
+  }
+  if (lane == 31) s_warp[warp] = incl;
+  __syncthreads();
+  int32_t base = 0, sum = 0;
+#pragma unroll
+  for (int w = 0; w < kPlanWarps; ++w) {
+    const int32_t x = s_warp[w];
+    base += w < warp ? x : 0;
+    sum += x;
+  }
+  *total = sum;
+  return base + incl - v;
+}
+
+// Row r's selection count clamped to [0, sel_stride].
+__device__ __forceinline__ int32_t RowCount(const SparsePrefillArgs& a, int64_t r) {
+  const int64_t c = a.sel_count[r];
+  return static_cast<int32_t>(c < 0 ? 0 : (c > a.sel_stride ? a.sel_stride : c));
+}
+
+// A row's list entry i as a position the row may attend to, or -1 (past the count, or outside
+// [0, t]).
+__device__ __forceinline__ int32_t Entry(const int32_t* sel_row, int32_t count, int32_t t, int32_t i) {
+  if (i >= count) return -1;
+  const int32_t p = sel_row[i];
+  return (p >= 0 && p <= t) ? p : -1;
+}
+
+template <int kQ>
+__global__ void __launch_bounds__(kPlanThreads) PlanKernel(const SparsePrefillArgs a, const Plan p) {
+  extern __shared__ uint32_t s_dyn[];
+  uint32_t* const bitmap = s_dyn;                                      // [bitmap_words]
+  int32_t* const rank_base = reinterpret_cast<int32_t*>(s_dyn + p.bitmap_words);  // [bitmap_words]
+  __shared__ int32_t s_warp[kPlanWarps];
+  __shared__ unsigned long long s_selected;
+
+  const int64_t slot = static_cast<int64_t>(blockIdx.z) * p.tiles_per_seq + blockIdx.y;
+  const Tile tl = TileOf<kQ>(a, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z));
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid & 31, warp = tid >> 5;
+  if (tl.lo >= tl.hi) {  // no rows: nothing to plan (whole CTA, before any barrier)
+    if (tid == 0) {
+      p.headers[slot] = -1;
+      if (a.tile_stats != nullptr) a.tile_stats[slot] = SparsePrefillTileStat{-1, 0, 0};
+    }
+    return;
+  }
+  const int32_t last_pos = tl.pos_first + tl.hi - 1;
+  const int32_t words = (last_pos / kBlk) / 32 + 1;
+  if (words > p.bitmap_words || tl.pos_first < 0) {
+    // A context past max_context (a caller bug) or a negative position: leave the rows to
+    // GatheredAttention rather than overrun the bitmap.
+    if (tid == 0) {
+      p.headers[slot] = -1;
+      if (a.tile_stats != nullptr) a.tile_stats[slot] = SparsePrefillTileStat{-1, 0, 0};
+    }
+    for (int32_t j = tl.lo + tid; j < tl.hi; j += kPlanThreads) a.row_skip[tl.row0 + j] = 0;
+    return;
+  }
+  for (int w = tid; w < words; w += kPlanThreads) bitmap[w] = 0u;
+  if (tid == 0) s_selected = 0ull;
+  __syncthreads();
+
+  // Pass 1: mark the blocks; count the selections.
+  for (int32_t j = tl.lo + warp; j < tl.hi; j += kPlanWarps) {
+    const int64_t r = tl.row0 + j;
+    const int32_t t = tl.pos_first + j;
+    const int32_t count = RowCount(a, r);
+    const int32_t* sel_row = a.sel + r * a.sel_stride;
+    if (lane == 0) atomicAdd(&s_selected, static_cast<unsigned long long>(count));
+    for (int32_t i0 = 0; i0 < count; i0 += 32 * kPlanUnroll) {  // warp-uniform trip count
+      int32_t pos[kPlanUnroll];
+#pragma unroll
+      for (int u = 0; u < kPlanUnroll; ++u) pos[u] = Entry(sel_row, count, t, i0 + u * 32 + lane);
+#pragma unroll
+      for (int u = 0; u < kPlanUnroll; ++u) {
+        const int32_t blk = pos[u] >= 0 ? pos[u] / kBlk : -1;
+        const int32_t before = __shfl_up_sync(0xffffffffu, blk, 1);
+        if (blk >= 0 && (lane == 0 || before != blk)) atomicOr(&bitmap[blk >> 5], 1u << (blk & 31));
+      }
+    }
+  }
+  __syncthreads();
+
+  // U and every word's rank base: thread tid takes words [tid·per, (tid+1)·per).
+  const int per = (words + kPlanThreads - 1) / kPlanThreads;
+  const int w_begin = min(tid * per, words), w_end = min(w_begin + per, words);
+  int32_t mine = 0;
+  for (int w = w_begin; w < w_end; ++w) mine += __popc(bitmap[w]);
+  int32_t union_blocks = 0;
+  int32_t base = BlockExclusiveSum(mine, s_warp, &union_blocks);
+  for (int w = w_begin; w < w_end; ++w) {
+    rank_base[w] = base;
+    base += __popc(bitmap[w]);
+  }
+  const int64_t selected = static_cast<int64_t>(s_selected);
+  const bool on_tiles = union_blocks >= 1 && union_blocks <= p.u_cap &&
+                        static_cast<double>(union_blocks) * kBlk * p.key_cost <= static_cast<double>(selected);
+  if (tid == 0) {
+    p.headers[slot] = on_tiles ? union_blocks : -1;
+    if (a.tile_stats != nullptr) {
+      a.tile_stats[slot] = SparsePrefillTileStat{union_blocks, on_tiles ? 1 : 0, selected};
+    }
+  }
+  for (int32_t j = tl.lo + tid; j < tl.hi; j += kPlanThreads) a.row_skip[tl.row0 + j] = on_tiles ? 1 : 0;
+  if (!on_tiles) return;  // uniform across the CTA
+
+  // The block list, ascending, and zeroed masks.
+  int32_t* const list = SlotList(p, slot);
+  for (int w = w_begin; w < w_end; ++w) {
+    uint32_t bits = bitmap[w];
+    int32_t k = rank_base[w];
+    while (bits != 0u) {
+      list[k++] = w * 32 + (__ffs(bits) - 1);
+      bits &= bits - 1u;
+    }
+  }
+  uint64_t* const masks = SlotMasks(p, slot);
+  const int64_t mask_words = static_cast<int64_t>(union_blocks) * kQ;
+  for (int64_t i = tid; i < mask_words; i += kPlanThreads) masks[i] = 0ull;
+  __syncthreads();  // the zeroes are visible to every thread of the CTA before the ORs below
+
+  // Pass 2: every entry's bit into its row's mask word of its block.
+  for (int32_t j = tl.lo + warp; j < tl.hi; j += kPlanWarps) {
+    const int64_t r = tl.row0 + j;
+    const int32_t t = tl.pos_first + j;
+    const int32_t count = RowCount(a, r);
+    const int32_t* sel_row = a.sel + r * a.sel_stride;
+    uint64_t* const row_masks = masks + (j - tl.j0);
+    for (int32_t i0 = 0; i0 < count; i0 += 32 * kPlanUnroll) {
+      int32_t pos[kPlanUnroll];
+#pragma unroll
+      for (int u = 0; u < kPlanUnroll; ++u) pos[u] = Entry(sel_row, count, t, i0 + u * 32 + lane);
+#pragma unroll
+      for (int u = 0; u < kPlanUnroll; ++u) {
+        int32_t ub = -1;
+        uint64_t bit = 0ull;
+        if (pos[u] >= 0) {
+          const int32_t blk = pos[u] / kBlk;
+          const uint32_t word = bitmap[blk >> 5];
+          ub = rank_base[blk >> 5] + __popc(word & ((1u << (blk & 31)) - 1u));
+          bit = 1ull << (pos[u] % kBlk);
+        }
+        // Segmented OR over lanes with the same block (inclusive, towards higher lanes): the last
+        // lane of each run holds the run's bits. Lanes of another run with the same block only
+        // add bits of that block, which is harmless.
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const int32_t ub_up = __shfl_up_sync(0xffffffffu, ub, off);
+          const uint64_t bit_up = __shfl_up_sync(0xffffffffu, bit, off);
+          if (lane >= off && ub_up == ub) bit |= bit_up;
+        }
+        const int32_t ub_next = __shfl_down_sync(0xffffffffu, ub, 1);
+        if (ub >= 0 && (lane == 31 || ub_next != ub)) {
+          atomicOr(reinterpret_cast<unsigned long long*>(row_masks + static_cast<int64_t>(ub) * kQ),
+                   static_cast<unsigned long long>(bit));
+        }
+      }
+    }
+  }
+}
+
+template <int D>
+struct AttnCfg {
+  static constexpr int kStride = D + 8;
+  static constexpr int kChunks = D / 8;                   // 16-byte chunks per row
+  static constexpr int kRowStep = kAttnThreads / kChunks; // rows between one thread's chunks
+  static constexpr int kQRowsPerThread = kMRows / kRowStep;
+  static constexpr int kKvRowsPerThread = kBlk / kRowStep;
+  static constexpr int kSmemQ = kMRows * kStride;  // elements
+  static constexpr int kSmemKv = kBlk * kStride;   // elements, one stage of K or of V
+  static constexpr size_t kSmemBytes = sizeof(bf16) * (static_cast<size_t>(kSmemQ) + 4 * kSmemKv);
+  static_assert(kAttnThreads % kChunks == 0 && kMRows % kRowStep == 0 && kBlk % kRowStep == 0, "copy rounds");
+  static_assert((kStride * sizeof(bf16)) % 128 == 16, "conflict-free ldmatrix rows");
+};
+
+template <int D, int kQ>
+__global__ void __launch_bounds__(kAttnThreads) TileAttentionKernel(const SparsePrefillArgs a, const Plan p) {
+  using C = AttnCfg<D>;
+  constexpr int kStride = C::kStride;
+  constexpr int kNTiles = kBlk / 8;
+  constexpr int kDTiles = D / 8;
+  constexpr int kKSteps = D / 16;
+  constexpr int kPSteps = kBlk / 16;
+  constexpr int kGroup = kMRows / kQ;
+
+  const int kvh = static_cast<int>(blockIdx.x);
+  const int64_t slot = static_cast<int64_t>(blockIdx.z) * p.tiles_per_seq + blockIdx.y;
+  const int32_t n_union = p.headers[slot];
+  if (n_union <= 0) return;  // not on the tile path (whole CTA, before any barrier)
+  const Tile tl = TileOf<kQ>(a, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z));
+  const int32_t last_pos = tl.pos_first + tl.hi - 1;  // no key past it is read
+  const int32_t* const list = SlotList(p, slot);
+  const uint64_t* const masks = SlotMasks(p, slot);
+  const float scale_log2 = a.scale * flash::kLog2e;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* const sQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* const sK = sQ + C::kSmemQ;       // [2][kBlk][kStride]
+  bf16* const sV = sK + 2 * C::kSmemKv;  // [2][kBlk][kStride]
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+
+  // ---- copies: thread tid copies chunk column cc of rows cr, cr + kRowStep, …
+  const int cc = tid % C::kChunks;
+  const int cr = tid / C::kChunks;
+  const int64_t q_row_stride = static_cast<int64_t>(a.n_heads) * D;
+  const int64_t kv_slot_stride = static_cast<int64_t>(a.n_kv_heads) * D;
+  const bf16* const k_base = a.k_cache + static_cast<int64_t>(kvh) * D + cc * 8;
+  const bf16* const v_base = a.v_cache + static_cast<int64_t>(kvh) * D + cc * 8;
+
+  // M row m → query head kvh·group + m / kQ, tile row m mod kQ (chunk row j0 + m mod kQ).
+#pragma unroll
+  for (int i = 0; i < C::kQRowsPerThread; ++i) {
+    const int m = cr + i * C::kRowStep;
+    const int32_t j = tl.j0 + m % kQ;
+    const bool valid = j >= tl.lo && j < tl.hi;
+    const int64_t h = static_cast<int64_t>(kvh) * kGroup + m / kQ;
+    const bf16* src = valid ? a.q + (tl.row0 + j) * q_row_stride + h * D + cc * 8 : a.q;
+    CpAsync16(SmemAddr(sQ + m * kStride + cc * 8), src, valid);
+  }
+
+  int64_t slots[C::kKvRowsPerThread];  // slot of each of this thread's key rows, -1: not read
+  auto find_slots = [&](int it) {
+    const int32_t first = list[it] * kBlk;
+#pragma unroll
+    for (int i = 0; i < C::kKvRowsPerThread; ++i) {
+      const int32_t s = first + cr + i * C::kRowStep;
+      slots[i] = s <= last_pos ? SlotOfPosition(a.paged, tl.seq, s) : int64_t{-1};
+    }
+  };
+  auto issue_kv = [&](const bf16* base, bf16* stage) {
+#pragma unroll
+    for (int i = 0; i < C::kKvRowsPerThread; ++i) {
+      const int r = cr + i * C::kRowStep;
+      const bool valid = slots[i] >= 0;
+      const bf16* src = valid ? base + slots[i] * kv_slot_stride : base;
+      CpAsync16(SmemAddr(stage + r * kStride + cc * 8), src, valid);
+    }
+  };
+
+  find_slots(0);
+  issue_kv(k_base, sK);
+  CpAsyncCommit();  // {Q, K0}
+  issue_kv(v_base, sV);
+  CpAsyncCommit();  // {V0}
+
+  // ---- per-warp state (one m atom: rows 16·warp + g and + 8)
+  const int wrow0 = warp * 16;
+  const int qi_lo = (wrow0 + g) % kQ, qi_hi = (wrow0 + g + 8) % kQ;  // tile rows of this thread's rows
+  float acc_o[1][kDTiles][4];
+  float row_max[1][2] = {{-INFINITY, -INFINITY}};
+  float row_sum[1][2] = {{0.0f, 0.0f}};
+#pragma unroll
+  for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_o[0][j][e] = 0.0f;
+  }
+  uint32_t q_frag[kKSteps][4];
+  const uint32_t sQ_warp = SmemAddr(sQ + wrow0 * kStride + flash::QLaneOffset<kStride>(lane));
+  const int k_lane_off = flash::KLaneOffset<kStride>(lane);
+  const int v_lane_off = flash::VLaneOffset<kStride>(lane);
+
+  for (int it = 0; it < n_union; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < n_union) {
+      find_slots(it + 1);
+      issue_kv(k_base, sK + (buf ^ 1) * C::kSmemKv);
+    }
+    CpAsyncCommit();
+    // This block's selection bits of the thread's two rows (read while S is computed).
+    const uint64_t mask_lo = masks[static_cast<int64_t>(it) * kQ + qi_lo];
+    const uint64_t mask_hi = masks[static_cast<int64_t>(it) * kQ + qi_hi];
+    CpAsyncWait<2>();
+    __syncthreads();  // B1: K[it] (and Q) visible; every thread is past PV of it-1
+    if (it + 1 < n_union) issue_kv(v_base, sV + (buf ^ 1) * C::kSmemKv);
+    CpAsyncCommit();
+    if (it == 0) {
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) LdMatrixX4(q_frag[kk], sQ_warp + kk * 16 * sizeof(bf16));
+    }
+
+    float acc_s[1][kNTiles][4];
+    flash::QkScores<1, kNTiles, kKSteps, kStride, true>(acc_s, q_frag, sQ_warp,
+                                                        SmemAddr(sK + buf * C::kSmemKv + k_lane_off));
+    uint32_t p_frag[1][kPSteps][4];
+    // Key 8j + 2t + e of the block counts for a row iff the row selected it.
+    const uint64_t lo_shifted = mask_lo >> (2 * t), hi_shifted = mask_hi >> (2 * t);
+    auto selected = [&](int, int hf, int j, int e) {
+      return (((hf == 0 ? lo_shifted : hi_shifted) >> (8 * j + e)) & 1ull) != 0ull;
+    };
+    flash::SoftmaxStep<1, kNTiles, kDTiles>(acc_s, row_max, row_sum, acc_o, scale_log2, selected, p_frag);
+
+    CpAsyncWait<2>();
+    __syncthreads();  // B2: V[it] visible; every thread is past S of it (K buffer free)
+    flash::PvAccumulate<1, kPSteps, kDTiles, kStride>(acc_o, p_frag, SmemAddr(sV + buf * C::kSmemKv + v_lane_off));
+  }
+
+  // ---- epilogue: O / l, output gate, bf16 stores of the real rows
+  const bool gated = a.gate_z != nullptr;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float l = flash::QuadRowSum(row_sum[0][hf]);
+    const int m = wrow0 + g + hf * 8;
+    const int32_t j = tl.j0 + m % kQ;
+    if (j < tl.lo || j >= tl.hi) continue;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // 0: the row selected nothing
+    const int64_t row = tl.row0 + j;
+    const int64_t col = (static_cast<int64_t>(kvh) * kGroup + m / kQ) * D;
+    const float* const gz = gated ? a.gate_z + row * a.gate_stride + col : nullptr;
+    const float* const gb = (gated && a.gate_bias != nullptr) ? a.gate_bias + col : nullptr;
+    flash::StoreRow<kDTiles>(acc_o[0], hf, inv, t, a.out + row * q_row_stride + col, gated, gz, gb, a.gate_act);
+  }
+}
+
+int32_t GroupOf(const SparsePrefillArgs& a) { return a.n_kv_heads > 0 ? a.n_heads / a.n_kv_heads : 0; }
+
+size_t HeaderBytes(int64_t slots) { return (static_cast<size_t>(slots) * sizeof(int32_t) + 15) / 16 * 16; }
+
+// Bytes of one slot holding up to u_cap blocks of kQ rows (a multiple of 16).
+size_t SlotBytes(int32_t u_cap, int32_t kq) {
+  const size_t masks = static_cast<size_t>(u_cap) * kq * sizeof(uint64_t);
+  const size_t list = (static_cast<size_t>(u_cap) * sizeof(int32_t) + 15) / 16 * 16;
+  return masks + list;
+}
+
+template <int D, int kQ>
+cudaError_t Launch(const SparsePrefillArgs& a, cudaStream_t stream) {
+  Plan p;
+  p.tiles_per_seq = SparsePrefillTilesPerSeq(a.max_num_query, kMRows / kQ);
+  if (p.tiles_per_seq > 65535) return cudaErrorInvalidValue;
+  const int64_t slots = static_cast<int64_t>(a.num_seq_ids) * p.tiles_per_seq;
+  const int32_t max_blocks = (a.max_context + kBlk - 1) / kBlk;
+  p.bitmap_words = (max_blocks + 31) / 32;
+  p.key_cost = a.tile_key_cost > 0.0f ? a.tile_key_cost : kSparsePrefillTileKeyCost;
+  // The largest union a slot can hold within the workspace (never more than the context's blocks).
+  const size_t header = HeaderBytes(slots);
+  if (a.workspace == nullptr || a.workspace_bytes < header) return cudaErrorInvalidValue;  // headers at least
+  const size_t per_slot = (a.workspace_bytes - header) / static_cast<size_t>(slots);
+  const size_t per_block = static_cast<size_t>(kQ) * sizeof(uint64_t) + sizeof(int32_t);
+  int64_t cap = static_cast<int64_t>(per_slot / per_block);
+  cap = std::min<int64_t>(cap, max_blocks);
+  while (cap > 0 && SlotBytes(static_cast<int32_t>(cap), kQ) > per_slot) --cap;
+  p.u_cap = static_cast<int32_t>(cap);
+  p.headers = static_cast<int32_t*>(a.workspace);
+  p.slots = static_cast<unsigned char*>(a.workspace) + header;
+  p.slot_bytes = SlotBytes(p.u_cap, kQ);
+  p.list_offset = static_cast<size_t>(p.u_cap) * kQ * sizeof(uint64_t);
+
+  const size_t plan_smem = static_cast<size_t>(p.bitmap_words) * 2 * sizeof(uint32_t);
+  if (plan_smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(PlanKernel<kQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(plan_smem));
+    if (err != cudaSuccess) return err;
+  }
+  const dim3 plan_grid(1, static_cast<unsigned>(p.tiles_per_seq), static_cast<unsigned>(a.num_seq_ids));
+  PlanKernel<kQ><<<plan_grid, kPlanThreads, plan_smem, stream>>>(a, p);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || p.u_cap == 0) return err;
+
+  using C = AttnCfg<D>;
+  err = cudaFuncSetAttribute(TileAttentionKernel<D, kQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(C::kSmemBytes));
+  if (err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>(a.n_kv_heads), static_cast<unsigned>(p.tiles_per_seq),
+                  static_cast<unsigned>(a.num_seq_ids));
+  TileAttentionKernel<D, kQ><<<grid, kAttnThreads, C::kSmemBytes, stream>>>(a, p);
+  return cudaGetLastError();
+}
+
+template <int D>
+cudaError_t LaunchForGroup(const SparsePrefillArgs& a, cudaStream_t stream) {
+  switch (GroupOf(a)) {
+    case 1: return Launch<D, 128>(a, stream);
+    case 2: return Launch<D, 64>(a, stream);
+    case 4: return Launch<D, 32>(a, stream);
+    default: return Launch<D, 16>(a, stream);
+  }
+}
+
+bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+}  // namespace
+
+bool SparsePrefillSupports(int32_t d_head, int32_t group) {
+  return (d_head == 64 || d_head == 128) && (group == 1 || group == 2 || group == 4 || group == 8);
+}
+
+int32_t SparsePrefillTileRows(int32_t group) { return group > 0 ? kMRows / group : 0; }
+
+int32_t SparsePrefillTilesPerSeq(int32_t max_num_query, int32_t group) {
+  const int32_t kq = SparsePrefillTileRows(group);
+  if (kq <= 0 || max_num_query <= 0) return 0;
+  // Absolute alignment: a chunk's rows may start anywhere in a tile, so one more tile than
+  // ceil(max_num_query / kq) can be touched.
+  return static_cast<int32_t>((static_cast<int64_t>(max_num_query) + 2 * kq - 2) / kq);
+}
+
+size_t SparsePrefillWorkspaceBytes(int32_t num_seq_ids, int32_t max_num_query, int32_t group,
+                                   int32_t max_union_blocks) {
+  const int32_t kq = SparsePrefillTileRows(group);
+  const int64_t slots = static_cast<int64_t>(std::max(num_seq_ids, 0)) * SparsePrefillTilesPerSeq(max_num_query, group);
+  if (slots <= 0 || kq <= 0) return 0;
+  return HeaderBytes(slots) + static_cast<size_t>(slots) * SlotBytes(std::max(max_union_blocks, 0), kq);
+}
+
+cudaError_t SparsePrefill(const SparsePrefillArgs& a, cudaStream_t stream) {
+  if (a.num_seq_ids <= 0 || a.max_num_query <= 0) return cudaSuccess;
+  if (!SparsePrefillSupports(a.d_head, GroupOf(a)) || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0 ||
+      a.n_kv_heads > 65535 || a.num_seq_ids > 65535 || a.paged.block_size <= 0 || a.paged.max_blocks_per_seq <= 0 ||
+      a.max_context <= 0 || a.max_context > kSparsePrefillMaxContext || a.sel_stride < 0 ||
+      !(a.scale > 0.0f) || !std::isfinite(a.scale) || !(a.tile_key_cost >= 0.0f) ||
+      !std::isfinite(a.tile_key_cost)) {
+    return cudaErrorInvalidValue;
+  }
+  if (a.q == nullptr || a.k_cache == nullptr || a.v_cache == nullptr || a.out == nullptr || a.seq_ids == nullptr ||
+      a.query_start == nullptr || a.num_query == nullptr || a.context_len == nullptr ||
+      a.paged.block_tables == nullptr || a.sel == nullptr || a.sel_count == nullptr || a.row_skip == nullptr ||
+      a.workspace == nullptr || !Aligned16(a.q) || !Aligned16(a.k_cache) || !Aligned16(a.v_cache) ||
+      !Aligned16(a.workspace)) {
+    return cudaErrorInvalidValue;
+  }
+  if (a.d_head == 128) return LaunchForGroup<128>(a, stream);
+  return LaunchForGroup<64>(a, stream);
+}
+
+}  // namespace gsa::kernels
