@@ -248,7 +248,9 @@ __global__ void __launch_bounds__(C::kThreads) DensePrefillKernel(const DensePre
   for (int mi = 0; mi < kMAtoms; ++mi) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const float l = flash::QuadRowSum(row_sum[mi][hf]);
+      float l = row_sum[mi][hf];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
       const int r = wrow0 + mi * 16 + g + hf * 8;
       if (r >= rows_valid) continue;
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l ≥ 1 for every real row
@@ -256,7 +258,19 @@ __global__ void __launch_bounds__(C::kThreads) DensePrefillKernel(const DensePre
       bf16* const out = a.out + row * out_row_stride + static_cast<int64_t>(h) * D;
       const float* const gz = gated ? a.gate_z + row * a.gate_stride + static_cast<int64_t>(h) * D : nullptr;
       const float* const gb = (gated && a.gate_bias != nullptr) ? a.gate_bias + static_cast<int64_t>(h) * D : nullptr;
-      flash::StoreRow<kDTiles>(acc_o[mi], hf, inv, t, out, gated, gz, gb, a.gate_act);
+#pragma unroll
+      for (int j = 0; j < kDTiles; ++j) {
+        const int d = j * 8 + 2 * t;
+        float v0 = acc_o[mi][j][2 * hf] * inv;
+        float v1 = acc_o[mi][j][2 * hf + 1] * inv;
+        if (gated) {
+          const float z0 = gz[d] + (gb != nullptr ? gb[d] : 0.0f);
+          const float z1 = gz[d + 1] + (gb != nullptr ? gb[d + 1] : 0.0f);
+          v0 *= GateActF(a.gate_act, z0);
+          v1 *= GateActF(a.gate_act, z1);
+        }
+        *reinterpret_cast<__nv_bfloat162*>(out + d) = __floats2bfloat162_rn(v0, v1);
+      }
     }
   }
 }
