@@ -8,16 +8,18 @@
 // Union blocks. Position p is in block p / 64 (kBlk = 64 = the attention kernel's key tile).
 //
 // Workspace: headers int32 [slots] (slot = sequence index · tiles per sequence + tile; U ≥ 1 on
-// the tile path, -1 otherwise), padded to 16 bytes, then per slot a region of `slot_bytes`:
+// the tile path, -1 otherwise), padded to 16 bytes; marks per slot (MarkBytes); then per slot a
+// region of `slot_bytes`:
 // masks uint64 [U_cap][kQ] (mask[u][i] bit b: tile row i selected position 64·list[u] + b), then
 // the block list int32 [U_cap] (ascending).
 //
-// Kernel 1 (PlanKernel<kQ>): one CTA of kPlanThreads per tile (the grid is small, so each CTA is
-// as wide as a CTA gets). Warps take the tile's rows (ForEachRun: runs of list entries in one
-// block); one shared-memory atomic per run marks the block in a bitmap. A block-wide scan of the bitmap's popcounts gives U and each word's rank base; the
-// decision; row_skip; then on the tile path the list (ascending), zeroed masks, and a second pass
-// that ORs each run's bits into mask[rank(block)][row] (one 64-bit atomic per run).
-// Kernel 2 (TileAttentionKernel<D, kQ>): one CTA of 8 warps per (KV head, tile). The kMRows M
+// The plan, per tile: MarkKernel (kPassSplit CTAs per tile, warps over the rows, ForEachRun: one
+// shared atomic per run of list entries in one block, then the CTA's nonzero words ORed into the
+// tile's bitmap) marks the tile's blocks and sums the counts; DecideKernel (one CTA per tile) scans the bitmap's popcounts into U and each word's
+// rank base, decides, writes the header, stats and row_skip, and on the tile path the list
+// (ascending) and zeroed masks; MasksKernel (kPassSplit CTAs per tile) ORs each run's bits into
+// mask[rank(block)][row]. The marks (bitmaps, ranks, counts) are zeroed per launch.
+// Attention (TileAttentionKernel<D, kQ>): one CTA of 8 warps per (KV head, tile). The kMRows M
 // rows are (query head g, tile row i) = (m / kQ, m mod kQ); warp w owns kAttnAtoms m16 atoms of
 // consecutive rows (Q fragments in registers with one atom, re-read from shared memory with
 // more). Per union block (in list order): K and V of its 64 positions
@@ -49,9 +51,12 @@ constexpr int kAttnWarps = 8;
 // per-iteration barriers and loads amortized over twice the rows); clustered 0.32 against 0.31 ms.
 constexpr int kAttnAtoms = 2;
 constexpr int kMRows = kAttnWarps * 16 * kAttnAtoms;  // M rows of the attention CTA: kQ tile rows × group heads
-constexpr int kPlanThreads = 1024;  // 32 warps: a tile's rows four per warp (kQ = 128)
-constexpr int kPlanWarps = kPlanThreads / 32;
 constexpr int kPlanUnroll = 8;      // list entries per lane in flight
+constexpr int kPassSplit = 8;       // CTAs per tile of the two passes over the lists
+constexpr int kPassThreads = 256;
+constexpr int kPassWarps = kPassThreads / 32;
+constexpr int kDecideThreads = 1024;
+constexpr int kDecideWarps = kDecideThreads / 32;
 constexpr int kAttnThreads = kAttnWarps * 32;
 
 // Where a tile's rows are, computed the same way by both kernels.
@@ -76,17 +81,29 @@ __device__ __forceinline__ Tile TileOf(const SparsePrefillArgs& a, int tile_y, i
   return tl;
 }
 
-// Launch-wide constants of both kernels.
+// Launch-wide constants of every kernel.
 struct Plan {
   int32_t tiles_per_seq = 0;
-  int32_t bitmap_words = 0;  // shared bitmap words: ≥ ceil(ceil(max_context / 64) / 32)
+  int32_t bitmap_words = 0;  // bitmap words per slot: ceil(ceil(max_context / 64) / 32)
   int32_t u_cap = 0;         // the most union blocks a tile's slot holds (0: no tile path)
   float key_cost = 0.0f;
   int32_t* headers = nullptr;   // [slots]
+  unsigned char* marks = nullptr;  // [slots] × mark_bytes: bitmap, rank bases, Σ count (zeroed per launch)
+  size_t mark_bytes = 0;
   unsigned char* slots = nullptr;
   size_t slot_bytes = 0;
   size_t list_offset = 0;  // bytes from a slot's start to its block list
 };
+
+__device__ __forceinline__ uint32_t* MarkBitmap(const Plan& p, int64_t slot) {
+  return reinterpret_cast<uint32_t*>(p.marks + static_cast<size_t>(slot) * p.mark_bytes);
+}
+__device__ __forceinline__ int32_t* MarkRank(const Plan& p, int64_t slot) {
+  return reinterpret_cast<int32_t*>(MarkBitmap(p, slot) + p.bitmap_words);
+}
+__device__ __forceinline__ unsigned long long* MarkSelected(const Plan& p, int64_t slot) {
+  return reinterpret_cast<unsigned long long*>(p.marks + (static_cast<size_t>(slot) + 1) * p.mark_bytes - 8);
+}
 
 __device__ __forceinline__ uint64_t* SlotMasks(const Plan& p, int64_t slot) {
   return reinterpret_cast<uint64_t*>(p.slots + static_cast<size_t>(slot) * p.slot_bytes);
@@ -95,8 +112,8 @@ __device__ __forceinline__ int32_t* SlotList(const Plan& p, int64_t slot) {
   return reinterpret_cast<int32_t*>(p.slots + static_cast<size_t>(slot) * p.slot_bytes + p.list_offset);
 }
 
-// Exclusive prefix sum over the CTA (kPlanThreads threads, every thread calls it); *total gets the
-// sum.
+// Exclusive prefix sum over the CTA (kDecideThreads threads, every thread calls it); *total gets
+// the sum.
 __device__ __forceinline__ int32_t BlockExclusiveSum(int32_t v, int32_t* s_warp, int32_t* total) {
   const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int32_t incl = v;
@@ -109,7 +126,7 @@ __device__ __forceinline__ int32_t BlockExclusiveSum(int32_t v, int32_t* s_warp,
   __syncthreads();
   int32_t base = 0, sum = 0;
 #pragma unroll
-  for (int w = 0; w < kPlanWarps; ++w) {
+  for (int w = 0; w < kDecideWarps; ++w) {
     const int32_t x = s_warp[w];
     base += w < warp ? x : 0;
     sum += x;
@@ -174,55 +191,81 @@ __device__ __forceinline__ void ForEachRun(const int32_t* sel_row, int32_t count
   if (cur >= 0) run(cur, bits);
 }
 
-template <int kQ>
-__global__ void __launch_bounds__(kPlanThreads) PlanKernel(const SparsePrefillArgs a, const Plan p) {
-  extern __shared__ uint32_t s_dyn[];
-  uint32_t* const bitmap = s_dyn;                                      // [bitmap_words]
-  int32_t* const rank_base = reinterpret_cast<int32_t*>(s_dyn + p.bitmap_words);  // [bitmap_words]
-  __shared__ int32_t s_warp[kPlanWarps];
-  __shared__ unsigned long long s_selected;
-  __shared__ __align__(16) int32_t s_stage[kPlanWarps][32 * kPlanUnroll];
+// The rows of part `part` (of kPassSplit) of a tile: [*b, *e).
+__device__ __forceinline__ void PartRows(const Tile& tl, int part, int32_t* b, int32_t* e) {
+  const int32_t per = (tl.hi - tl.lo + kPassSplit - 1) / kPassSplit;
+  *b = min(tl.lo + part * per, tl.hi);
+  *e = min(*b + per, tl.hi);
+}
 
+// A tile the plan cannot take (a context past max_context, a caller bug, or a negative position):
+// its rows are left to GatheredAttention rather than overrun the bitmap.
+__device__ __forceinline__ bool TileTooLong(const Tile& tl, const Plan& p) {
+  const int32_t last_pos = tl.pos_first + tl.hi - 1;
+  return tl.pos_first < 0 || (last_pos / kBlk) / 32 + 1 > p.bitmap_words;
+}
+
+// Pass 1, grid (kPassSplit, tiles, sequences): marks the blocks the part's rows select in a
+// shared bitmap (one shared atomic per run), then ORs its nonzero words into the tile's bitmap and
+// adds the part's counts to the tile's Σ (a few global atomics per CTA: the tile's words are few
+// and every part hits the same ones). Dynamic shared memory: bitmap_words words.
+template <int kQ>
+__global__ void __launch_bounds__(kPassThreads) MarkKernel(const SparsePrefillArgs a, const Plan p) {
+  extern __shared__ uint32_t s_bitmap[];
+  __shared__ __align__(16) int32_t s_stage[kPassWarps][32 * kPlanUnroll];
+  __shared__ unsigned long long s_selected;
+  const int64_t slot = static_cast<int64_t>(blockIdx.z) * p.tiles_per_seq + blockIdx.y;
+  const Tile tl = TileOf<kQ>(a, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z));
+  if (tl.lo >= tl.hi || TileTooLong(tl, p)) return;  // whole CTA, before any barrier
+  int32_t jb = 0, je = 0;
+  PartRows(tl, static_cast<int>(blockIdx.x), &jb, &je);
+  if (jb >= je) return;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid & 31, warp = tid >> 5;
+  const int32_t words = ((tl.pos_first + tl.hi - 1) / kBlk) / 32 + 1;
+  for (int w = tid; w < words; w += kPassThreads) s_bitmap[w] = 0u;
+  if (tid == 0) s_selected = 0ull;
+  __syncthreads();
+  for (int32_t j = jb + warp; j < je; j += kPassWarps) {
+    const int64_t r = tl.row0 + j;
+    const int32_t count = RowCount(a, r);
+    if (lane == 0) atomicAdd(&s_selected, static_cast<unsigned long long>(count));
+    ForEachRun(a.sel + r * a.sel_stride, count, tl.pos_first + j, lane, s_stage[warp],
+               [&](int32_t blk, uint64_t) { atomicOr(&s_bitmap[blk >> 5], 1u << (blk & 31)); });
+  }
+  __syncthreads();
+  uint32_t* const bitmap = MarkBitmap(p, slot);
+  for (int w = tid; w < words; w += kPassThreads) {
+    if (s_bitmap[w] != 0u) atomicOr(&bitmap[w], s_bitmap[w]);
+  }
+  if (tid == 0) atomicAdd(MarkSelected(p, slot), s_selected);
+}
+
+// Grid (1, tiles, sequences): U from the bitmap (a block-wide scan of the words' popcounts, whose
+// bases go to the rank array for pass 2), the decision, header, stats and row_skip; on the tile
+// path the ascending block list and zeroed masks.
+template <int kQ>
+__global__ void __launch_bounds__(kDecideThreads) DecideKernel(const SparsePrefillArgs a, const Plan p) {
+  __shared__ int32_t s_warp[kDecideWarps];
   const int64_t slot = static_cast<int64_t>(blockIdx.z) * p.tiles_per_seq + blockIdx.y;
   const Tile tl = TileOf<kQ>(a, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z));
   const int tid = static_cast<int>(threadIdx.x);
-  const int lane = tid & 31, warp = tid >> 5;
-  if (tl.lo >= tl.hi) {  // no rows: nothing to plan (whole CTA, before any barrier)
+  const bool empty = tl.lo >= tl.hi;
+  if (empty || TileTooLong(tl, p)) {  // whole CTA, before any barrier
     if (tid == 0) {
       p.headers[slot] = -1;
       if (a.tile_stats != nullptr) a.tile_stats[slot] = SparsePrefillTileStat{-1, 0, 0};
     }
-    return;
-  }
-  const int32_t last_pos = tl.pos_first + tl.hi - 1;
-  const int32_t words = (last_pos / kBlk) / 32 + 1;
-  if (words > p.bitmap_words || tl.pos_first < 0) {
-    // A context past max_context (a caller bug) or a negative position: leave the rows to
-    // GatheredAttention rather than overrun the bitmap.
-    if (tid == 0) {
-      p.headers[slot] = -1;
-      if (a.tile_stats != nullptr) a.tile_stats[slot] = SparsePrefillTileStat{-1, 0, 0};
+    if (!empty) {
+      for (int32_t j = tl.lo + tid; j < tl.hi; j += kDecideThreads) a.row_skip[tl.row0 + j] = 0;
     }
-    for (int32_t j = tl.lo + tid; j < tl.hi; j += kPlanThreads) a.row_skip[tl.row0 + j] = 0;
     return;
   }
-  for (int w = tid; w < words; w += kPlanThreads) bitmap[w] = 0u;
-  if (tid == 0) s_selected = 0ull;
-  __syncthreads();
-
-  // Pass 1: mark the blocks; count the selections.
-  for (int32_t j = tl.lo + warp; j < tl.hi; j += kPlanWarps) {
-    const int64_t r = tl.row0 + j;
-    const int32_t t = tl.pos_first + j;
-    const int32_t count = RowCount(a, r);
-    const int32_t* sel_row = a.sel + r * a.sel_stride;
-    if (lane == 0) atomicAdd(&s_selected, static_cast<unsigned long long>(count));
-    ForEachRun(sel_row, count, t, lane, s_stage[warp], [&](int32_t blk, uint64_t) { atomicOr(&bitmap[blk >> 5], 1u << (blk & 31)); });
-  }
-  __syncthreads();
-
-  // U and every word's rank base: thread tid takes words [tid·per, (tid+1)·per).
-  const int per = (words + kPlanThreads - 1) / kPlanThreads;
+  const int32_t words = ((tl.pos_first + tl.hi - 1) / kBlk) / 32 + 1;
+  const uint32_t* const bitmap = MarkBitmap(p, slot);
+  int32_t* const rank_base = MarkRank(p, slot);
+  // Thread tid takes words [tid·per, (tid+1)·per).
+  const int per = (words + kDecideThreads - 1) / kDecideThreads;
   const int w_begin = min(tid * per, words), w_end = min(w_begin + per, words);
   int32_t mine = 0;
   for (int w = w_begin; w < w_end; ++w) mine += __popc(bitmap[w]);
@@ -232,7 +275,7 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const SparsePrefillAr
     rank_base[w] = base;
     base += __popc(bitmap[w]);
   }
-  const int64_t selected = static_cast<int64_t>(s_selected);
+  const int64_t selected = static_cast<int64_t>(*MarkSelected(p, slot));
   const bool on_tiles = union_blocks >= 1 && union_blocks <= p.u_cap &&
                         static_cast<double>(union_blocks) * kBlk * p.key_cost <= static_cast<double>(selected);
   if (tid == 0) {
@@ -241,10 +284,8 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const SparsePrefillAr
       a.tile_stats[slot] = SparsePrefillTileStat{union_blocks, on_tiles ? 1 : 0, selected};
     }
   }
-  for (int32_t j = tl.lo + tid; j < tl.hi; j += kPlanThreads) a.row_skip[tl.row0 + j] = on_tiles ? 1 : 0;
-  if (!on_tiles) return;  // uniform across the CTA
-
-  // The block list, ascending, and zeroed masks.
+  for (int32_t j = tl.lo + tid; j < tl.hi; j += kDecideThreads) a.row_skip[tl.row0 + j] = on_tiles ? 1 : 0;
+  if (!on_tiles) return;
   int32_t* const list = SlotList(p, slot);
   for (int w = w_begin; w < w_end; ++w) {
     uint32_t bits = bitmap[w];
@@ -256,21 +297,42 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const SparsePrefillAr
   }
   uint64_t* const masks = SlotMasks(p, slot);
   const int64_t mask_words = static_cast<int64_t>(union_blocks) * kQ;
-  for (int64_t i = tid; i < mask_words; i += kPlanThreads) masks[i] = 0ull;
-  __syncthreads();  // the zeroes are visible to every thread of the CTA before the ORs below
+  for (int64_t i = tid; i < mask_words; i += kDecideThreads) masks[i] = 0ull;
+}
 
-  // Pass 2: every entry's bit into its row's mask word of its block.
-  for (int32_t j = tl.lo + warp; j < tl.hi; j += kPlanWarps) {
+// Pass 2, grid (kPassSplit, tiles, sequences), for tiles on the tile path: ORs every run's bits
+// into mask[rank(block)][tile row] (one 64-bit atomic per run). Dynamic shared memory: the tile's
+// bitmap and rank bases (2 · bitmap_words words).
+template <int kQ>
+__global__ void __launch_bounds__(kPassThreads) MasksKernel(const SparsePrefillArgs a, const Plan p) {
+  extern __shared__ uint32_t s_dyn[];
+  __shared__ __align__(16) int32_t s_stage[kPassWarps][32 * kPlanUnroll];
+  const int64_t slot = static_cast<int64_t>(blockIdx.z) * p.tiles_per_seq + blockIdx.y;
+  if (p.headers[slot] <= 0) return;  // not on the tile path (whole CTA, before any barrier)
+  const Tile tl = TileOf<kQ>(a, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z));
+  int32_t jb = 0, je = 0;
+  PartRows(tl, static_cast<int>(blockIdx.x), &jb, &je);
+  const int32_t words = ((tl.pos_first + tl.hi - 1) / kBlk) / 32 + 1;
+  uint32_t* const bitmap = s_dyn;
+  int32_t* const rank_base = reinterpret_cast<int32_t*>(s_dyn + words);
+  const uint32_t* const g_bitmap = MarkBitmap(p, slot);
+  const int32_t* const g_rank = MarkRank(p, slot);
+  for (int w = static_cast<int>(threadIdx.x); w < words; w += kPassThreads) {
+    bitmap[w] = g_bitmap[w];
+    rank_base[w] = g_rank[w];
+  }
+  __syncthreads();
+  const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+  uint64_t* const masks = SlotMasks(p, slot);
+  for (int32_t j = jb + warp; j < je; j += kPassWarps) {
     const int64_t r = tl.row0 + j;
-    const int32_t t = tl.pos_first + j;
-    const int32_t count = RowCount(a, r);
-    const int32_t* sel_row = a.sel + r * a.sel_stride;
     uint64_t* const row_masks = masks + (j - tl.j0);
-    ForEachRun(sel_row, count, t, lane, s_stage[warp], [&](int32_t blk, uint64_t bits) {
-      const int32_t ub = rank_base[blk >> 5] + __popc(bitmap[blk >> 5] & ((1u << (blk & 31)) - 1u));
-      atomicOr(reinterpret_cast<unsigned long long*>(row_masks + static_cast<int64_t>(ub) * kQ),
-               static_cast<unsigned long long>(bits));
-    });
+    ForEachRun(a.sel + r * a.sel_stride, RowCount(a, r), tl.pos_first + j, lane, s_stage[warp],
+               [&](int32_t blk, uint64_t bits) {
+                 const int32_t ub = rank_base[blk >> 5] + __popc(bitmap[blk >> 5] & ((1u << (blk & 31)) - 1u));
+                 atomicOr(reinterpret_cast<unsigned long long*>(row_masks + static_cast<int64_t>(ub) * kQ),
+                          static_cast<unsigned long long>(bits));
+               });
   }
 }
 
@@ -461,6 +523,14 @@ int32_t GroupOf(const SparsePrefillArgs& a) { return a.n_kv_heads > 0 ? a.n_head
 
 size_t HeaderBytes(int64_t slots) { return (static_cast<size_t>(slots) * sizeof(int32_t) + 15) / 16 * 16; }
 
+int32_t BitmapWords(int32_t max_context) { return ((max_context + kBlk - 1) / kBlk + 31) / 32; }
+
+// Bytes of one slot's marks: bitmap and rank bases (a word each per 32 blocks), Σ count (8 bytes);
+// a multiple of 16.
+size_t MarkBytes(int32_t bitmap_words) {
+  return (static_cast<size_t>(bitmap_words) * 2 * sizeof(uint32_t) + 8 + 15) / 16 * 16;
+}
+
 // Bytes of one slot holding up to u_cap blocks of kQ rows (a multiple of 16).
 size_t SlotBytes(int32_t u_cap, int32_t kq) {
   const size_t masks = static_cast<size_t>(u_cap) * kq * sizeof(uint64_t);
@@ -475,10 +545,11 @@ cudaError_t Launch(const SparsePrefillArgs& a, cudaStream_t stream) {
   if (p.tiles_per_seq > 65535) return cudaErrorInvalidValue;
   const int64_t slots = static_cast<int64_t>(a.num_seq_ids) * p.tiles_per_seq;
   const int32_t max_blocks = (a.max_context + kBlk - 1) / kBlk;
-  p.bitmap_words = (max_blocks + 31) / 32;
+  p.bitmap_words = BitmapWords(a.max_context);
   p.key_cost = a.tile_key_cost > 0.0f ? a.tile_key_cost : kSparsePrefillTileKeyCost;
   // The largest union a slot can hold within the workspace (never more than the context's blocks).
-  const size_t header = HeaderBytes(slots);
+  p.mark_bytes = MarkBytes(p.bitmap_words);
+  const size_t header = HeaderBytes(slots) + static_cast<size_t>(slots) * p.mark_bytes;
   if (a.workspace == nullptr || a.workspace_bytes < header) return cudaErrorInvalidValue;  // headers at least
   const size_t per_slot = (a.workspace_bytes - header) / static_cast<size_t>(slots);
   const size_t per_block = static_cast<size_t>(kQ) * sizeof(uint64_t) + sizeof(int32_t);
@@ -487,20 +558,25 @@ cudaError_t Launch(const SparsePrefillArgs& a, cudaStream_t stream) {
   while (cap > 0 && SlotBytes(static_cast<int32_t>(cap), kQ) > per_slot) --cap;
   p.u_cap = static_cast<int32_t>(cap);
   p.headers = static_cast<int32_t*>(a.workspace);
+  p.marks = static_cast<unsigned char*>(a.workspace) + HeaderBytes(slots);
   p.slots = static_cast<unsigned char*>(a.workspace) + header;
   p.slot_bytes = SlotBytes(p.u_cap, kQ);
   p.list_offset = static_cast<size_t>(p.u_cap) * kQ * sizeof(uint64_t);
 
-  const size_t plan_smem = static_cast<size_t>(p.bitmap_words) * 2 * sizeof(uint32_t);
-  if (plan_smem > 12 * 1024) {  // with the kernel's 33 KB of static shared memory, past the 48 KB default
-    const cudaError_t err = cudaFuncSetAttribute(PlanKernel<kQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(plan_smem));
-    if (err != cudaSuccess) return err;
-  }
-  const dim3 plan_grid(1, static_cast<unsigned>(p.tiles_per_seq), static_cast<unsigned>(a.num_seq_ids));
-  PlanKernel<kQ><<<plan_grid, kPlanThreads, plan_smem, stream>>>(a, p);
-  cudaError_t err = cudaGetLastError();
+  // The plan: zeroed marks, pass 1, the decision, pass 2 (only tiles on the tile path do work).
+  cudaError_t err = cudaMemsetAsync(p.marks, 0, static_cast<size_t>(slots) * p.mark_bytes, stream);
+  if (err != cudaSuccess) return err;
+  const dim3 pass_grid(kPassSplit, static_cast<unsigned>(p.tiles_per_seq), static_cast<unsigned>(a.num_seq_ids));
+  const dim3 decide_grid(1, static_cast<unsigned>(p.tiles_per_seq), static_cast<unsigned>(a.num_seq_ids));
+  const size_t bitmap_smem = static_cast<size_t>(p.bitmap_words) * sizeof(uint32_t);  // ≤ 16 KB
+  MarkKernel<kQ><<<pass_grid, kPassThreads, bitmap_smem, stream>>>(a, p);
+  DecideKernel<kQ><<<decide_grid, kDecideThreads, 0, stream>>>(a, p);
+  err = cudaGetLastError();
   if (err != cudaSuccess || p.u_cap == 0) return err;
+  const size_t masks_smem = static_cast<size_t>(p.bitmap_words) * 2 * sizeof(uint32_t);  // ≤ 32 KB (max_context ≤ 2^23)
+  MasksKernel<kQ><<<pass_grid, kPassThreads, masks_smem, stream>>>(a, p);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
 
   using C = AttnCfg<D>;
   err = cudaFuncSetAttribute(TileAttentionKernel<D, kQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -540,12 +616,13 @@ int32_t SparsePrefillTilesPerSeq(int32_t max_num_query, int32_t group) {
   return static_cast<int32_t>((static_cast<int64_t>(max_num_query) + 2 * kq - 2) / kq);
 }
 
-size_t SparsePrefillWorkspaceBytes(int32_t num_seq_ids, int32_t max_num_query, int32_t group,
+size_t SparsePrefillWorkspaceBytes(int32_t num_seq_ids, int32_t max_num_query, int32_t max_context, int32_t group,
                                    int32_t max_union_blocks) {
   const int32_t kq = SparsePrefillTileRows(group);
   const int64_t slots = static_cast<int64_t>(std::max(num_seq_ids, 0)) * SparsePrefillTilesPerSeq(max_num_query, group);
-  if (slots <= 0 || kq <= 0) return 0;
-  return HeaderBytes(slots) + static_cast<size_t>(slots) * SlotBytes(std::max(max_union_blocks, 0), kq);
+  if (slots <= 0 || kq <= 0 || max_context <= 0) return 0;
+  return HeaderBytes(slots) +
+         static_cast<size_t>(slots) * (MarkBytes(BitmapWords(max_context)) + SlotBytes(std::max(max_union_blocks, 0), kq));
 }
 
 cudaError_t SparsePrefill(const SparsePrefillArgs& a, cudaStream_t stream) {

@@ -7,8 +7,8 @@
 // (near-uniform selections at long context, as random weights produce), the tile's rows are left
 // to GatheredAttention, which skips the rows this launch computed (GatheredAttentionArgs::row_skip).
 //
-// Two kernels on `stream`:
-//  1. plan, one CTA per tile: the set of 64-position blocks any row of the tile selected, its size
+// Kernels on `stream`:
+//  1. plan, per tile: the set of 64-position blocks any row of the tile selected, its size
 //     U, the choice (tile path iff U ≤ the workspace's capacity and U · 64 · tile_key_cost ≤ the
 //     tile's total selection count), and for the tile path the ascending block list and every
 //     row's 64-bit mask per block; row_skip of each row (1: computed here, 0: left to
@@ -92,11 +92,12 @@ int32_t SparsePrefillTileRows(int32_t group);
 // Tiles per listed sequence for chunks of up to max_num_query rows (the grid's height).
 int32_t SparsePrefillTilesPerSeq(int32_t max_num_query, int32_t group);
 
-// Workspace that lets every tile take a union of up to `max_union_blocks` blocks.
-size_t SparsePrefillWorkspaceBytes(int32_t num_seq_ids, int32_t max_num_query, int32_t group,
+// Workspace that lets every tile of launches with up to these sequences, rows and context take a
+// union of up to `max_union_blocks` blocks.
+size_t SparsePrefillWorkspaceBytes(int32_t num_seq_ids, int32_t max_num_query, int32_t max_context, int32_t group,
                                    int32_t max_union_blocks);
 
-// Enqueues the plan and the attention kernel; cudaErrorInvalidValue (launching nothing) for an
+// Enqueues the plan (a memset and three kernels) and the attention kernel; cudaErrorInvalidValue (launching nothing) for an
 // unsupported shape, null required pointers, misaligned q/K/V, a bad scale or tile_key_cost,
 // max_context outside [1, kSparsePrefillMaxContext], a workspace smaller than the headers, or a
 // grid past 65535 tiles or sequences;

@@ -1162,7 +1162,7 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   const int32_t u_cap =
       static_cast<int32_t>(std::ceil(static_cast<double>(kq) * kTopK / (64.0 * kernels::kSparsePrefillTileKeyCost)));
   DevBuf<uint8_t> sp_ws(
-      static_cast<int64_t>(kernels::SparsePrefillWorkspaceBytes(1, static_cast<int32_t>(C), kGroup, u_cap)),
+      static_cast<int64_t>(kernels::SparsePrefillWorkspaceBytes(1, static_cast<int32_t>(C), static_cast<int32_t>(L), kGroup, u_cap)),
       "sparse prefill workspace");
   DevBuf<uint8_t> row_skip(C, "row_skip");
   const int32_t n_tiles = kernels::SparsePrefillTilesPerSeq(static_cast<int32_t>(C), kGroup);

@@ -891,7 +891,7 @@ SparseLaunch LaunchSparse(const Problem& p, const DeviceProblem& d, const std::v
   DeviceBuffer<int32_t> qs_d = Upload(qstart), nq_d = Upload(nq), ctx_d = Upload(ctx), ids_d = Upload(seq_ids);
   const int32_t cap = o.union_cap >= 0 ? o.union_cap : (max_ctx + 63) / 64;
   const size_t ws_bytes = std::max<size_t>(
-      16, kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(seq_ids.size()), max_nq, group, cap));
+      16, kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(seq_ids.size()), max_nq, max_ctx, group, cap));
   res.tiles_per_seq = kernels::SparsePrefillTilesPerSeq(max_nq, group);
   const size_t n_stats = seq_ids.size() * static_cast<size_t>(res.tiles_per_seq);
   auto ws = DeviceBuffer<uint8_t>::Allocate(ws_bytes);

@@ -102,6 +102,20 @@ def kernel_tables(kb):
             r = by.get((case, L, 1))
             return num(r["time_us"] / 1000, "%.2f") if r else "–"
 
+        def sparse(pattern):
+            # The engine's path (union tiles where they pay) with every row gathered on its own in
+            # parentheses; then how many tiles took the union path and their mean union.
+            r, rows_only = by.get(("prefill_sparse_" + pattern, L, 1)), by.get(("prefill_sparse_%s_rows" % pattern, L, 1))
+            if not r:
+                return "–"
+            txt = num(r["time_us"] / 1000, "%.2f")
+            if rows_only:
+                txt += " (%s)" % num(rows_only["time_us"] / 1000, "%.2f")
+            if "tiles" in r:
+                txt += "; %s/%s tiles, %s keys" % (r.get("tiles_on_union_path"), r.get("tiles"),
+                                                   num(r.get("mean_union_tokens"), "%.0f"))
+            return txt
+
         rows.append([ctx(L),
                      "%s (%s TFLOP/s)" % (num(full["time_us"] / 1000, "%.2f"), num(full.get("tflops"), "%.0f"))
                      if full else "–",
@@ -109,14 +123,16 @@ def kernel_tables(kb):
                      if chunk else "–",
                      num(gsa["time_us"] / 1000, "%.2f") if gsa else "–",
                      num(gsa.get("dense_over_gsa"), "%.2f×") if gsa else "–",
-                     ms("prefill_indexer_chunk"), ms("prefill_topk_chunk"), ms("prefill_sparse_random"),
-                     ms("prefill_sparse_clustered")])
+                     ms("prefill_indexer_chunk"), ms("prefill_topk_chunk"), sparse("random"), sparse("clustered")])
     if rows:
         out += ["Prefill (B = 1; chunk = the prompt's last 2048 rows; GSA = indexer + top-k + sparse attention on the "
                 "top-k of random-weight scores, near-random positions). Its parts, each timed alone: the indexer's "
                 "scores, the top-k, and the sparse attention on two fixed selection patterns of 2048 positions per "
                 "row: random, and clustered (the recent 512 plus 3 spans of 512 shared by every row; 4095 distinct "
-                "positions in the chunk):", "",
+                "positions in the chunk). Sparse attention is the engine's path (kernels/sparse_prefill.h: tiles of "
+                "128 rows load the union of their selections once where the cost rule says it pays, the other rows "
+                "are gathered one by one), in parentheses every row gathered on its own; then the tiles that took "
+                "the union path and their mean union in keys:", "",
                 table(["L", "dense, whole prompt ms", "dense, chunk ms", "GSA, chunk ms", "dense / GSA (chunk)",
                        "indexer ms", "top-k ms", "sparse, random ms", "sparse, clustered ms"], rows), ""]
     return out

@@ -249,8 +249,10 @@ absl::Status EnsureWorkspace(const ModelConfig& c, CudaBackend::Impl& im, int64_
     const int64_t u_cap = static_cast<int64_t>(std::ceil(static_cast<double>(kq * k_bound) /
                                                          (64.0 * kernels::kSparsePrefillTileKeyCost)));
     const int32_t nq = static_cast<int32_t>(std::min<int64_t>(rows, 1 << 30));
-    const size_t bytes = kernels::SparsePrefillWorkspaceBytes(1, nq, group, static_cast<int32_t>(std::min<int64_t>(u_cap, 1 << 20))) +
-                         kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(std::min<int64_t>(rows, 65535)), 1, group, 0);
+    const int32_t ctx = static_cast<int32_t>(std::min<int64_t>(im.max_candidates, kernels::kSparsePrefillMaxContext));
+    const size_t bytes =
+        kernels::SparsePrefillWorkspaceBytes(1, nq, ctx, group, static_cast<int32_t>(std::min<int64_t>(u_cap, 1 << 20))) +
+        kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(std::min<int64_t>(rows, 65535)), 1, ctx, group, 0);
     GSA_ASSIGN_OR_RETURN(n.sparse_ws, DeviceBuffer<uint8_t>::Allocate(bytes));
     GSA_ASSIGN_OR_RETURN(n.row_skip, DeviceBuffer<uint8_t>::Allocate(R));
   }
