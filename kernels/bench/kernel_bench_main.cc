@@ -676,7 +676,7 @@ bool FitsMemory(Ctx& ctx, const std::string& group, int64_t L, int64_t B, double
 // Attention launch over the cache copy `it`.
 void Attend(Ctx& ctx, const PagedCache& c, const Rows& rows, const bf16* q, const int32_t* sel, const int32_t* count,
             int64_t max_tokens, const float* gate_z, const float* gate_bias, bf16* out, const DevBuf<uint8_t>& ws,
-            int64_t it) {
+            int64_t it, const uint8_t* row_skip = nullptr) {
   kernels::GatheredAttentionArgs ga;
   ga.q = q;
   ga.k_cache = c.K(it);
@@ -685,6 +685,7 @@ void Attend(Ctx& ctx, const PagedCache& c, const Rows& rows, const bf16* q, cons
   ga.rows = rows.Info();
   ga.row_ids = rows.row_ids.get();
   ga.num_row_ids = rows.n;
+  ga.row_skip = row_skip;
   ga.sel = sel;
   ga.sel_count = count;
   ga.sel_stride = kTopK;
@@ -744,31 +745,7 @@ void SparseAttend(Ctx& ctx, const PagedCache& c, const Rows& rows, const ChunkSe
   sp.workspace_bytes = sp_ws.bytes();
   sp.tile_stats = stats;
   BENCH_CUDA(kernels::SparsePrefill(sp, ctx.stream));
-  kernels::GatheredAttentionArgs ga;
-  ga.q = q;
-  ga.k_cache = c.K(it);
-  ga.v_cache = c.V(it);
-  ga.paged = c.Layout();
-  ga.rows = rows.Info();
-  ga.row_ids = rows.row_ids.get();
-  ga.num_row_ids = rows.n;
-  ga.row_skip = row_skip;
-  ga.sel = sel;
-  ga.sel_count = count;
-  ga.sel_stride = kTopK;
-  ga.max_tokens = kTopK;
-  ga.gate_z = gate_z;
-  ga.gate_stride = kGateCols;
-  ga.gate_bias = gate_bias;
-  ga.gate_act = kernels::GateActivation::kSigmoid;
-  ga.n_heads = kHeads;
-  ga.n_kv_heads = kKvHeads;
-  ga.d_head = kDHead;
-  ga.scale = kScale;
-  ga.out = out;
-  ga.workspace = attn_ws.get();
-  ga.workspace_bytes = attn_ws.bytes();
-  BENCH_CUDA(kernels::GatheredAttention(ga, ctx.stream));
+  Attend(ctx, c, rows, q, sel, count, kTopK, gate_z, gate_bias, out, attn_ws, it, row_skip);
 }
 
 // The indexer's arguments for rows.n rows (row r: proj row r, candidates 0 … position[r]) over

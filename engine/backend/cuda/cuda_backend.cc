@@ -843,7 +843,14 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     const float* gate_z = L.off_og >= 0 ? w.proj.get() + L.off_og : nullptr;
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
     const uint8_t* row_skip = nullptr;
-    if (!plan.sparse_prefill_seqs.empty()) {
+    // SparsePrefill needs its per-tile headers in the workspace: a step with very many short
+    // chunks (more tiles than the workspace was sized for) leaves them all to GatheredAttention.
+    const bool sparse_tiles =
+        !plan.sparse_prefill_seqs.empty() &&
+        kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(plan.sparse_prefill_seqs.size()),
+                                             plan.sparse_prefill_max_query, plan.sparse_prefill_max_context,
+                                             static_cast<int32_t>(c.heads_per_kv()), 0) <= w.sparse_ws.bytes();
+    if (sparse_tiles) {
       kernels::SparsePrefillArgs sp;
       sp.q = w.q.get();
       sp.k_cache = cache.k.get();
