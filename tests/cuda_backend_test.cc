@@ -38,10 +38,11 @@ using Selections = std::vector<std::vector<std::vector<int32_t>>>;  // [layer][r
 
 std::unique_ptr<CudaBackend> MakeCuda(const LoadedModel& m, int64_t num_blocks, int64_t block_size,
                                       bool dense_prefill_kernel = true, bool cuda_graphs = true,
-                                      bool fp8_indexer_keys = false) {
+                                      bool fp8_indexer_keys = false, bool sparse_prefill_tiles = true) {
   CudaBackendOptions o;
   o.max_rows = 256;
   o.use_dense_prefill_kernel = dense_prefill_kernel;
+  o.use_sparse_prefill_tiles = sparse_prefill_tiles;
   o.use_cuda_graphs = cuda_graphs;
   o.fp8_indexer_keys = fp8_indexer_keys;
   auto b = CudaBackend::Create(m.config, m.weights, o);
@@ -554,16 +555,20 @@ TEST_P(CudaShapes, PromptMatchesCpuReferenceOneShotAndChunked) {
   auto cpu = MakeCpu(*model_, 128, 16);
   Selections cpu_sel;
   const std::vector<float> ref = RunPrompt(*cpu, prompt, 700, 16, &cpu_sel);
+  // Sparse prefill chunks through union tiles (at these short contexts most tiles take them) and
+  // with every row gathered on its own: both the engine's paths.
+  for (const bool tiles : {true, false}) {
   for (int64_t chunk : {int64_t{700}, int64_t{129}}) {
-    auto gpu = MakeCuda(*model_, 128, 16);
+    auto gpu = MakeCuda(*model_, 128, 16, true, true, false, tiles);
     Selections sel;
     const std::vector<float> logits = RunPrompt(*gpu, prompt, chunk, 16, &sel);
     const double agree = SelectionAgreement(sel, cpu_sel);
     int64_t agreeing_rows = 0;
     const float diff = MaxAbsDiffOnAgreeingRows(logits, ref, sel, cpu_sel, model_->config.vocab_size, &agreeing_rows);
-    std::printf("[ %s chunk %lld ] selections agree %.4f; max |logit - cpu| = %.3g on the %lld of 700 rows whose "
+    std::printf("[ %s chunk %lld%s ] selections agree %.4f; max |logit - cpu| = %.3g on the %lld of 700 rows whose "
                 "selections all agree\n",
-                GetParam().name, static_cast<long long>(chunk), agree, diff, static_cast<long long>(agreeing_rows));
+                GetParam().name, static_cast<long long>(chunk), tiles ? "" : ", rows gathered", agree, diff,
+                static_cast<long long>(agreeing_rows));
     // Random weights make near-tied indexer scores common; bf16 K/V rounding flips some (see
     // cuda_backend.h). The rows it does not touch must match to bf16 accuracy.
     float scale = 1.0f;
@@ -572,6 +577,7 @@ TEST_P(CudaShapes, PromptMatchesCpuReferenceOneShotAndChunked) {
     EXPECT_GE(agree, 0.98);
     EXPECT_LE(diff, 5e-2f * scale);
     EXPECT_GE(agreeing_rows, 100);
+  }
   }
 }
 
