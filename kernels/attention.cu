@@ -26,7 +26,6 @@
 //   ≤ kMaxSplits, rows × splits ≤ kMaxSplitRows, and no more than the workspace holds.
 // No atomics; every reduction has a fixed order, so a given launch is bitwise reproducible.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cmath>
 
@@ -43,7 +42,6 @@ constexpr int kSlotChunk = 512;
 constexpr int kMaxSplits = 64;             // splits of one row
 constexpr int64_t kMaxSplitRows = 1024;    // listed rows × splits, whenever splits > 1
 constexpr int64_t kMinTokensPerSplit = 64; // a split gets at least this many list entries
-constexpr int kMaxDevicesCached = 64;      // resident-blocks cache, per device ordinal
 constexpr int kMaxGroup = 8;               // n_heads / n_kv_heads
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -INFINITY;
@@ -421,21 +419,13 @@ int ChooseSplits(int64_t num_row_ids, int32_t n_kv_heads, int64_t max_tokens, in
   return static_cast<int>(std::max<int64_t>(s, 1));
 }
 
-// Blocks of GatheredAttentionKernel<D, G> one multiprocessor holds (cached per device ordinal;
-// a race only computes the same value twice).
+// Blocks of GatheredAttentionKernel<D, G> one multiprocessor of the current device holds.
 template <int D, int G>
-cudaError_t ResidentBlocksPerSm(int device, int* blocks) {
-  static std::atomic<int> cache[kMaxDevicesCached];
-  const bool cacheable = device >= 0 && device < kMaxDevicesCached;
-  if (cacheable) {
-    *blocks = cache[device].load(std::memory_order_relaxed);
-    if (*blocks > 0) return cudaSuccess;
-  }
+cudaError_t ResidentBlocksPerSm(int* blocks) {
   int n = 0;
   const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, GatheredAttentionKernel<D, G>, kThreads, 0);
   if (err != cudaSuccess) return err;
   *blocks = std::max(n, 1);
-  if (cacheable) cache[device].store(*blocks, std::memory_order_relaxed);
   return cudaSuccess;
 }
 
@@ -448,8 +438,11 @@ cudaError_t Launch(const GatheredAttentionArgs& a, int device, cudaStream_t stre
   if (err != cudaSuccess) return err;
   err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
-  err = ResidentBlocksPerSm<D, G>(device, &per_sm);
-  if (err != cudaSuccess) return err;
+  per_sm = a.resident_blocks_per_sm;
+  if (per_sm <= 0) {
+    err = ResidentBlocksPerSm<D, G>(&per_sm);
+    if (err != cudaSuccess) return err;
+  }
 
   Plan p;
   p.group = a.n_heads / a.n_kv_heads;
@@ -507,6 +500,33 @@ cudaError_t LaunchForGroup(const GatheredAttentionArgs& a, int device, cudaStrea
 bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
 }  // namespace
+
+namespace {
+template <int D>
+cudaError_t ResidentForGroup(int32_t group, int32_t* blocks) {
+  int n = 0;
+  cudaError_t err = cudaSuccess;
+  switch (PaddedGroup(group)) {
+    case 1: err = ResidentBlocksPerSm<D, 1>(&n); break;
+    case 2: err = ResidentBlocksPerSm<D, 2>(&n); break;
+    case 4: err = ResidentBlocksPerSm<D, 4>(&n); break;
+    default: err = ResidentBlocksPerSm<D, 8>(&n); break;
+  }
+  if (err == cudaSuccess) *blocks = n;
+  return err;
+}
+}  // namespace
+
+cudaError_t GatheredAttentionResidentBlocks(int32_t d_head, int32_t group, int32_t* blocks) {
+  if (group < 1 || group > kMaxGroup || blocks == nullptr) return cudaErrorInvalidValue;
+  switch (d_head) {
+    case 32: return ResidentForGroup<32>(group, blocks);
+    case 64: return ResidentForGroup<64>(group, blocks);
+    case 128: return ResidentForGroup<128>(group, blocks);
+    case 256: return ResidentForGroup<256>(group, blocks);
+    default: return cudaErrorInvalidValue;
+  }
+}
 
 size_t GatheredAttentionWorkspaceBytes(int64_t max_row_ids, int32_t n_heads, int32_t d_head) {
   if (max_row_ids <= 0 || n_heads <= 0 || d_head <= 0) return 0;

@@ -44,7 +44,16 @@ struct GatheredAttentionArgs {
   // output is written directly), never a wrong result.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Blocks of the attention kernel for this d_head and group one multiprocessor holds, from
+  // GatheredAttentionResidentBlocks on this device (plan once, launch many); it sets the split
+  // count. 0: this launch asks the occupancy calculator itself.
+  int32_t resident_blocks_per_sm = 0;
 };
+
+// How many blocks of the attention kernel for (d_head, n_heads / n_kv_heads) one multiprocessor
+// of the current device holds, for GatheredAttentionArgs::resident_blocks_per_sm.
+// cudaErrorInvalidValue for an unsupported shape.
+cudaError_t GatheredAttentionResidentBlocks(int32_t d_head, int32_t group, int32_t* blocks);
 
 // Workspace for launches of up to `max_row_ids` listed rows (at most 1024 row-splits × n_heads ×
 // (d_head + 2) floats, however many rows).

@@ -27,7 +27,6 @@
 #include "kernels/selection.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include <cooperative_groups.h>
@@ -1055,26 +1054,13 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
 }
 
 template <int D_I, bool kFp8>
-cudaError_t ResidentDecodeSelectBlocks(int device, int* per_sm) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];  // 0: not yet known (a device property, never reset)
-  const bool cacheable = device >= 0 && device < kMaxDevices;
-  if (cacheable) {
-    const int c = cache[device].load(std::memory_order_relaxed);
-    if (c > 0) {
-      *per_sm = c;
-      return cudaSuccess;
-    }
-  }
+cudaError_t PrepareDecodeSelect(int* per_sm) {
   // Static + dynamic shared memory exceed the 48 KB that needs no opt-in.
   cudaError_t err = cudaFuncSetAttribute(DecodeSelectKernel<D_I, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kDsSmemFloats * sizeof(float)));
   if (err != cudaSuccess) return err;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, DecodeSelectKernel<D_I, kFp8>, kDsThreads,
-                                                      kDsSmemFloats * sizeof(float));
-  if (err != cudaSuccess) return err;
-  if (cacheable && *per_sm > 0) cache[device].store(*per_sm, std::memory_order_relaxed);
-  return cudaSuccess;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, DecodeSelectKernel<D_I, kFp8>, kDsThreads,
+                                                       kDsSmemFloats * sizeof(float));
 }
 
 template <int D_I, bool kFp8>
@@ -1087,8 +1073,11 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   if (coop == 0) return cudaErrorNotSupported;
   err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  err = ResidentDecodeSelectBlocks<D_I, kFp8>(device, &per_sm);
-  if (err != cudaSuccess) return err;
+  per_sm = a.resident_blocks_per_sm;
+  if (per_sm <= 0) {
+    err = PrepareDecodeSelect<D_I, kFp8>(&per_sm);
+    if (err != cudaSuccess) return err;
+  }
   const int64_t rows = a.index.row_count;
   const int64_t resident = static_cast<int64_t>(per_sm) * sms;
   int64_t nbr = resident / rows;
@@ -1214,6 +1203,20 @@ size_t DecodeSelectWorkspaceBytes(int64_t max_rows) {
   if (max_rows <= 0) return 0;
   const int64_t rows = max_rows < kDsMaxRows ? max_rows : kDsMaxRows;
   return static_cast<size_t>(rows * kDsRowBytes);
+}
+
+cudaError_t DecodeSelectPrepare(int32_t d_indexer, bool fp8_keys, int32_t* per_sm) {
+  int n = 0;
+  cudaError_t err = cudaSuccess;
+  switch (d_indexer) {
+    case 16: err = fp8_keys ? PrepareDecodeSelect<16, true>(&n) : PrepareDecodeSelect<16, false>(&n); break;
+    case 32: err = fp8_keys ? PrepareDecodeSelect<32, true>(&n) : PrepareDecodeSelect<32, false>(&n); break;
+    case 64: err = fp8_keys ? PrepareDecodeSelect<64, true>(&n) : PrepareDecodeSelect<64, false>(&n); break;
+    case 128: err = fp8_keys ? PrepareDecodeSelect<128, true>(&n) : PrepareDecodeSelect<128, false>(&n); break;
+    default: return cudaErrorNotSupported;
+  }
+  if (err == cudaSuccess) *per_sm = n;
+  return err;
 }
 
 cudaError_t DecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {

@@ -109,9 +109,18 @@ struct DecodeSelectArgs {
   // allocation; every completed launch leaves it zeroed again. Not shared with concurrent work.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Blocks of the fused kernel one multiprocessor holds, from DecodeSelectPrepare on this device
+  // (plan once, launch many: the backend asks at creation). 0: this launch prepares and asks
+  // itself (a few driver calls on the host, nothing different on the device).
+  int32_t resident_blocks_per_sm = 0;
 };
 
 size_t DecodeSelectWorkspaceBytes(int64_t max_rows);
+
+// Prepares the fused kernel for (d_indexer, fp8 keys) on the current device (its shared-memory
+// opt-in) and returns in *per_sm how many of its blocks one multiprocessor holds: pass that as
+// DecodeSelectArgs::resident_blocks_per_sm. cudaErrorNotSupported for an unsupported d_indexer.
+cudaError_t DecodeSelectPrepare(int32_t d_indexer, bool fp8_keys, int32_t* per_sm);
 
 // Enqueues the fused launch, or returns cudaErrorNotSupported having launched nothing when this
 // chunk or device does not suit it (then run the four kernels above): method 2, an unsupported

@@ -321,7 +321,7 @@ enum class Workspace {
 // buffer [rows, n_heads * d_head] comes back. Empty on a failure (already reported).
 std::vector<bf16> Launch(const Problem& p, const DeviceProblem& d, const std::vector<int32_t>& row_ids,
                          Workspace ws = Workspace::kFull, const uint8_t* row_skip = nullptr,
-                         const DeviceBuffer<bf16>* out_in = nullptr) {
+                         const DeviceBuffer<bf16>* out_in = nullptr, int32_t resident_blocks_per_sm = 0) {
   const int32_t H = p.shape.n_heads, D = p.shape.d_head;
   DeviceBuffer<int32_t> ids = Upload(row_ids);
   // The output: a fresh poisoned buffer, or `out_in` as it is (what an earlier kernel wrote).
@@ -380,6 +380,7 @@ std::vector<bf16> Launch(const Problem& p, const DeviceProblem& d, const std::ve
   a.out = out->get();
   a.workspace = ws_bytes > 0 ? work.get() : nullptr;
   a.workspace_bytes = ws_bytes;
+  a.resident_blocks_per_sm = resident_blocks_per_sm;
   EXPECT_EQ(kernels::GatheredAttention(a, nullptr), cudaSuccess);
   const cudaError_t sync = cudaDeviceSynchronize();
   EXPECT_EQ(sync, cudaSuccess) << cudaGetErrorString(sync);
@@ -707,6 +708,33 @@ TEST(AttentionKernel, RepeatedLaunchesAreBitwiseEqual) {
   for (const std::vector<int32_t>& ids : {std::vector<int32_t>{0}, std::vector<int32_t>{3}, AllRows(p)}) {
     const std::vector<bf16> a = RunAndCheck(p, d, refs, ids);
     for (int rep = 0; rep < 3; ++rep) ExpectBitwiseEqual(a, Launch(p, d, ids));
+  }
+}
+
+// The occupancy asked once (GatheredAttentionResidentBlocks, what the backend passes) plans the
+// same launch as a launch that asks itself: the same bits.
+TEST(AttentionKernel, ResidentBlocksFromThePlanGiveTheSameLaunch) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SEED_TRACE(seed);
+  int32_t blocks = 0;
+  ASSERT_EQ(kernels::GatheredAttentionResidentBlocks(128, 2, &blocks), cudaSuccess);
+  EXPECT_GE(blocks, 1);
+  int32_t unused = 0;
+  EXPECT_EQ(kernels::GatheredAttentionResidentBlocks(48, 2, &unused), cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::GatheredAttentionResidentBlocks(128, 9, &unused), cudaErrorInvalidValue);
+  Spec sp;
+  sp.shape = {16, 8, 128, 64};
+  sp.contexts = {131072, 5000};
+  sp.rows = {{0, 131071, false, 2048}, {1, 4999, true}};
+  const Problem p = Build(sp, seed);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  const DeviceProblem d = UploadProblem(p);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ReferenceCache refs(p);
+  for (const std::vector<int32_t>& ids : {std::vector<int32_t>{0}, AllRows(p)}) {
+    const std::vector<bf16> asked = RunAndCheck(p, d, refs, ids);
+    ExpectBitwiseEqual(asked, Launch(p, d, ids, Workspace::kFull, nullptr, nullptr, blocks));
   }
 }
 

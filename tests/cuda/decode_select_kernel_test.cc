@@ -204,7 +204,8 @@ class DecodeSelectTest : public ::testing::Test {
       ref.sel = Download(sel);
     }
 
-    // The fused launch, twice on the same workspace (the first must leave it zeroed).
+    // The fused launch, twice on the same workspace (the first must leave it zeroed); the first
+    // asks the occupancy itself, the second gets it from DecodeSelectPrepare (the backend's way).
     auto ws = DeviceBuffer<uint8_t>::Allocate(kernels::DecodeSelectWorkspaceBytes(rows));
     ASSERT_TRUE(ws.ok());
     ASSERT_EQ(cudaMemset(ws->get(), 0, ws->bytes()), cudaSuccess);
@@ -225,6 +226,11 @@ class DecodeSelectTest : public ::testing::Test {
       a.sel_stride = kSelStride;
       a.workspace = ws->get();
       a.workspace_bytes = ws->bytes();
+      if (run == 1) {
+        ASSERT_EQ(kernels::DecodeSelectPrepare(a.index.d_indexer, a.index.ki_fp8 != nullptr, &a.resident_blocks_per_sm),
+                  cudaSuccess);
+        ASSERT_GE(a.resident_blocks_per_sm, 1);
+      }
       const cudaError_t err = kernels::DecodeSelect(a, nullptr);
       ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
       got[run].scores = Download(scores);
@@ -332,6 +338,8 @@ TEST(DecodeSelectKernel, UnsupportedShapesLaunchNothing) {
   EXPECT_EQ(kernels::DecodeSelect(a, nullptr), cudaErrorNotSupported);  // entropy rule
   a.rule.method = 0;
   EXPECT_EQ(kernels::DecodeSelect(a, nullptr), cudaErrorNotSupported);  // no workspace
+  int32_t per_sm = 0;
+  EXPECT_EQ(kernels::DecodeSelectPrepare(48, false, &per_sm), cudaErrorNotSupported);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 

@@ -200,6 +200,10 @@ struct CudaBackend::Impl {
   int64_t logit_chunk = 0;
   int64_t max_candidates = 0;  // bound of any row's candidates (max_position_embeddings)
   int64_t score_floats = 0;
+  // Occupancy of the kernels whose launchers size their grids by it, asked once at creation
+  // (kernels' plan/run split): GatheredAttention's, and DecodeSelect's (0: not usable here).
+  int32_t attn_resident_blocks = 0;
+  int32_t select_resident_blocks = 0;
 };
 
 CudaBackend::CudaBackend(CreateTag, const ModelConfig& config, const CudaBackendOptions& options)
@@ -296,6 +300,13 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const ModelConf
   size_t free_bytes = 0, total_bytes = 0;
   GSA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
   GSA_RETURN_IF_ERROR(im.stream.Create());
+  GSA_CUDA_RETURN_IF_ERROR(kernels::GatheredAttentionResidentBlocks(
+      static_cast<int32_t>(c.d_head), static_cast<int32_t>(c.heads_per_kv()), &im.attn_resident_blocks));
+  if (const cudaError_t e = kernels::DecodeSelectPrepare(static_cast<int32_t>(c.d_indexer), options.fp8_indexer_keys,
+                                                         &im.select_resident_blocks);
+      e != cudaSuccess && e != cudaErrorNotSupported) {
+    return CudaStatus(e, "kernels::DecodeSelectPrepare");
+  }
   GSA_ASSIGN_OR_RETURN(im.gemm, Gemm::Create());
 
   auto fail_memory = [&](const absl::Status& st) -> absl::Status {
@@ -819,6 +830,7 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
             ds.sel_stride = im.sel_stride;
             ds.workspace = w.select_ws.get();
             ds.workspace_bytes = w.select_ws.bytes();
+            ds.resident_blocks_per_sm = im.select_resident_blocks;
             const cudaError_t err = kernels::DecodeSelect(ds, st);
             if (err == cudaSuccess) continue;
             if (err != cudaErrorNotSupported) GSA_CUDA_RETURN_IF_ERROR(err);
@@ -906,6 +918,7 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
       ga.out = w.attn.get();
       ga.workspace = w.attn_ws.get();
       ga.workspace_bytes = w.attn_ws.bytes();
+      ga.resident_blocks_per_sm = im.attn_resident_blocks;
       GSA_CUDA_RETURN_IF_ERROR(kernels::GatheredAttention(ga, st));
     }
     if (!plan.prefill_seqs.empty()) {
