@@ -1,32 +1,32 @@
 // Union-tile sparse prefill: see kernels/sparse_prefill.h for the contract.
 //
 // Tiles. A listed sequence's chunk (rows query_start … + num_query, positions pos_first …) is cut
-// at absolute multiples of kQ = kMRows / group (kMRows = 256): tile y holds chunk rows [y·kQ - off, (y+1)·kQ - off)
-// ∩ [0, num_query), off = pos_first mod kQ. Grid of both kernels: (…, tiles per sequence, listed
-// sequence); a tile with no rows does nothing.
+// at absolute multiples of kQ = kMRows / group (kMRows = 256): tile y holds chunk rows
+// [y·kQ - off, (y+1)·kQ - off) ∩ [0, num_query), off = pos_first mod kQ. Grids: (…, tiles per
+// sequence, listed sequence); a tile with no rows does nothing.
 //
 // Union blocks. Position p is in block p / 64 (kBlk = 64 = the attention kernel's key tile).
 //
 // Workspace: headers int32 [slots] (slot = sequence index · tiles per sequence + tile; U ≥ 1 on
-// the tile path, -1 otherwise), padded to 16 bytes; marks per slot (MarkBytes); then per slot a
-// region of `slot_bytes`:
-// masks uint64 [U_cap][kQ] (mask[u][i] bit b: tile row i selected position 64·list[u] + b), then
-// the block list int32 [U_cap] (ascending).
+// the tile path, -1 otherwise), padded to 16 bytes; marks per slot (MarkBytes: bitmap, rank bases,
+// Σ count); then per slot a region of `slot_bytes`: masks uint64 [U_cap][kQ] (mask[u][i] bit b:
+// tile row i selected position 64·list[u] + b), then the block list int32 [U_cap] (ascending).
 //
 // The plan, per tile: MarkKernel (kPassSplit CTAs per tile, warps over the rows, ForEachRun: one
 // shared atomic per run of list entries in one block, then the CTA's nonzero words ORed into the
-// tile's bitmap) marks the tile's blocks and sums the counts; DecideKernel (one CTA per tile) scans the bitmap's popcounts into U and each word's
-// rank base, decides, writes the header, stats and row_skip, and on the tile path the list
-// (ascending) and zeroed masks; MasksKernel (kPassSplit CTAs per tile) ORs each run's bits into
-// mask[rank(block)][row]. The marks (bitmaps, ranks, counts) are zeroed per launch.
+// tile's bitmap) marks the tile's blocks and sums the counts; DecideKernel (one CTA per tile)
+// scans the bitmap's popcounts into U and each word's rank base, decides, writes the header, stats
+// and row_skip, and on the tile path the list (ascending) and zeroed masks; MasksKernel
+// (kPassSplit CTAs per tile) ORs each run's bits into mask[rank(block)][row]. The marks are zeroed
+// per launch.
 // Attention (TileAttentionKernel<D, kQ>): one CTA of 8 warps per (KV head, tile). The kMRows M
 // rows are (query head g, tile row i) = (m / kQ, m mod kQ); warp w owns kAttnAtoms m16 atoms of
 // consecutive rows (Q fragments in registers with one atom, re-read from shared memory with
-// more). Per union block (in list order): K and V of its 64 positions
-// (cp.async, double-buffered, the pipeline of kernels/dense_prefill.cu; positions past the tile's
-// last row are zero-filled and never read), S = Q Kᵀ, keys the row did not select at -inf (the
-// mask words are read from global memory while the scores are computed), online softmax, P V.
-// Epilogue: O / l (0 for a row that selected nothing), output gate, bf16 stores of valid rows.
+// more). Per union block (in list order): K and V of its 64 positions (cp.async, double-buffered,
+// the pipeline of kernels/dense_prefill.cu; positions past the tile's last row are zero-filled and
+// never read), S = Q Kᵀ, keys the row did not select at -inf (the mask words are read from global
+// memory while the scores are computed), online softmax, P V. Epilogue: O / l (0 for a row that
+// selected nothing), output gate, bf16 stores of valid rows.
 #include "kernels/sparse_prefill.h"
 
 #include <algorithm>
@@ -50,7 +50,7 @@ constexpr int kAttnWarps = 8;
 // gsa-1.7b chunk of 2048 rows: union tiles of every block at 32K context 2.36 against 2.91 ms (the
 // per-iteration barriers and loads amortized over twice the rows); clustered 0.32 against 0.31 ms.
 constexpr int kAttnAtoms = 2;
-constexpr int kMRows = kAttnWarps * 16 * kAttnAtoms;  // M rows of the attention CTA: kQ tile rows × group heads
+constexpr int kMRows = kAttnWarps * 16 * kAttnAtoms;  // M rows of a CTA: kQ tile rows × group heads
 constexpr int kPlanUnroll = 8;      // list entries per lane in flight
 constexpr int kPassSplit = 8;       // CTAs per tile of the two passes over the lists
 constexpr int kPassThreads = 256;
