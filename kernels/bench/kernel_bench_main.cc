@@ -97,6 +97,7 @@ struct Options {
   int64_t spin_us = 200;
   uint64_t seed = 1;
   bool skip_ceilings = false;
+  bool skip_decode = false;
   std::string command_line;
 };
 
@@ -154,6 +155,7 @@ void PrintHelp() {
       "  --spin-us N         busy-wait before each timed run, in microseconds (default 200)\n"
       "  --seed N            seed of the random data, tables and selections (default 1)\n"
       "  --skip-ceilings     do not measure the ceilings (quick runs; no fractions are reported)\n"
+      "  --skip-decode       run no decode case (prefill only: e.g. to point ncu --launch-skip at prefill kernels)\n"
       "  --help              this text\n"
       "\n"
       "Exit status: 0 done; 1 no GPU or a CUDA/cuBLAS error (the message names the call); 2 bad flags;\n"
@@ -230,6 +232,10 @@ Options ParseArgs(int argc, char** argv) {
       o.skip_ceilings = true;
       continue;
     }
+    if (arg == "--skip-decode") {
+      o.skip_decode = true;
+      continue;
+    }
     if (arg.rfind("--", 0) != 0) BadFlag("unexpected argument '" + arg + "'");
     std::string name = arg, value;
     bool has_value = false;
@@ -243,6 +249,7 @@ Options ParseArgs(int argc, char** argv) {
                                          "--max-gib",  "--prefill-max", "--json",   "--commit", "--device",
                                          "--rotate-mib", "--spin-us",   "--seed"};
     if (name == "--skip-ceilings") BadFlag("--skip-ceilings takes no value");
+    if (name == "--skip-decode") BadFlag("--skip-decode takes no value");
     bool known = false;
     for (const char* k : kKnown) known = known || name == k;
     if (!known) BadFlag("unknown flag '" + name + "'");
@@ -1502,6 +1509,7 @@ int Main(int argc, char** argv) {
                               {"spin_us", ctx.opt.spin_us},
                               {"seed", ctx.opt.seed},
                               {"skip_ceilings", ctx.opt.skip_ceilings},
+                              {"skip_decode", ctx.opt.skip_decode},
                               {"prefill_reps_budget_ms", kPrefillBudgetMs}};
   ctx.meta["shapes"] = ShapesJson();
   ctx.meta["method"] =
@@ -1532,6 +1540,7 @@ int Main(int argc, char** argv) {
 
   if (!ctx.opt.skip_ceilings) RunCeilings(ctx);
   for (int64_t L : ctx.opt.contexts) {
+    if (ctx.opt.skip_decode) break;
     for (int64_t B : ctx.opt.batches) RunDecode(ctx, L, B);
   }
   for (int64_t L : ctx.opt.contexts) {
