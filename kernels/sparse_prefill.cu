@@ -81,6 +81,9 @@ __device__ __forceinline__ Tile TileOf(const SparsePrefillArgs& a, int tile_y, i
   return tl;
 }
 
+// Bitmap words covering the tile's blocks (those of positions 0 … its last row's).
+__device__ __forceinline__ int32_t TileWords(const Tile& tl) { return ((tl.pos_first + tl.hi - 1) / kBlk) / 32 + 1; }
+
 // Launch-wide constants of every kernel.
 struct Plan {
   int32_t tiles_per_seq = 0;
@@ -201,8 +204,7 @@ __device__ __forceinline__ void PartRows(const Tile& tl, int part, int32_t* b, i
 // A tile the plan cannot take (a context past max_context, a caller bug, or a negative position):
 // its rows are left to GatheredAttention rather than overrun the bitmap.
 __device__ __forceinline__ bool TileTooLong(const Tile& tl, const Plan& p) {
-  const int32_t last_pos = tl.pos_first + tl.hi - 1;
-  return tl.pos_first < 0 || (last_pos / kBlk) / 32 + 1 > p.bitmap_words;
+  return tl.pos_first < 0 || TileWords(tl) > p.bitmap_words;
 }
 
 // Pass 1, grid (kPassSplit, tiles, sequences): marks the blocks the part's rows select in a
@@ -222,7 +224,7 @@ __global__ void __launch_bounds__(kPassThreads) MarkKernel(const SparsePrefillAr
   if (jb >= je) return;
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid & 31, warp = tid >> 5;
-  const int32_t words = ((tl.pos_first + tl.hi - 1) / kBlk) / 32 + 1;
+  const int32_t words = TileWords(tl);
   for (int w = tid; w < words; w += kPassThreads) s_bitmap[w] = 0u;
   if (tid == 0) s_selected = 0ull;
   __syncthreads();
@@ -261,7 +263,7 @@ __global__ void __launch_bounds__(kDecideThreads) DecideKernel(const SparsePrefi
     }
     return;
   }
-  const int32_t words = ((tl.pos_first + tl.hi - 1) / kBlk) / 32 + 1;
+  const int32_t words = TileWords(tl);
   const uint32_t* const bitmap = MarkBitmap(p, slot);
   int32_t* const rank_base = MarkRank(p, slot);
   // Thread tid takes words [tid·per, (tid+1)·per).
@@ -312,7 +314,7 @@ __global__ void __launch_bounds__(kPassThreads) MasksKernel(const SparsePrefillA
   const Tile tl = TileOf<kQ>(a, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z));
   int32_t jb = 0, je = 0;
   PartRows(tl, static_cast<int>(blockIdx.x), &jb, &je);
-  const int32_t words = ((tl.pos_first + tl.hi - 1) / kBlk) / 32 + 1;
+  const int32_t words = TileWords(tl);
   uint32_t* const bitmap = s_dyn;
   int32_t* const rank_base = reinterpret_cast<int32_t*>(s_dyn + words);
   const uint32_t* const g_bitmap = MarkBitmap(p, slot);
