@@ -740,11 +740,19 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w.var.get(), 0, static_cast<size_t>(R) * sizeof(double), st));
   }
   GSA_CUDA_RETURN_IF_ERROR(kernels::EmbedRows(im.embed.get(), d.tokens, R, D, w.hidden.get(), st));
-  if (!plan.sparse_prefill_seqs.empty()) {
+  // SparsePrefill needs its per-tile headers in the workspace: a step with very many short chunks
+  // (more tiles than the workspace was sized for) leaves them all to GatheredAttention.
+  const bool sparse_tiles =
+      !plan.sparse_prefill_seqs.empty() &&
+      kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(plan.sparse_prefill_seqs.size()),
+                                           plan.sparse_prefill_max_query, plan.sparse_prefill_max_context,
+                                           static_cast<int32_t>(c.heads_per_kv()), 0) <= w.sparse_ws.bytes();
+  if (sparse_tiles) {
     // Rows of other sequences (decodes) are never skipped; SparsePrefill sets its own rows' flags
     // in every layer.
     GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w.row_skip.get(), 0, static_cast<size_t>(R), st));
   }
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
   const float eps = static_cast<float>(c.norm_eps);
   const kernels::GateActivation gate_act = ToKernel(c.gate_activation);
   for (int64_t li = 0; li < c.n_layers; ++li) {
@@ -853,21 +861,26 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
 
     // 4. Attention (output gate fused).
     const float* gate_z = L.off_og >= 0 ? w.proj.get() + L.off_og : nullptr;
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_head)));
+    // The fields every attention launcher shares: q, this layer's cache, the output gate, shape, out.
+    auto attention_common = [&](auto& x) {
+      x.q = w.q.get();
+      x.k_cache = cache.k.get();
+      x.v_cache = cache.v.get();
+      x.paged = d.paged;
+      x.gate_z = gate_z;
+      x.gate_stride = L.proj_stride;
+      x.gate_bias = L.og_bias.get();
+      x.gate_act = gate_act;
+      x.n_heads = static_cast<int32_t>(c.n_heads);
+      x.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
+      x.d_head = static_cast<int32_t>(c.d_head);
+      x.scale = scale;
+      x.out = w.attn.get();
+    };
     const uint8_t* row_skip = nullptr;
-    // SparsePrefill needs its per-tile headers in the workspace: a step with very many short
-    // chunks (more tiles than the workspace was sized for) leaves them all to GatheredAttention.
-    const bool sparse_tiles =
-        !plan.sparse_prefill_seqs.empty() &&
-        kernels::SparsePrefillWorkspaceBytes(static_cast<int32_t>(plan.sparse_prefill_seqs.size()),
-                                             plan.sparse_prefill_max_query, plan.sparse_prefill_max_context,
-                                             static_cast<int32_t>(c.heads_per_kv()), 0) <= w.sparse_ws.bytes();
     if (sparse_tiles) {
       kernels::SparsePrefillArgs sp;
-      sp.q = w.q.get();
-      sp.k_cache = cache.k.get();
-      sp.v_cache = cache.v.get();
-      sp.paged = d.paged;
+      attention_common(sp);
       sp.query_start = d.qstart;
       sp.num_query = d.nq;
       sp.context_len = d.ctx;
@@ -878,15 +891,6 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
       sp.sel = w.sel.get();
       sp.sel_count = k_layer;
       sp.sel_stride = im.sel_stride;
-      sp.gate_z = gate_z;
-      sp.gate_stride = L.proj_stride;
-      sp.gate_bias = L.og_bias.get();
-      sp.gate_act = gate_act;
-      sp.n_heads = static_cast<int32_t>(c.n_heads);
-      sp.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
-      sp.d_head = static_cast<int32_t>(c.d_head);
-      sp.scale = scale;
-      sp.out = w.attn.get();
       sp.row_skip = w.row_skip.get();
       sp.workspace = w.sparse_ws.get();
       sp.workspace_bytes = w.sparse_ws.bytes();
@@ -895,10 +899,7 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     }
     if (!plan.gathered_rows.empty()) {
       kernels::GatheredAttentionArgs ga;
-      ga.q = w.q.get();
-      ga.k_cache = cache.k.get();
-      ga.v_cache = cache.v.get();
-      ga.paged = d.paged;
+      attention_common(ga);
       ga.rows = d.rows;
       ga.row_ids = d.grows;
       ga.num_row_ids = static_cast<int64_t>(plan.gathered_rows.size());
@@ -907,15 +908,6 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
       ga.sel_count = k_layer;
       ga.sel_stride = im.sel_stride;
       ga.max_tokens = plan.gathered_max_tokens;
-      ga.gate_z = gate_z;
-      ga.gate_stride = L.proj_stride;
-      ga.gate_bias = L.og_bias.get();
-      ga.gate_act = gate_act;
-      ga.n_heads = static_cast<int32_t>(c.n_heads);
-      ga.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
-      ga.d_head = static_cast<int32_t>(c.d_head);
-      ga.scale = scale;
-      ga.out = w.attn.get();
       ga.workspace = w.attn_ws.get();
       ga.workspace_bytes = w.attn_ws.bytes();
       ga.resident_blocks_per_sm = im.attn_resident_blocks;
@@ -923,25 +915,13 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     }
     if (!plan.prefill_seqs.empty()) {
       kernels::DensePrefillArgs da;
-      da.q = w.q.get();
-      da.k_cache = cache.k.get();
-      da.v_cache = cache.v.get();
-      da.paged = d.paged;
+      attention_common(da);
       da.query_start = d.qstart;
       da.num_query = d.nq;
       da.context_len = d.ctx;
       da.seq_ids = d.pseqs;
       da.num_seq_ids = static_cast<int32_t>(plan.prefill_seqs.size());
       da.max_num_query = plan.prefill_max_query;
-      da.gate_z = gate_z;
-      da.gate_stride = L.proj_stride;
-      da.gate_bias = L.og_bias.get();
-      da.gate_act = gate_act;
-      da.n_heads = static_cast<int32_t>(c.n_heads);
-      da.n_kv_heads = static_cast<int32_t>(c.n_kv_heads);
-      da.d_head = static_cast<int32_t>(c.d_head);
-      da.scale = scale;
-      da.out = w.attn.get();
       GSA_CUDA_RETURN_IF_ERROR(kernels::DensePrefill(da, st));
     }
 
