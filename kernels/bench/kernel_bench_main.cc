@@ -681,14 +681,31 @@ bool FitsMemory(Ctx& ctx, const std::string& group, int64_t L, int64_t B, double
 }
 
 // Attention launch over the cache copy `it`.
+// The fields every attention launcher's arguments share, at the gsa-1.7b shape: q, K/V copy `it`
+// of the cache, the sigmoid output gate, the heads, the scale and the output.
+template <typename Args>
+void SetAttentionCommon(Args& x, const PagedCache& c, int64_t it, const bf16* q, const float* gate_z,
+                        const float* gate_bias, bf16* out) {
+  x.q = q;
+  x.k_cache = c.K(it);
+  x.v_cache = c.V(it);
+  x.paged = c.Layout();
+  x.gate_z = gate_z;
+  x.gate_stride = kGateCols;
+  x.gate_bias = gate_bias;
+  x.gate_act = kernels::GateActivation::kSigmoid;
+  x.n_heads = kHeads;
+  x.n_kv_heads = kKvHeads;
+  x.d_head = kDHead;
+  x.scale = kScale;
+  x.out = out;
+}
+
 void Attend(Ctx& ctx, const PagedCache& c, const Rows& rows, const bf16* q, const int32_t* sel, const int32_t* count,
             int64_t max_tokens, const float* gate_z, const float* gate_bias, bf16* out, const DevBuf<uint8_t>& ws,
             int64_t it, const uint8_t* row_skip = nullptr) {
   kernels::GatheredAttentionArgs ga;
-  ga.q = q;
-  ga.k_cache = c.K(it);
-  ga.v_cache = c.V(it);
-  ga.paged = c.Layout();
+  SetAttentionCommon(ga, c, it, q, gate_z, gate_bias, out);
   ga.rows = rows.Info();
   ga.row_ids = rows.row_ids.get();
   ga.num_row_ids = rows.n;
@@ -697,15 +714,6 @@ void Attend(Ctx& ctx, const PagedCache& c, const Rows& rows, const bf16* q, cons
   ga.sel_count = count;
   ga.sel_stride = kTopK;
   ga.max_tokens = max_tokens;
-  ga.gate_z = gate_z;
-  ga.gate_stride = kGateCols;
-  ga.gate_bias = gate_bias;
-  ga.gate_act = kernels::GateActivation::kSigmoid;
-  ga.n_heads = kHeads;
-  ga.n_kv_heads = kKvHeads;
-  ga.d_head = kDHead;
-  ga.scale = kScale;
-  ga.out = out;
   ga.workspace = ws.get();
   ga.workspace_bytes = ws.bytes();
   BENCH_CUDA(kernels::GatheredAttention(ga, ctx.stream));
@@ -724,10 +732,7 @@ void SparseAttend(Ctx& ctx, const PagedCache& c, const Rows& rows, const ChunkSe
                   const DevBuf<uint8_t>& attn_ws, const DevBuf<uint8_t>& sp_ws, uint8_t* row_skip,
                   kernels::SparsePrefillTileStat* stats, int64_t it) {
   kernels::SparsePrefillArgs sp;
-  sp.q = q;
-  sp.k_cache = c.K(it);
-  sp.v_cache = c.V(it);
-  sp.paged = c.Layout();
+  SetAttentionCommon(sp, c, it, q, gate_z, gate_bias, out);
   sp.query_start = seq.zero;
   sp.num_query = seq.num_query;
   sp.context_len = seq.context_len;
@@ -738,15 +743,6 @@ void SparseAttend(Ctx& ctx, const PagedCache& c, const Rows& rows, const ChunkSe
   sp.sel = sel;
   sp.sel_count = count;
   sp.sel_stride = kTopK;
-  sp.gate_z = gate_z;
-  sp.gate_stride = kGateCols;
-  sp.gate_bias = gate_bias;
-  sp.gate_act = kernels::GateActivation::kSigmoid;
-  sp.n_heads = kHeads;
-  sp.n_kv_heads = kKvHeads;
-  sp.d_head = kDHead;
-  sp.scale = kScale;
-  sp.out = out;
   sp.row_skip = row_skip;
   sp.workspace = sp_ws.get();
   sp.workspace_bytes = sp_ws.bytes();
@@ -1240,25 +1236,13 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   };
   auto dense = [&](int64_t it, int32_t num_query) {
     kernels::DensePrefillArgs da;
-    da.q = q.get();
-    da.k_cache = cache.K(it);
-    da.v_cache = cache.V(it);
-    da.paged = cache.Layout();
+    SetAttentionCommon(da, cache, it, q.get(), gate_z.get(), gate_bias.get(), out.get());
     da.query_start = zero.get();
     da.num_query = num_query == L ? full_len.get() : chunk_len.get();
     da.context_len = full_len.get();
     da.seq_ids = zero.get();
     da.num_seq_ids = 1;
     da.max_num_query = num_query;
-    da.gate_z = gate_z.get();
-    da.gate_stride = kGateCols;
-    da.gate_bias = gate_bias.get();
-    da.gate_act = kernels::GateActivation::kSigmoid;
-    da.n_heads = kHeads;
-    da.n_kv_heads = kKvHeads;
-    da.d_head = kDHead;
-    da.scale = kScale;
-    da.out = out.get();
     BENCH_CUDA(kernels::DensePrefill(da, ctx.stream));
   };
   const int reps = ctx.opt.reps, warm = ctx.opt.warmup;
