@@ -21,12 +21,13 @@
 // per launch.
 // Attention (TileAttentionKernel<D, kQ>): one CTA of 8 warps per (KV head, tile). The kMRows M
 // rows are (query head g, tile row i) = (m / kQ, m mod kQ); warp w owns kAttnAtoms m16 atoms of
-// consecutive rows (Q fragments in registers with one atom, re-read from shared memory with
-// more). Per union block (in list order): K and V of its 64 positions (cp.async, double-buffered,
-// the pipeline of kernels/dense_prefill.cu; positions past the tile's last row are zero-filled and
-// never read), S = Q Kᵀ, keys the row did not select at -inf (the mask words are read from global
-// memory while the scores are computed), online softmax, P V. Epilogue: O / l (0 for a row that
-// selected nothing), output gate, bf16 stores of valid rows.
+// consecutive rows (Q fragments re-read from shared memory per k step; the dense prefill keeps
+// them in registers when a warp has one atom). Per union block (in list order): K and V of its 64
+// positions (cp.async, double-buffered, the pipeline of kernels/dense_prefill.cu; positions past
+// the tile's last row are zero-filled and never read), S = Q Kᵀ, keys the row did not select at
+// -inf (the mask words are read from global memory while the scores are computed), online
+// softmax, P V. Epilogue: O / l (0 for a row that selected nothing), output gate, bf16 stores of
+// valid rows.
 #include "kernels/sparse_prefill.h"
 
 #include <algorithm>
@@ -41,7 +42,6 @@ namespace {
 using flash::CpAsync16;
 using flash::CpAsyncCommit;
 using flash::CpAsyncWait;
-using flash::LdMatrixX4;
 using flash::SmemAddr;
 
 constexpr int kBlk = 64;            // positions per union block = keys per attention tile
@@ -362,7 +362,6 @@ __global__ void __launch_bounds__(kAttnThreads) TileAttentionKernel(const Sparse
   constexpr int kPSteps = kBlk / 16;
   constexpr int kGroup = kMRows / kQ;
   constexpr int kMAtoms = kAttnAtoms;
-  constexpr bool kQInRegs = kMAtoms == 1;  // more atoms: Q fragments re-read from shared memory
 
   const int kvh = static_cast<int>(blockIdx.x);
   const int64_t slot = static_cast<int64_t>(blockIdx.z) * p.tiles_per_seq + blockIdx.y;
@@ -450,7 +449,7 @@ __global__ void __launch_bounds__(kAttnThreads) TileAttentionKernel(const Sparse
       for (int e = 0; e < 4; ++e) acc_o[mi][j][e] = 0.0f;
     }
   }
-  uint32_t q_frag[kQInRegs ? kKSteps : 1][4];
+  const uint32_t q_frag[1][4] = {};  // unused: Q fragments are re-read from shared memory per k step
   const uint32_t sQ_warp = SmemAddr(sQ + wrow0 * kStride + flash::QLaneOffset<kStride>(lane));
   const int k_lane_off = flash::KLaneOffset<kStride>(lane);
   const int v_lane_off = flash::VLaneOffset<kStride>(lane);
@@ -475,16 +474,10 @@ __global__ void __launch_bounds__(kAttnThreads) TileAttentionKernel(const Sparse
     __syncthreads();  // B1: K[it] (and Q) visible; every thread is past PV of it-1
     if (it + 1 < n_union) issue_kv(v_base, sV + (buf ^ 1) * C::kSmemKv);
     CpAsyncCommit();
-    if constexpr (kQInRegs) {
-      if (it == 0) {
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) LdMatrixX4(q_frag[kk], sQ_warp + kk * 16 * sizeof(bf16));
-      }
-    }
 
     float acc_s[kMAtoms][kNTiles][4];
-    flash::QkScores<kMAtoms, kNTiles, kKSteps, kStride, kQInRegs>(acc_s, q_frag, sQ_warp,
-                                                                  SmemAddr(sK + buf * C::kSmemKv + k_lane_off));
+    flash::QkScores<kMAtoms, kNTiles, kKSteps, kStride, false>(acc_s, q_frag, sQ_warp,
+                                                               SmemAddr(sK + buf * C::kSmemKv + k_lane_off));
     uint32_t p_frag[kMAtoms][kPSteps][4];
     // Key 8j + 2t + e of the block counts for a row iff the row selected it.
 #pragma unroll
