@@ -13,15 +13,8 @@ __global__ void EmbedRowsKernel(const float* __restrict__ table, const int32_t* 
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
 }
 
-// One block per row: Σx² in a fixed tree, then the scaled store.
-__global__ void RmsNormRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ gather,
-                                  const float* __restrict__ w, int64_t d, float eps, bf16* __restrict__ out,
-                                  float* __restrict__ out_f32) {
-  const int64_t r = blockIdx.x;
-  const int64_t src_row = gather != nullptr ? gather[r] : r;
-  const float* xr = x + src_row * d;
-  float acc = 0.0f;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) acc += xr[i] * xr[i];
+// Σ over the block of each thread's `acc`, in a fixed order (lanes by butterfly, then warps in order).
+__device__ __forceinline__ float BlockSum(float acc) {
   __shared__ float partial[kThreads / 32];
   for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -29,18 +22,63 @@ __global__ void RmsNormRowsKernel(const float* __restrict__ x, const int32_t* __
   __syncthreads();
   float total = 0.0f;
   for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
-  const float inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+  return total;
+}
+
+// One block per row: Σx² in a fixed tree, then the scaled store. kVec4 > 0: the row is read once,
+// as up to kVec4 float4 per thread kept in registers (d % 4 == 0, d ≤ kThreads · 4 · kVec4), so its
+// loads are all in flight at once — a decode step runs this on a handful of rows, where each
+// dependent round trip to memory is the cost. kVec4 == 0: any d, strided loops.
+template <int kVec4>
+__global__ void RmsNormRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ gather,
+                                  const float* __restrict__ w, int64_t d, float eps, bf16* __restrict__ out,
+                                  float* __restrict__ out_f32) {
+  const int64_t r = blockIdx.x;
+  const int64_t src_row = gather != nullptr ? gather[r] : r;
+  const float* xr = x + src_row * d;
   bf16* o = out + r * d;
   float* of = out_f32 != nullptr ? out_f32 + r * d : nullptr;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-    const float y = (xr[i] * inv) * w[i];
-    o[i] = __float2bfloat16(y);
-    if (of != nullptr) of[i] = y;
+  if constexpr (kVec4 > 0) {
+    const int64_t n4 = d / 4;
+    float4 xv[kVec4], wv[kVec4];
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kVec4; ++j) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+      xv[j] = i < n4 ? reinterpret_cast<const float4*>(xr)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+      wv[j] = i < n4 ? reinterpret_cast<const float4*>(w)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int j = 0; j < kVec4; ++j) acc += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
+    const float inv = 1.0f / sqrtf(BlockSum(acc) / static_cast<float>(d) + eps);
+#pragma unroll
+    for (int j = 0; j < kVec4; ++j) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+      if (i >= n4) break;
+      const float4 y = make_float4((xv[j].x * inv) * wv[j].x, (xv[j].y * inv) * wv[j].y, (xv[j].z * inv) * wv[j].z,
+                                   (xv[j].w * inv) * wv[j].w);
+      reinterpret_cast<__nv_bfloat162*>(o)[2 * i] = __floats2bfloat162_rn(y.x, y.y);
+      reinterpret_cast<__nv_bfloat162*>(o)[2 * i + 1] = __floats2bfloat162_rn(y.z, y.w);
+      if (of != nullptr) reinterpret_cast<float4*>(of)[i] = y;
+    }
+  } else {
+    float acc = 0.0f;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) acc += xr[i] * xr[i];
+    const float inv = 1.0f / sqrtf(BlockSum(acc) / static_cast<float>(d) + eps);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      const float y = (xr[i] * inv) * w[i];
+      o[i] = __float2bfloat16(y);
+      if (of != nullptr) of[i] = y;
+    }
   }
 }
 
-// One block per row; threads stride over the row's work items.
+// One block per row; threads stride over the row's work items. The row's RoPE angles are
+// computed once into shared memory ([cos | sin] for i < d_head / 2) and read by every q and k head:
+// at long positions cosf/sinf take their slow argument reduction, and per (head, i) that was most
+// of a decode step's time in this kernel.
 __global__ void PostProjectionKernel(PostProjectionArgs a) {
+  extern __shared__ float s_rope[];
   const int64_t r = blockIdx.x;
   float* p = a.proj + r * a.proj_stride;
   const int32_t pos = a.rows.position[r];
@@ -48,12 +86,19 @@ __global__ void PostProjectionKernel(PostProjectionArgs a) {
   const int32_t half = a.d_head / 2;
   const int32_t kv_dim = a.n_kv_heads * a.d_head;
   const float fpos = static_cast<float>(pos);
+  float* s_cos = s_rope;
+  float* s_sin = s_rope + half;
+  for (int32_t i = threadIdx.x; i < half; i += blockDim.x) {
+    const float angle = fpos * a.inv_freq[i];  // fp32, as the reference computes it
+    s_cos[i] = cosf(angle);
+    s_sin[i] = sinf(angle);
+  }
+  __syncthreads();
 
   // q: rotate pairs (i, i + half) of every head.
   for (int32_t idx = threadIdx.x; idx < a.n_heads * half; idx += blockDim.x) {
     const int32_t h = idx / half, i = idx % half;
-    const float angle = fpos * a.inv_freq[i];
-    const float c = cosf(angle), s = sinf(angle);
+    const float c = s_cos[i], s = s_sin[i];
     const float x0 = p[a.off_q + h * a.d_head + i], x1 = p[a.off_q + h * a.d_head + i + half];
     bf16* q = a.q_out + (r * a.n_heads + h) * a.d_head;
     q[i] = __float2bfloat16(x0 * c - x1 * s);
@@ -62,8 +107,7 @@ __global__ void PostProjectionKernel(PostProjectionArgs a) {
   // k: rotate, write to the cache.
   for (int32_t idx = threadIdx.x; idx < a.n_kv_heads * half; idx += blockDim.x) {
     const int32_t h = idx / half, i = idx % half;
-    const float angle = fpos * a.inv_freq[i];
-    const float c = cosf(angle), s = sinf(angle);
+    const float c = s_cos[i], s = s_sin[i];
     const float x0 = p[a.off_k + h * a.d_head + i], x1 = p[a.off_k + h * a.d_head + i + half];
     bf16* k = a.k_cache + slot * kv_dim + h * a.d_head;
     k[i] = __float2bfloat16(x0 * c - x1 * s);
@@ -136,13 +180,23 @@ cudaError_t EmbedRows(const float* table, const int32_t* ids, int64_t rows, int6
 cudaError_t RmsNormRows(const float* x, const int32_t* gather, const float* w, int64_t rows, int64_t d,
                         float eps, bf16* out, cudaStream_t stream, float* out_f32) {
   if (rows <= 0) return cudaSuccess;
-  RmsNormRowsKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out, out_f32);
+  const auto aligned = [](const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  const bool vec = d % 4 == 0 && d <= int64_t{kThreads} * 4 * 4 && aligned(x) && aligned(w) && aligned(out) &&
+                   aligned(out_f32);
+  if (vec && d <= int64_t{kThreads} * 4 * 2) {
+    RmsNormRowsKernel<2><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out, out_f32);
+  } else if (vec) {
+    RmsNormRowsKernel<4><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out, out_f32);
+  } else {
+    RmsNormRowsKernel<0><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out, out_f32);
+  }
   return cudaGetLastError();
 }
 
 cudaError_t PostProjection(const PostProjectionArgs& args, cudaStream_t stream) {
   if (args.num_rows <= 0) return cudaSuccess;
-  PostProjectionKernel<<<static_cast<unsigned>(args.num_rows), 128, 0, stream>>>(args);
+  const size_t smem = static_cast<size_t>(args.d_head / 2) * 2 * sizeof(float);
+  PostProjectionKernel<<<static_cast<unsigned>(args.num_rows), kThreads, smem, stream>>>(args);
   return cudaGetLastError();
 }
 

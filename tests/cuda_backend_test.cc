@@ -38,9 +38,11 @@ using Selections = std::vector<std::vector<std::vector<int32_t>>>;  // [layer][r
 
 std::unique_ptr<CudaBackend> MakeCuda(const LoadedModel& m, int64_t num_blocks, int64_t block_size,
                                       bool dense_prefill_kernel = true, bool cuda_graphs = true,
-                                      bool fp8_indexer_keys = false, bool sparse_prefill_tiles = true) {
+                                      bool fp8_indexer_keys = false, bool sparse_prefill_tiles = true,
+                                      bool small_rows_linear = true) {
   CudaBackendOptions o;
   o.max_rows = 256;
+  o.use_small_rows_linear = small_rows_linear;
   o.use_dense_prefill_kernel = dense_prefill_kernel;
   o.use_sparse_prefill_tiles = sparse_prefill_tiles;
   o.use_cuda_graphs = cuda_graphs;
@@ -697,6 +699,70 @@ TEST_P(CudaShapes, GraphDecodeStepsMatchEagerOnes) {
   }
   std::printf("[ %s graphs ] max |logit graph - eager| over 12 decode steps = %.3g\n", GetParam().name, worst);
   EXPECT_LE(worst, 5e-2f);
+}
+
+TEST_P(CudaShapes, SmallRowProductsMatchCublasAndTheCpuInDecodeSteps) {
+  // Decode steps of 1 … 8 rows run their projections through kernels::SmallLinear (SwiGLU fused);
+  // the same steps with every product through cuBLASLt, and on the CPU reference. Dense attention
+  // throughout, so that no near-tied selection can flip between the paths: what differs is only
+  // the products' summation order, and the logits must agree to bf16 accuracy. Graphs and eager.
+  const int64_t V = model_->config.vocab_size;
+  auto small_graph = MakeCuda(*model_, 256, 16, true, /*cuda_graphs=*/true);
+  auto small_eager = MakeCuda(*model_, 256, 16, true, /*cuda_graphs=*/false);
+  auto cublas = MakeCuda(*model_, 256, 16, true, /*cuda_graphs=*/true, false, true, /*small_rows_linear=*/false);
+  auto cpu = MakeCpu(*model_, 256, 16);
+  ASSERT_NE(small_graph, nullptr);
+  ASSERT_NE(cublas, nullptr);
+  std::vector<Backend*> backends = {cpu.get(), small_graph.get(), small_eager.get(), cublas.get()};
+  std::vector<gsa::testing::BatchBuilder> builders(backends.size(), gsa::testing::BatchBuilder(256, 16));
+  const int kSeqs = 8;
+  std::vector<int64_t> len(kSeqs);
+  std::vector<int32_t> next(kSeqs);
+  for (int i = 0; i < kSeqs; ++i) {
+    gsa::testing::BatchBuilder::Chunk c;
+    c.id = i;
+    c.tokens = Tokens(40 + 23 * i, 71 + i, V);
+    c.all_logits = false;
+    c.attention = AttentionMode::kDense;
+    len[i] = static_cast<int64_t>(c.tokens.size());
+    for (size_t b = 0; b < backends.size(); ++b) {
+      auto out = backends[b]->Step(builders[b].Make({c}));
+      ASSERT_TRUE(out.ok()) << out.status();
+      if (b == 0) next[i] = gsa::testing::ArgMax(out->logits.data(), V);
+    }
+  }
+  float worst_cpu = 0.0f, worst_cublas = 0.0f, worst_eager = 0.0f, scale = 1.0f;
+  for (int n = 1; n <= kSeqs; ++n) {
+    std::vector<gsa::testing::BatchBuilder::Chunk> chunks;
+    for (int i = 0; i < n; ++i) {
+      gsa::testing::BatchBuilder::Chunk c;
+      c.id = i;
+      c.tokens = {next[i]};
+      c.start = len[i];
+      c.attention = AttentionMode::kDense;
+      chunks.push_back(c);
+    }
+    std::vector<StepOutput> outs;
+    for (size_t b = 0; b < backends.size(); ++b) {
+      auto out = backends[b]->Step(builders[b].Make(chunks));
+      ASSERT_TRUE(out.ok()) << "rows " << n << " backend " << b << ": " << out.status();
+      ASSERT_EQ(out->logits.size(), static_cast<size_t>(n * V));
+      outs.push_back(std::move(*out));
+    }
+    for (float x : outs[0].logits) scale = std::max(scale, std::fabs(x));
+    worst_cpu = std::max({worst_cpu, MaxAbsDiff(outs[1].logits, outs[0].logits), MaxAbsDiff(outs[2].logits, outs[0].logits)});
+    worst_cublas = std::max(worst_cublas, MaxAbsDiff(outs[1].logits, outs[3].logits));
+    worst_eager = std::max(worst_eager, MaxAbsDiff(outs[1].logits, outs[2].logits));
+    for (int i = 0; i < n; ++i) {
+      next[i] = gsa::testing::ArgMax(outs[0].logits.data() + i * V, V);
+      ++len[i];
+    }
+  }
+  std::printf("[ %s small-row products ] max |logit - cpu| %.3g, - cuBLASLt %.3g, graph - eager %.3g (largest |logit| %.3g)\n",
+              GetParam().name, worst_cpu, worst_cublas, worst_eager, scale);
+  EXPECT_LE(worst_cpu, 5e-2f * scale);
+  EXPECT_LE(worst_cublas, 5e-2f * scale);
+  EXPECT_LE(worst_eager, 5e-2f * scale);
 }
 
 TEST_P(CudaShapes, AttentionStatsFollowTheCpuInPrefillChunksDecodeStepsAndDenseSequences) {

@@ -56,7 +56,7 @@ TEST(ElementwiseKernels, RmsNormRowsMatchesCpuWithAndWithoutGatherInBf16AndFp32)
   GSA_REQUIRE_GPU();
   const uint64_t seed = gsa::testing::FreshSeed();
   SCOPED_TRACE(seed);
-  for (int64_t d : {128, 2048, 2049}) {
+  for (int64_t d : {128, 2048, 2049, 3000, 4096, 4100}) {
     const int64_t in_rows = 50, rows = 20;
     const std::vector<float> x = RandomFloats(static_cast<size_t>(in_rows * d), seed, -3, 3);
     const std::vector<float> w = RandomFloats(static_cast<size_t>(d), seed + 1, 0.5, 1.5);

@@ -307,7 +307,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const ModelConf
       e != cudaSuccess && e != cudaErrorNotSupported) {
     return CudaStatus(e, "kernels::DecodeSelectPrepare");
   }
-  GSA_ASSIGN_OR_RETURN(im.gemm, Gemm::Create());
+  GSA_ASSIGN_OR_RETURN(im.gemm, Gemm::Create(options.use_small_rows_linear));
 
   auto fail_memory = [&](const absl::Status& st) -> absl::Status {
     if (!absl::IsResourceExhausted(st)) return st;
@@ -961,8 +961,7 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     // 5. Output projection (+= residual); post norm; SwiGLU MLP (+= residual).
     GSA_RETURN_IF_ERROR(im.gemm->Linear(w.attn.get(), R, QD, L.o_proj.get(), D, w.hidden.get(), D, true, st));
     GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), nullptr, L.post_norm.get(), R, D, eps, w.xn.get(), st));
-    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, D, L.gate_up.get(), 2 * F, w.gu.get(), 2 * F, false, st));
-    GSA_CUDA_RETURN_IF_ERROR(kernels::SwiGlu(w.gu.get(), R, F, w.xn.get(), st));
+    GSA_RETURN_IF_ERROR(im.gemm->LinearSwiGlu(w.xn.get(), R, D, L.gate_up.get(), F, w.gu.get(), w.xn.get(), st));
     GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, F, L.down.get(), D, w.hidden.get(), D, true, st));
 
     if (record_selection) {

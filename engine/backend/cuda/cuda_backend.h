@@ -53,6 +53,9 @@ struct CudaBackendOptions {
   // rows share enough of their selections, the rest through the gathered kernel. false: every
   // sparse row through the gathered kernel (tests compare the two).
   bool use_sparse_prefill_tiles = true;
+  // Products of at most 8 rows (decode steps) through kernels::SmallLinear, SwiGLU fused (gemm.h).
+  // false: cuBLASLt for every product (tests compare the two).
+  bool use_small_rows_linear = true;
   // Pure decode steps (one new token per sequence) run as CUDA graphs captured per batch-size
   // bucket (1, 2, 4, … 256, padded with idle rows), context cap (4K … 1M, at most 1.5x apart) and whether
   // a dense row needs more than a sparse row's tokens, captured on first use, when their longest

@@ -2,6 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/util/status_macros.h"
+#include "kernels/elementwise.h"
+#include "kernels/small_linear.h"
 
 namespace gsa {
 namespace {
@@ -17,6 +19,11 @@ absl::Status LtStatus(cublasStatus_t st, const char* what) {
     const cublasStatus_t gsa_lt_st_ = (call);           \
     if (gsa_lt_st_ != CUBLAS_STATUS_SUCCESS) return LtStatus(gsa_lt_st_, #call); \
   } while (0)
+
+absl::Status SmallLinearStatus(cudaError_t err) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("kernels::SmallLinear: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+}
 
 }  // namespace
 
@@ -35,7 +42,7 @@ struct Gemm::Plan {
   }
 };
 
-absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(size_t workspace_bytes) {
+absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(bool small_rows, size_t workspace_bytes) {
   cublasLtHandle_t handle = nullptr;
   GSA_LT_RETURN_IF_ERROR(cublasLtCreate(&handle));
   absl::StatusOr<DeviceBuffer<uint8_t>> ws = DeviceBuffer<uint8_t>::Allocate(workspace_bytes);
@@ -43,11 +50,11 @@ absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(size_t workspace_bytes) {
     cublasLtDestroy(handle);
     return ws.status();
   }
-  return std::make_unique<Gemm>(CreateTag(), handle, std::move(*ws));
+  return std::make_unique<Gemm>(CreateTag(), handle, std::move(*ws), small_rows);
 }
 
-Gemm::Gemm(CreateTag, cublasLtHandle_t handle, DeviceBuffer<uint8_t> workspace)
-    : handle_(handle), workspace_(std::move(workspace)) {}
+Gemm::Gemm(CreateTag, cublasLtHandle_t handle, DeviceBuffer<uint8_t> workspace, bool small_rows)
+    : handle_(handle), workspace_(std::move(workspace)), small_rows_(small_rows) {}
 
 Gemm::~Gemm() {
   plans_.clear();
@@ -96,6 +103,19 @@ absl::StatusOr<const Gemm::Plan*> Gemm::PlanFor(int64_t rows, int64_t in, int64_
 absl::Status Gemm::Linear(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
                           int64_t out, float* y, int64_t ldy, bool accumulate, cudaStream_t stream) {
   if (rows <= 0) return absl::OkStatus();
+  if (small_rows_ && rows <= kernels::kSmallLinearMaxRows) {
+    kernels::SmallLinearArgs a;
+    a.x_bf16 = x;
+    a.w_bf16 = w;
+    a.rows = rows;
+    a.k = in;
+    a.n = out;
+    a.ldx = in;
+    a.epilogue = accumulate ? kernels::SmallLinearEpilogue::kAccumulate : kernels::SmallLinearEpilogue::kStore;
+    a.y = y;
+    a.ldy = ldy;
+    if (kernels::SmallLinearUnsupported(a) == nullptr) return SmallLinearStatus(kernels::SmallLinear(a, stream));
+  }
   absl::StatusOr<const Plan*> plan = PlanFor(rows, in, out, ldy, accumulate, /*fp32=*/false);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -108,12 +128,48 @@ absl::Status Gemm::Linear(const __nv_bfloat16* x, int64_t rows, int64_t in, cons
 absl::Status Gemm::LinearF32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y,
                              int64_t ldy, cudaStream_t stream) {
   if (rows <= 0) return absl::OkStatus();
+  if (small_rows_ && rows <= kernels::kSmallLinearMaxRows) {
+    kernels::SmallLinearArgs a;
+    a.x_f32 = x;
+    a.w_f32 = w;
+    a.rows = rows;
+    a.k = in;
+    a.n = out;
+    a.ldx = in;
+    a.y = y;
+    a.ldy = ldy;
+    if (kernels::SmallLinearUnsupported(a) == nullptr) return SmallLinearStatus(kernels::SmallLinear(a, stream));
+  }
   absl::StatusOr<const Plan*> plan = PlanFor(rows, in, out, ldy, /*accumulate=*/false, /*fp32=*/true);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = 0.0f;
   GSA_LT_RETURN_IF_ERROR(cublasLtMatmul(handle_, (*plan)->op, &alpha, w, (*plan)->a, x, (*plan)->b, &beta, y,
                                         (*plan)->c, y, (*plan)->c, &(*plan)->algo, workspace_.get(),
                                         workspace_.bytes(), stream));
+  return absl::OkStatus();
+}
+
+absl::Status Gemm::LinearSwiGlu(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
+                                int64_t d_ffn, float* gu, __nv_bfloat16* out, cudaStream_t stream) {
+  if (rows <= 0) return absl::OkStatus();
+  if (small_rows_ && rows <= kernels::kSmallLinearMaxRows) {
+    kernels::SmallLinearArgs a;
+    a.x_bf16 = x;
+    a.w_bf16 = w;
+    a.rows = rows;
+    a.k = in;
+    a.n = 2 * d_ffn;
+    a.ldx = in;
+    a.epilogue = kernels::SmallLinearEpilogue::kSwiGlu;
+    a.out = out;
+    a.ldo = d_ffn;
+    if (kernels::SmallLinearUnsupported(a) == nullptr) return SmallLinearStatus(kernels::SmallLinear(a, stream));
+  }
+  GSA_RETURN_IF_ERROR(Linear(x, rows, in, w, 2 * d_ffn, gu, 2 * d_ffn, /*accumulate=*/false, stream));
+  const cudaError_t err = kernels::SwiGlu(gu, rows, d_ffn, out, stream);
+  if (err != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("kernels::SwiGlu: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+  }
   return absl::OkStatus();
 }
 

@@ -4,6 +4,13 @@
 // The algorithm for each shape is chosen once (cuBLASLt heuristic) and reused, so a given shape
 // always runs the same algorithm: results are bitwise reproducible run to run.
 //
+// Products of at most kernels::kSmallLinearMaxRows rows (decode steps) go through
+// kernels::SmallLinear instead, when `small_rows` (Create) is on and the operands suit it (16-byte
+// aligned, whole 16-byte rows): one bandwidth-bound pass over the weights, no split-K reduction
+// launch, SwiGLU fused into the gate/up product (kernels/small_linear.h says why and what it
+// measured). Its sums run in another order than cuBLASLt's, so a row's bits depend on whether its
+// step had more than that many rows (both are fp32 accumulations of the same bf16 products).
+//
 // Thread-safety: one thread (the engine thread).
 #pragma once
 
@@ -23,8 +30,10 @@ namespace gsa {
 
 class Gemm {
  public:
-  // `workspace_bytes` of device scratch for cuBLASLt (32 MiB is plenty on Hopper).
-  static absl::StatusOr<std::unique_ptr<Gemm>> Create(size_t workspace_bytes = size_t{32} << 20);
+  // `workspace_bytes` of device scratch for cuBLASLt (32 MiB is plenty on Hopper); `small_rows`:
+  // products of few rows through kernels::SmallLinear (false: cuBLASLt for every product).
+  static absl::StatusOr<std::unique_ptr<Gemm>> Create(bool small_rows = true,
+                                                      size_t workspace_bytes = size_t{32} << 20);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -39,10 +48,16 @@ class Gemm {
   absl::Status LinearF32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y,
                          int64_t ldy, cudaStream_t stream);
 
+  // out[r, i] = bf16(silu(g) · u) with g = (x wᵀ)[r, i], u = (x wᵀ)[r, d_ffn + i]: the MLP's gate/up
+  // product and SwiGLU (kernels::SwiGlu). w: [2 · d_ffn, in] bf16 (gate rows, then up rows);
+  // gu: [rows, 2 · d_ffn] fp32 scratch (unused when the fused small-rows kernel runs); out: [rows, d_ffn].
+  absl::Status LinearSwiGlu(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
+                            int64_t d_ffn, float* gu, __nv_bfloat16* out, cudaStream_t stream);
+
   struct CreateTag {
     explicit CreateTag() = default;
   };
-  Gemm(CreateTag, cublasLtHandle_t handle, DeviceBuffer<uint8_t> workspace);
+  Gemm(CreateTag, cublasLtHandle_t handle, DeviceBuffer<uint8_t> workspace, bool small_rows);
 
  private:
   struct Plan;
@@ -51,6 +66,7 @@ class Gemm {
 
   cublasLtHandle_t handle_;
   DeviceBuffer<uint8_t> workspace_;
+  bool small_rows_;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>, std::unique_ptr<Plan>> plans_;
 };
 
