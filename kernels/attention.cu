@@ -30,6 +30,7 @@
 #include <cmath>
 
 #include "kernels/attention.h"
+#include "kernels/pdl.cuh"
 
 namespace gsa::kernels {
 namespace {
@@ -131,11 +132,9 @@ __global__ void __launch_bounds__(kThreads) GatheredAttentionKernel(const Gather
   // A split past the row's entries (a short row in a launch split for longer ones) runs the same
   // code with an empty range: it writes an empty partial (m = -inf, l = 0, acc = 0), so the merge
   // reads every split without knowing the row's length.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // The merge kernel (launched with programmatic stream serialization) may be scheduled now; it
   // waits for this whole grid's completion (griddepcontrol.wait) before reading anything.
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+  PdlLaunchDependents();
 
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
@@ -336,11 +335,12 @@ constexpr int kMergeBatch = 16;
 static_assert(kMaxSplits <= 64, "warp 0 holds two splits per lane");
 
 __global__ void __launch_bounds__(256) MergeSplitsKernel(const GatheredAttentionArgs a, const Plan p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Launched as a programmatic dependent of the attention kernel: wait until that grid has
   // completed and its writes are visible. (Without the launch attribute this returns at once.)
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  PdlWaitForPrerequisites();
+  // The next products (o_proj, kernels::SmallLinear) are programmatic dependents: they may start
+  // streaming their weights now.
+  PdlLaunchDependents();
   __shared__ float s_w[kMaxSplits];
   __shared__ float s_inv;
   const int64_t li = blockIdx.x;

@@ -1,4 +1,5 @@
 #include "kernels/elementwise.h"
+#include "kernels/pdl.cuh"
 
 namespace gsa::kernels {
 namespace {
@@ -33,6 +34,9 @@ template <int kVec4>
 __global__ void RmsNormRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ gather,
                                   const float* __restrict__ w, int64_t d, float eps, bf16* __restrict__ out,
                                   float* __restrict__ out_f32) {
+  // The product that reads `out` next (kernels::SmallLinear in decode steps) is a programmatic
+  // dependent: let it start streaming its weights while this runs (it waits for `out`).
+  PdlLaunchDependents();
   const int64_t r = blockIdx.x;
   const int64_t src_row = gather != nullptr ? gather[r] : r;
   const float* xr = x + src_row * d;

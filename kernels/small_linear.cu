@@ -1,11 +1,14 @@
 #include "kernels/small_linear.h"
 
+#include "kernels/pdl.cuh"
+
 namespace gsa::kernels {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTileRows = 4;  // rows of W per CTA (kSwiGlu: 2 output columns' gate and up rows)
+constexpr int kWarpRows = 2;  // rows of W per warp (kSwiGlu: one output column's gate and up rows)
+constexpr int kBatch = 8;     // 16-byte chunks per lane per row loaded before any is used
 
 // 16 bytes of W, streamed (evict-first: every weight byte is read once per step).
 __device__ __forceinline__ uint4 LoadStream(const void* p) { return __ldcs(static_cast<const uint4*>(p)); }
@@ -63,10 +66,15 @@ constexpr int Log2() {
 }
 
 // T: bf16 or float (inputs and weights alike). MT: rows handled (a power of two ≥ args.rows).
+// Warp w of the grid owns kWarpRows rows of W and walks K in batches: every lane loads kBatch
+// 16-byte chunks of each row (consecutive lanes, consecutive chunks: whole 512-byte runs per
+// instruction), all in flight at once, then multiplies them by x's chunks (from the read-only
+// cache: every warp reads the same few rows). Per lane the sums run in chunk order; then a
+// butterfly across the warp. No shared memory, no block barrier.
 template <typename T, int MT, SmallLinearEpilogue E>
 __global__ void __launch_bounds__(kThreads) SmallLinearKernel(SmallLinearArgs a) {
   constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte chunk
-  constexpr int kN = kTileRows * MT;    // partial sums per thread: v[r * MT + m]
+  constexpr int kN = kWarpRows * MT;    // partial sums per lane: v[j * MT + m]
   const T* x;
   const T* w;
   if constexpr (sizeof(T) == 2) {
@@ -76,19 +84,20 @@ __global__ void __launch_bounds__(kThreads) SmallLinearKernel(SmallLinearArgs a)
     x = reinterpret_cast<const T*>(a.x_f32);
     w = reinterpret_cast<const T*>(a.w_f32);
   }
-  // The tile's rows of W (row < 0: past the end, contributes nothing and is not stored).
-  int64_t row[kTileRows];
+  PdlLaunchDependents();  // the next product may stream its weights while this one runs
+  const int lane = threadIdx.x & 31;
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  // The warp's rows of W (row < 0: past the end, contributes nothing and is not stored).
+  int64_t row[kWarpRows];
   if constexpr (E == SmallLinearEpilogue::kSwiGlu) {
-    const int64_t f = a.n / 2, c0 = static_cast<int64_t>(blockIdx.x) * (kTileRows / 2);
-#pragma unroll
-    for (int j = 0; j < kTileRows / 2; ++j) {
-      row[j] = c0 + j < f ? c0 + j : -1;
-      row[j + kTileRows / 2] = c0 + j < f ? f + c0 + j : -1;
-    }
+    const int64_t f = a.n / 2;
+    if (unit >= f) return;  // whole warps
+    row[0] = unit;
+    row[1] = f + unit;
   } else {
-    const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+    if (unit * kWarpRows >= a.n) return;
 #pragma unroll
-    for (int j = 0; j < kTileRows; ++j) row[j] = n0 + j < a.n ? n0 + j : -1;
+    for (int j = 0; j < kWarpRows; ++j) row[j] = unit * kWarpRows + j < a.n ? unit * kWarpRows + j : -1;
   }
 
   float v[kN];
@@ -96,50 +105,50 @@ __global__ void __launch_bounds__(kThreads) SmallLinearKernel(SmallLinearArgs a)
   for (int i = 0; i < kN; ++i) v[i] = 0.0f;
   const int64_t chunks = a.k / kVec;
   const int rows = static_cast<int>(a.rows);
-  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) {
-    uint4 wc[kTileRows];
+  for (int64_t base = 0; base < chunks; base += 32 * kBatch) {
+    uint4 wc[kWarpRows][kBatch];
 #pragma unroll
-    for (int j = 0; j < kTileRows; ++j) {
-      wc[j] = row[j] >= 0 ? LoadStream(w + row[j] * a.k + c * kVec) : make_uint4(0u, 0u, 0u, 0u);
+    for (int b = 0; b < kBatch; ++b) {
+      const int64_t c = base + b * 32 + lane;
+#pragma unroll
+      for (int j = 0; j < kWarpRows; ++j) {
+        wc[j][b] = (row[j] >= 0 && c < chunks) ? LoadStream(w + row[j] * a.k + c * kVec) : make_uint4(0u, 0u, 0u, 0u);
+      }
     }
+    // Launched as a programmatic dependent: the first batch of weights (which no kernel writes)
+    // is in flight before waiting for the kernels that write x and y.
+    if (base == 0) PdlWaitForPrerequisites();
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      if (m < rows) {
-        const uint4 xc = LoadShared(x + m * a.ldx + c * kVec);
+    for (int b = 0; b < kBatch; ++b) {
+      const int64_t c = base + b * 32 + lane;
+      if (c >= chunks) break;
 #pragma unroll
-        for (int j = 0; j < kTileRows; ++j) Dot(v[j * MT + m], wc[j], xc, T{});
+      for (int m = 0; m < MT; ++m) {
+        if (m < rows) {
+          const uint4 xc = LoadShared(x + m * a.ldx + c * kVec);
+#pragma unroll
+          for (int j = 0; j < kWarpRows; ++j) Dot(v[j * MT + m], wc[j][b], xc, T{});
+        }
       }
     }
   }
 
-  // Lanes, then warps (in warp order), then the epilogue by the first kN threads.
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const float part = ButterflyReduce<kN>(v, lane);
+  static_assert(kWarpRows == 2, "the epilogue names row[0] and row[1]");
+  // Lane l now holds the warp's total of value index l >> kShift (ButterflyReduce).
+  const float total = ButterflyReduce<kN>(v, lane);
   constexpr int kShift = 5 - Log2<kN>();
-  __shared__ float s_part[kWarps][kN];
-  if ((lane & ((1 << kShift) - 1)) == 0) s_part[warp][lane >> kShift] = part;
-  __syncthreads();
-  const int idx = threadIdx.x;
-  float total = 0.0f;
-  if (idx < kN) {
-#pragma unroll
-    for (int q = 0; q < kWarps; ++q) total += s_part[q][idx];
-  }
+  const int idx = lane >> kShift;
   const int j = idx / MT, m = idx % MT;
+  const bool owner = (lane & ((1 << kShift) - 1)) == 0;
   if constexpr (E == SmallLinearEpilogue::kSwiGlu) {
-    // Thread (j, m) with j < kTileRows / 2 holds a gate; its up value is thread (j + kTileRows / 2, m)'s.
-    __shared__ float s_total[kN];
-    if (idx < kN) s_total[idx] = total;
-    __syncthreads();
-    if (idx >= kN || j >= kTileRows / 2 || m >= rows) return;
-    const int64_t col = static_cast<int64_t>(blockIdx.x) * (kTileRows / 2) + j;
-    if (col >= a.n / 2) return;
-    const float u = s_total[(j + kTileRows / 2) * MT + m];
-    a.out[m * a.ldo + col] = __float2bfloat16(total * SigmoidF(total) * u);  // as SwiGlu (elementwise.h)
+    // The gate (j = 0) lane of row m fetches its up value (index MT + m) from the lane that holds it.
+    const float u = __shfl_sync(0xffffffffu, total, ((MT + m) << kShift) & 31);
+    if (!owner || j != 0 || m >= rows) return;
+    a.out[m * a.ldo + row[0]] = __float2bfloat16(total * SigmoidF(total) * u);  // as SwiGlu (elementwise.h)
   } else {
-    if (idx >= kN || m >= rows) return;
-    const int64_t n = static_cast<int64_t>(blockIdx.x) * kTileRows + j;
-    if (n >= a.n) return;
+    if (!owner || m >= rows) return;
+    const int64_t n = j == 0 ? row[0] : row[1];
+    if (n < 0) return;
     float* y = a.y + m * a.ldy + n;
     if constexpr (E == SmallLinearEpilogue::kAccumulate) {
       *y += total;
@@ -149,25 +158,37 @@ __global__ void __launch_bounds__(kThreads) SmallLinearKernel(SmallLinearArgs a)
   }
 }
 
+// Launched as a programmatic dependent of the previous kernel in the stream (Hopper and later).
+template <typename T, int MT, SmallLinearEpilogue E>
+cudaError_t LaunchOne(const SmallLinearArgs& a, unsigned grid, cudaStream_t stream) {
+  int device = 0, cc_major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err != cudaSuccess) return err;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = cc_major >= 9 ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, SmallLinearKernel<T, MT, E>, a);
+}
+
 template <typename T, SmallLinearEpilogue E>
 cudaError_t LaunchRows(const SmallLinearArgs& a, unsigned grid, cudaStream_t stream) {
-  if (a.rows <= 1) {
-    SmallLinearKernel<T, 1, E><<<grid, kThreads, 0, stream>>>(a);
-  } else if (a.rows <= 2) {
-    SmallLinearKernel<T, 2, E><<<grid, kThreads, 0, stream>>>(a);
-  } else if (a.rows <= 4) {
-    SmallLinearKernel<T, 4, E><<<grid, kThreads, 0, stream>>>(a);
-  } else {
-    SmallLinearKernel<T, 8, E><<<grid, kThreads, 0, stream>>>(a);
-  }
-  return cudaGetLastError();
+  if (a.rows <= 1) return LaunchOne<T, 1, E>(a, grid, stream);
+  if (a.rows <= 2) return LaunchOne<T, 2, E>(a, grid, stream);
+  if (a.rows <= 4) return LaunchOne<T, 4, E>(a, grid, stream);
+  return LaunchOne<T, 8, E>(a, grid, stream);
 }
 
 template <typename T>
 cudaError_t LaunchEpilogue(const SmallLinearArgs& a, cudaStream_t stream) {
-  const int64_t tiles = a.epilogue == SmallLinearEpilogue::kSwiGlu ? (a.n / 2 + kTileRows / 2 - 1) / (kTileRows / 2)
-                                                                   : (a.n + kTileRows - 1) / kTileRows;
-  const unsigned grid = static_cast<unsigned>(tiles);
+  const int64_t units = a.epilogue == SmallLinearEpilogue::kSwiGlu ? a.n / 2 : (a.n + kWarpRows - 1) / kWarpRows;
+  const unsigned grid = static_cast<unsigned>((units + kWarps - 1) / kWarps);
   switch (a.epilogue) {
     case SmallLinearEpilogue::kStore:
       return LaunchRows<T, SmallLinearEpilogue::kStore>(a, grid, stream);
@@ -192,7 +213,7 @@ const char* SmallLinearUnsupported(const SmallLinearArgs& a) {
   }
   if (a.rows < 1 || a.rows > kSmallLinearMaxRows) return "rows must be 1 … kSmallLinearMaxRows";
   if (a.n < 1 || a.k < 1) return "n and k must be positive";
-  if (a.n > int64_t{kTileRows} * 0x7fffffff) return "n is too large for one grid";
+  if (a.n > int64_t{kWarpRows} * kWarps * 0x7fffffff) return "n is too large for one grid";
   const int64_t vec = bf ? 8 : 4;
   if (a.k % vec != 0 || a.ldx % vec != 0 || a.ldx < a.k) {
     return "k and ldx must be whole 16-byte chunks (bf16: multiples of 8; fp32: of 4), ldx ≥ k";

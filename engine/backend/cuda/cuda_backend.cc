@@ -156,7 +156,9 @@ struct LayerCacheGpu {
 struct Workspace {
   int64_t rows = 0;
   DeviceBuffer<float> hidden;   // [rows, d_model]
-  DeviceBuffer<bf16> xn;        // [rows, max(d_model, d_ffn)] bf16 inputs of products
+  DeviceBuffer<bf16> xn;        // [rows, d_model] bf16 normed inputs of products
+  DeviceBuffer<bf16> act;       // [rows, d_ffn] SwiGLU output, the down product's input (not xn:
+                                // the fused gate/up kernel reads xn while it writes this)
   DeviceBuffer<float> proj;     // [rows, proj_stride]
   DeviceBuffer<float> xf32;     // [rows, d_model] fp32 normed input (indexer projections)
   DeviceBuffer<bf16> q;         // [rows, q_dim]
@@ -224,7 +226,8 @@ absl::Status EnsureWorkspace(const ModelConfig& c, CudaBackend::Impl& im, int64_
   Workspace n;
   n.rows = rows;
   GSA_ASSIGN_OR_RETURN(n.hidden, DeviceBuffer<float>::Allocate(R * D));
-  GSA_ASSIGN_OR_RETURN(n.xn, DeviceBuffer<bf16>::Allocate(R * std::max(D, F)));
+  GSA_ASSIGN_OR_RETURN(n.xn, DeviceBuffer<bf16>::Allocate(R * D));
+  GSA_ASSIGN_OR_RETURN(n.act, DeviceBuffer<bf16>::Allocate(R * F));
   GSA_ASSIGN_OR_RETURN(n.proj, DeviceBuffer<float>::Allocate(R * static_cast<size_t>(im.max_proj_stride)));
   GSA_ASSIGN_OR_RETURN(n.xf32, DeviceBuffer<float>::Allocate(R * D));
   GSA_ASSIGN_OR_RETURN(n.q, DeviceBuffer<bf16>::Allocate(R * QD));
@@ -961,8 +964,8 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
     // 5. Output projection (+= residual); post norm; SwiGLU MLP (+= residual).
     GSA_RETURN_IF_ERROR(im.gemm->Linear(w.attn.get(), R, QD, L.o_proj.get(), D, w.hidden.get(), D, true, st));
     GSA_CUDA_RETURN_IF_ERROR(kernels::RmsNormRows(w.hidden.get(), nullptr, L.post_norm.get(), R, D, eps, w.xn.get(), st));
-    GSA_RETURN_IF_ERROR(im.gemm->LinearSwiGlu(w.xn.get(), R, D, L.gate_up.get(), F, w.gu.get(), w.xn.get(), st));
-    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.xn.get(), R, F, L.down.get(), D, w.hidden.get(), D, true, st));
+    GSA_RETURN_IF_ERROR(im.gemm->LinearSwiGlu(w.xn.get(), R, D, L.gate_up.get(), F, w.gu.get(), w.act.get(), st));
+    GSA_RETURN_IF_ERROR(im.gemm->Linear(w.act.get(), R, F, L.down.get(), D, w.hidden.get(), D, true, st));
 
     if (record_selection) {
       std::vector<int32_t> sel_host(static_cast<size_t>(R * im.sel_stride));

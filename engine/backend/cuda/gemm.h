@@ -50,7 +50,8 @@ class Gemm {
 
   // out[r, i] = bf16(silu(g) · u) with g = (x wᵀ)[r, i], u = (x wᵀ)[r, d_ffn + i]: the MLP's gate/up
   // product and SwiGLU (kernels::SwiGlu). w: [2 · d_ffn, in] bf16 (gate rows, then up rows);
-  // gu: [rows, 2 · d_ffn] fp32 scratch (unused when the fused small-rows kernel runs); out: [rows, d_ffn].
+  // gu: [rows, 2 · d_ffn] fp32 scratch (unused when the fused small-rows kernel runs); out: [rows, d_ffn],
+  // overlapping neither x nor gu (the fused kernel writes out while other blocks still read x).
   absl::Status LinearSwiGlu(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
                             int64_t d_ffn, float* gu, __nv_bfloat16* out, cudaStream_t stream);
 
