@@ -1,37 +1,127 @@
 #include "kernels/small_linear.h"
 
+#include "kernels/flash_mma.cuh"
 #include "kernels/pdl.cuh"
 
 namespace gsa::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kWarpRows = 2;  // rows of W per warp (kSwiGlu: one output column's gate and up rows)
-constexpr int kBatch = 8;     // 16-byte chunks per lane per row loaded before any is used
-
 // 16 bytes of W, streamed (evict-first: every weight byte is read once per step).
 __device__ __forceinline__ uint4 LoadStream(const void* p) { return __ldcs(static_cast<const uint4*>(p)); }
-// 16 bytes of x, through the read-only cache (every CTA reads the same rows).
+// 16 bytes of x, through the read-only cache (every block reads the same few rows).
 __device__ __forceinline__ uint4 LoadShared(const void* p) { return __ldg(static_cast<const uint4*>(p)); }
 
-// acc += Σ over the chunk's elements of w · x (8 bf16 or 4 fp32 per 16 bytes), in element order.
-__device__ __forceinline__ void Dot(float& acc, const uint4& w, const uint4& x, bf16) {
-  const uint32_t wv[4] = {w.x, w.y, w.z, w.w};
-  const uint32_t xv[4] = {x.x, x.y, x.z, x.w};
+// ---------------------------------------------------------------------------------------------
+// bf16: tensor cores. A block owns a tile of 16 rows of W (kSwiGlu: 8 output columns' gate rows
+// as fragment rows 0-7 and their up rows as 8-15, so a lane holds a column's gate and up sums);
+// x's rows are the mma's 8 columns (rows ≥ args.rows are zeros). K is walked in 32-element blocks,
+// block kb by warp (kb / kMmaUnroll) % kMmaWarps, kMmaUnroll blocks per step with all their loads
+// in flight. Lane (g, t) loads 16 bytes — elements 8t … 8t+7 of the block — of W rows g and g+8
+// and of x row g; the mma's logical k order inside a block is a permutation of the physical one,
+// the same for A and B (k-step h takes elements 8t+4h+{0,1} as logical 2t, 2t+1 and 8t+4h+{2,3}
+// as 2t+8, 2t+9), which a dot product does not see. So every load is a whole 16-byte chunk and no
+// shuffle or shared-memory staging is needed. The warps' C fragments are summed through shared
+// memory in warp order.
+constexpr int kMmaWarps = 8;
+constexpr int kMmaThreads = 32 * kMmaWarps;
+constexpr int kMmaUnroll = 4;
+constexpr int kMmaTileRows = 16;
+
+template <SmallLinearEpilogue E>
+__global__ void __launch_bounds__(kMmaThreads) SmallLinearMmaKernel(SmallLinearArgs a) {
+  PdlLaunchDependents();  // the next product may stream its weights while this one runs
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  int64_t r_lo, r_hi;  // rows of W at fragment rows g and g + 8 (< 0: none)
+  if constexpr (E == SmallLinearEpilogue::kSwiGlu) {
+    const int64_t f = a.n / 2, col = static_cast<int64_t>(blockIdx.x) * (kMmaTileRows / 2) + g;
+    r_lo = col < f ? col : -1;
+    r_hi = col < f ? f + col : -1;
+  } else {
+    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaTileRows + g;
+    r_lo = r0 < a.n ? r0 : -1;
+    r_hi = r0 + 8 < a.n ? r0 + 8 : -1;
+  }
+  const bf16* w_lo = a.w_bf16 + (r_lo >= 0 ? r_lo : 0) * a.k;
+  const bf16* w_hi = a.w_bf16 + (r_hi >= 0 ? r_hi : 0) * a.k;
+  const bool has_x = g < a.rows;
+  const bf16* xg = a.x_bf16 + (has_x ? g : 0) * a.ldx;
+  const int64_t chunks = a.k / 8;         // 16-byte chunks of a row
+  const int64_t blocks = (chunks + 3) / 4;  // 32-element blocks (the last may be partial)
+
+  float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  bool waited = false;
+  for (int64_t kb0 = static_cast<int64_t>(warp) * kMmaUnroll; kb0 < blocks; kb0 += kMmaWarps * kMmaUnroll) {
+    uint4 wl[kMmaUnroll], wh[kMmaUnroll];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    // bf16 → fp32 is a 16-bit shift: low half first (element 2i), then the high half.
-    acc = fmaf(__uint_as_float(wv[i] << 16), __uint_as_float(xv[i] << 16), acc);
-    acc = fmaf(__uint_as_float(wv[i] & 0xffff0000u), __uint_as_float(xv[i] & 0xffff0000u), acc);
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int64_t ch = (kb0 + u) * 4 + t;
+      const bool ok = kb0 + u < blocks && ch < chunks;
+      wl[u] = ok && r_lo >= 0 ? LoadStream(w_lo + ch * 8) : make_uint4(0u, 0u, 0u, 0u);
+      wh[u] = ok && r_hi >= 0 ? LoadStream(w_hi + ch * 8) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    // Launched as a programmatic dependent: the first weights (which no kernel writes) are in
+    // flight before waiting for the kernels that write x and y.
+    if (!waited) {
+      PdlWaitForPrerequisites();
+      waited = true;
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int64_t ch = (kb0 + u) * 4 + t;
+      const bool ok = kb0 + u < blocks && ch < chunks;
+      const uint4 xc = ok && has_x ? LoadShared(xg + ch * 8) : make_uint4(0u, 0u, 0u, 0u);
+      const uint32_t a0[4] = {wl[u].x, wh[u].x, wl[u].y, wh[u].y};
+      flash::MmaBf16(c, a0, xc.x, xc.y);
+      const uint32_t a1[4] = {wl[u].z, wh[u].z, wl[u].w, wh[u].w};
+      flash::MmaBf16(c, a1, xc.z, xc.w);
+    }
+  }
+  if (!waited) PdlWaitForPrerequisites();  // a warp with no blocks still must not write early
+
+  // C fragment: c0, c1 = (row g, x rows 2t, 2t+1); c2, c3 = (row g + 8, the same x rows).
+  __shared__ float4 s_c[kMmaWarps][32];
+  s_c[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
+  __syncthreads();
+  if (warp != 0) return;
+  float4 sum = s_c[0][lane];
+#pragma unroll
+  for (int q = 1; q < kMmaWarps; ++q) {
+    const float4 p = s_c[q][lane];
+    sum.x += p.x;
+    sum.y += p.y;
+    sum.z += p.z;
+    sum.w += p.w;
+  }
+  const int m0 = 2 * t, m1 = 2 * t + 1;
+  if constexpr (E == SmallLinearEpilogue::kSwiGlu) {
+    if (r_lo < 0) return;
+    // as SwiGlu (elementwise.h): silu(g) · u
+    if (m0 < a.rows) a.out[m0 * a.ldo + r_lo] = __float2bfloat16(sum.x * SigmoidF(sum.x) * sum.z);
+    if (m1 < a.rows) a.out[m1 * a.ldo + r_lo] = __float2bfloat16(sum.y * SigmoidF(sum.y) * sum.w);
+  } else {
+    auto put = [&](int m, int64_t r, float v) {
+      if (m >= a.rows || r < 0) return;
+      float* y = a.y + m * a.ldy + r;
+      if constexpr (E == SmallLinearEpilogue::kAccumulate) {
+        *y += v;
+      } else {
+        *y = v;
+      }
+    };
+    put(m0, r_lo, sum.x);
+    put(m1, r_lo, sum.y);
+    put(m0, r_hi, sum.z);
+    put(m1, r_hi, sum.w);
   }
 }
-__device__ __forceinline__ void Dot(float& acc, const uint4& w, const uint4& x, float) {
-  acc = fmaf(__uint_as_float(w.x), __uint_as_float(x.x), acc);
-  acc = fmaf(__uint_as_float(w.y), __uint_as_float(x.y), acc);
-  acc = fmaf(__uint_as_float(w.z), __uint_as_float(x.z), acc);
-  acc = fmaf(__uint_as_float(w.w), __uint_as_float(x.w), acc);
-}
+
+// ---------------------------------------------------------------------------------------------
+// fp32 (the indexer's projections: a few hundred rows of W): CUDA-core FMAs. A block of 256
+// threads owns kF32TileRows rows of W; its threads split K in 16-byte chunks (in chunk order per
+// thread), then a butterfly across each warp's lanes and a sum over warps in warp order.
+constexpr int kF32Threads = 256;
+constexpr int kF32Warps = kF32Threads / 32;
+constexpr int kF32TileRows = 4;
 
 // Butterfly reduction of N values (a power of two ≤ 32) over the warp: at each level a lane keeps
 // half of its values and adds its partner's copy of that half, so after log2(N) levels lane l holds
@@ -65,139 +155,111 @@ constexpr int Log2() {
   return N <= 1 ? 0 : 1 + Log2<N / 2>();
 }
 
-// T: bf16 or float (inputs and weights alike). MT: rows handled (a power of two ≥ args.rows).
-// Warp w of the grid owns kWarpRows rows of W and walks K in batches: every lane loads kBatch
-// 16-byte chunks of each row (consecutive lanes, consecutive chunks: whole 512-byte runs per
-// instruction), all in flight at once, then multiplies them by x's chunks (from the read-only
-// cache: every warp reads the same few rows). Per lane the sums run in chunk order; then a
-// butterfly across the warp. No shared memory, no block barrier.
-template <typename T, int MT, SmallLinearEpilogue E>
-__global__ void __launch_bounds__(kThreads) SmallLinearKernel(SmallLinearArgs a) {
-  constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte chunk
-  constexpr int kN = kWarpRows * MT;    // partial sums per lane: v[j * MT + m]
-  const T* x;
-  const T* w;
-  if constexpr (sizeof(T) == 2) {
-    x = reinterpret_cast<const T*>(a.x_bf16);
-    w = reinterpret_cast<const T*>(a.w_bf16);
-  } else {
-    x = reinterpret_cast<const T*>(a.x_f32);
-    w = reinterpret_cast<const T*>(a.w_f32);
-  }
-  PdlLaunchDependents();  // the next product may stream its weights while this one runs
-  const int lane = threadIdx.x & 31;
-  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  // The warp's rows of W (row < 0: past the end, contributes nothing and is not stored).
-  int64_t row[kWarpRows];
-  if constexpr (E == SmallLinearEpilogue::kSwiGlu) {
-    const int64_t f = a.n / 2;
-    if (unit >= f) return;  // whole warps
-    row[0] = unit;
-    row[1] = f + unit;
-  } else {
-    if (unit * kWarpRows >= a.n) return;
-#pragma unroll
-    for (int j = 0; j < kWarpRows; ++j) row[j] = unit * kWarpRows + j < a.n ? unit * kWarpRows + j : -1;
-  }
-
+// MT: x rows handled (a power of two ≥ args.rows).
+template <int MT, SmallLinearEpilogue E>
+__global__ void __launch_bounds__(kF32Threads) SmallLinearF32Kernel(SmallLinearArgs a) {
+  static_assert(E != SmallLinearEpilogue::kSwiGlu, "fp32 products store or accumulate");
+  constexpr int kN = kF32TileRows * MT;  // partial sums per thread: v[j * MT + m]
+  PdlLaunchDependents();
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kF32TileRows;
   float v[kN];
 #pragma unroll
   for (int i = 0; i < kN; ++i) v[i] = 0.0f;
-  const int64_t chunks = a.k / kVec;
+  const int64_t chunks = a.k / 4;
   const int rows = static_cast<int>(a.rows);
-  for (int64_t base = 0; base < chunks; base += 32 * kBatch) {
-    uint4 wc[kWarpRows][kBatch];
+  bool waited = false;
+  for (int64_t c = threadIdx.x; c < chunks; c += kF32Threads) {
+    uint4 wc[kF32TileRows];
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int64_t c = base + b * 32 + lane;
-#pragma unroll
-      for (int j = 0; j < kWarpRows; ++j) {
-        wc[j][b] = (row[j] >= 0 && c < chunks) ? LoadStream(w + row[j] * a.k + c * kVec) : make_uint4(0u, 0u, 0u, 0u);
-      }
+    for (int j = 0; j < kF32TileRows; ++j) {
+      wc[j] = n0 + j < a.n ? LoadStream(a.w_f32 + (n0 + j) * a.k + c * 4) : make_uint4(0u, 0u, 0u, 0u);
     }
-    // Launched as a programmatic dependent: the first batch of weights (which no kernel writes)
-    // is in flight before waiting for the kernels that write x and y.
-    if (base == 0) PdlWaitForPrerequisites();
+    if (!waited) {
+      PdlWaitForPrerequisites();
+      waited = true;
+    }
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int64_t c = base + b * 32 + lane;
-      if (c >= chunks) break;
+    for (int m = 0; m < MT; ++m) {
+      if (m < rows) {
+        const uint4 xc = LoadShared(a.x_f32 + m * a.ldx + c * 4);
 #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        if (m < rows) {
-          const uint4 xc = LoadShared(x + m * a.ldx + c * kVec);
-#pragma unroll
-          for (int j = 0; j < kWarpRows; ++j) Dot(v[j * MT + m], wc[j][b], xc, T{});
+        for (int j = 0; j < kF32TileRows; ++j) {
+          float& acc = v[j * MT + m];
+          acc = fmaf(__uint_as_float(wc[j].x), __uint_as_float(xc.x), acc);
+          acc = fmaf(__uint_as_float(wc[j].y), __uint_as_float(xc.y), acc);
+          acc = fmaf(__uint_as_float(wc[j].z), __uint_as_float(xc.z), acc);
+          acc = fmaf(__uint_as_float(wc[j].w), __uint_as_float(xc.w), acc);
         }
       }
     }
   }
+  if (!waited) PdlWaitForPrerequisites();
 
-  static_assert(kWarpRows == 2, "the epilogue names row[0] and row[1]");
-  // Lane l now holds the warp's total of value index l >> kShift (ButterflyReduce).
-  const float total = ButterflyReduce<kN>(v, lane);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float part = ButterflyReduce<kN>(v, lane);
   constexpr int kShift = 5 - Log2<kN>();
-  const int idx = lane >> kShift;
+  __shared__ float s_part[kF32Warps][kN];
+  if ((lane & ((1 << kShift) - 1)) == 0) s_part[warp][lane >> kShift] = part;
+  __syncthreads();
+  const int idx = threadIdx.x;
+  if (idx >= kN) return;
+  float total = 0.0f;
+#pragma unroll
+  for (int q = 0; q < kF32Warps; ++q) total += s_part[q][idx];
   const int j = idx / MT, m = idx % MT;
-  const bool owner = (lane & ((1 << kShift) - 1)) == 0;
-  if constexpr (E == SmallLinearEpilogue::kSwiGlu) {
-    // The gate (j = 0) lane of row m fetches its up value (index MT + m) from the lane that holds it.
-    const float u = __shfl_sync(0xffffffffu, total, ((MT + m) << kShift) & 31);
-    if (!owner || j != 0 || m >= rows) return;
-    a.out[m * a.ldo + row[0]] = __float2bfloat16(total * SigmoidF(total) * u);  // as SwiGlu (elementwise.h)
+  const int64_t n = n0 + j;
+  if (m >= rows || n >= a.n) return;
+  float* y = a.y + m * a.ldy + n;
+  if constexpr (E == SmallLinearEpilogue::kAccumulate) {
+    *y += total;
   } else {
-    if (!owner || m >= rows) return;
-    const int64_t n = j == 0 ? row[0] : row[1];
-    if (n < 0) return;
-    float* y = a.y + m * a.ldy + n;
-    if constexpr (E == SmallLinearEpilogue::kAccumulate) {
-      *y += total;
-    } else {
-      *y = total;
-    }
+    *y = total;
   }
 }
 
-// Launched as a programmatic dependent of the previous kernel in the stream (Hopper and later).
-template <typename T, int MT, SmallLinearEpilogue E>
-cudaError_t LaunchOne(const SmallLinearArgs& a, unsigned grid, cudaStream_t stream) {
+// ---------------------------------------------------------------------------------------------
+
+// Every launch is a programmatic dependent of the previous kernel in the stream (Hopper and later).
+template <typename Kernel>
+cudaError_t LaunchPdl(Kernel kernel, const SmallLinearArgs& a, int64_t blocks, int threads, cudaStream_t stream) {
   int device = 0, cc_major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(kThreads);
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = cc_major >= 9 ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, SmallLinearKernel<T, MT, E>, a);
+  return cudaLaunchKernelEx(&cfg, kernel, a);
 }
 
-template <typename T, SmallLinearEpilogue E>
-cudaError_t LaunchRows(const SmallLinearArgs& a, unsigned grid, cudaStream_t stream) {
-  if (a.rows <= 1) return LaunchOne<T, 1, E>(a, grid, stream);
-  if (a.rows <= 2) return LaunchOne<T, 2, E>(a, grid, stream);
-  if (a.rows <= 4) return LaunchOne<T, 4, E>(a, grid, stream);
-  return LaunchOne<T, 8, E>(a, grid, stream);
-}
-
-template <typename T>
-cudaError_t LaunchEpilogue(const SmallLinearArgs& a, cudaStream_t stream) {
-  const int64_t units = a.epilogue == SmallLinearEpilogue::kSwiGlu ? a.n / 2 : (a.n + kWarpRows - 1) / kWarpRows;
-  const unsigned grid = static_cast<unsigned>((units + kWarps - 1) / kWarps);
+cudaError_t LaunchBf16(const SmallLinearArgs& a, cudaStream_t stream) {
   switch (a.epilogue) {
     case SmallLinearEpilogue::kStore:
-      return LaunchRows<T, SmallLinearEpilogue::kStore>(a, grid, stream);
+      return LaunchPdl(SmallLinearMmaKernel<SmallLinearEpilogue::kStore>, a,
+                       (a.n + kMmaTileRows - 1) / kMmaTileRows, kMmaThreads, stream);
     case SmallLinearEpilogue::kAccumulate:
-      return LaunchRows<T, SmallLinearEpilogue::kAccumulate>(a, grid, stream);
+      return LaunchPdl(SmallLinearMmaKernel<SmallLinearEpilogue::kAccumulate>, a,
+                       (a.n + kMmaTileRows - 1) / kMmaTileRows, kMmaThreads, stream);
     case SmallLinearEpilogue::kSwiGlu:
-      return LaunchRows<T, SmallLinearEpilogue::kSwiGlu>(a, grid, stream);
+      return LaunchPdl(SmallLinearMmaKernel<SmallLinearEpilogue::kSwiGlu>, a,
+                       (a.n / 2 + kMmaTileRows / 2 - 1) / (kMmaTileRows / 2), kMmaThreads, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+template <SmallLinearEpilogue E>
+cudaError_t LaunchF32Rows(const SmallLinearArgs& a, cudaStream_t stream) {
+  const int64_t blocks = (a.n + kF32TileRows - 1) / kF32TileRows;
+  if (a.rows <= 1) return LaunchPdl(SmallLinearF32Kernel<1, E>, a, blocks, kF32Threads, stream);
+  if (a.rows <= 2) return LaunchPdl(SmallLinearF32Kernel<2, E>, a, blocks, kF32Threads, stream);
+  if (a.rows <= 4) return LaunchPdl(SmallLinearF32Kernel<4, E>, a, blocks, kF32Threads, stream);
+  return LaunchPdl(SmallLinearF32Kernel<8, E>, a, blocks, kF32Threads, stream);
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -213,7 +275,7 @@ const char* SmallLinearUnsupported(const SmallLinearArgs& a) {
   }
   if (a.rows < 1 || a.rows > kSmallLinearMaxRows) return "rows must be 1 … kSmallLinearMaxRows";
   if (a.n < 1 || a.k < 1) return "n and k must be positive";
-  if (a.n > int64_t{kWarpRows} * kWarps * 0x7fffffff) return "n is too large for one grid";
+  if (a.n > int64_t{1} << 35) return "n is too large for one grid";
   const int64_t vec = bf ? 8 : 4;
   if (a.k % vec != 0 || a.ldx % vec != 0 || a.ldx < a.k) {
     return "k and ldx must be whole 16-byte chunks (bf16: multiples of 8; fp32: of 4), ldx ≥ k";
@@ -223,6 +285,7 @@ const char* SmallLinearUnsupported(const SmallLinearArgs& a) {
     return "x and W must be 16-byte aligned";
   }
   if (a.epilogue == SmallLinearEpilogue::kSwiGlu) {
+    if (!bf) return "kSwiGlu takes bf16 inputs";
     if (a.n % 2 != 0) return "kSwiGlu needs an even n (gate rows, then as many up rows)";
     if (a.out == nullptr || a.ldo < a.n / 2) return "kSwiGlu needs out with ldo ≥ n / 2";
   } else if (a.y == nullptr || a.ldy < a.n) {
@@ -231,9 +294,11 @@ const char* SmallLinearUnsupported(const SmallLinearArgs& a) {
   return nullptr;
 }
 
-cudaError_t SmallLinear(const SmallLinearArgs& args, cudaStream_t stream) {
-  if (SmallLinearUnsupported(args) != nullptr) return cudaErrorInvalidValue;
-  return args.x_bf16 != nullptr ? LaunchEpilogue<bf16>(args, stream) : LaunchEpilogue<float>(args, stream);
+cudaError_t SmallLinear(const SmallLinearArgs& a, cudaStream_t stream) {
+  if (SmallLinearUnsupported(a) != nullptr) return cudaErrorInvalidValue;
+  if (a.x_bf16 != nullptr) return LaunchBf16(a, stream);
+  return a.epilogue == SmallLinearEpilogue::kAccumulate ? LaunchF32Rows<SmallLinearEpilogue::kAccumulate>(a, stream)
+                                                        : LaunchF32Rows<SmallLinearEpilogue::kStore>(a, stream);
 }
 
 }  // namespace gsa::kernels

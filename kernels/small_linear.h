@@ -7,11 +7,14 @@
 // launches, and the step's SwiGLU is one more launch; gsa-step-bench / deploy/gpu/step-profile.sh
 // measure both (README, "Where a decode step's time goes").
 //
-// Shape: a CTA of 256 threads owns kSmallLinearTileRows consecutive rows of W (for SwiGLU: that
-// many output columns' gate and up rows), its threads split K in 16-byte chunks (each weight chunk
-// is read once, from DRAM, streaming; x comes through the read-only cache), fp32 accumulation in a
-// fixed order, a butterfly reduction across lanes and then across warps in a fixed order: the same
-// inputs give bitwise the same outputs (not those of cuBLASLt: the summation order differs).
+// bf16 products run on tensor cores (mma.sync, x's rows as the 8 columns of the B fragment, so
+// one instruction does 16 rows of W × 16 of K for every row of x at once: the step stays bound by
+// the weight stream at any row count, where CUDA-core FMAs of 4–8 rows were bound by issue);
+// fp32 products (the indexer's few hundred rows) by CUDA-core FMAs. Each weight byte is read once,
+// from DRAM, streaming; x comes through the read-only cache. Launched as a programmatic dependent
+// of the kernel before it (kernels/pdl.cuh): the first weights are in flight before it waits.
+// fp32 accumulation in a fixed order (tensor-core sums per 16 of K, then across warps in warp
+// order): the same inputs give bitwise the same outputs, though not cuBLASLt's (another order).
 #pragma once
 
 #include <cstdint>
@@ -26,6 +29,7 @@ enum class SmallLinearEpilogue {
   kStore,       // y[m, n] = Σ_k x[m, k] · W[n, k]
   kAccumulate,  // y[m, n] += Σ_k x[m, k] · W[n, k]
   kSwiGlu,      // out[m, i] = bf16(silu(g) · u), g = (x·Wᵀ)[m, i], u = (x·Wᵀ)[m, F + i], F = n / 2
+                //   (bf16 inputs only)
 };
 
 // Exactly one of (x_bf16, w_bf16) and (x_f32, w_f32) is set: bf16 inputs with bf16 weights, or

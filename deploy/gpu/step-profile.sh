@@ -9,8 +9,10 @@
 # default model's tokenizer.model, which sets the vocabulary to 8000 as in e2e-bench.sh).
 # Environment: MODEL_DIR (default /tmp/gsa-1.7b, made if missing), STEP_CONTEXTS (default
 # "4096,32768,131072"), STEP_BATCH ("1,4"), PROFILE_CASES ("4096:1:gsa 4096:4:gsa 131072:4:gsa";
-# context:batch:attention, empty for none), COMMIT.
-# OUT_DIR gets step-bench.json/.txt, ncu-<case>.csv and step-profile.json/.txt.
+# context:batch:attention, empty for none), AB_CONTEXTS ("4096,131072": the same steps with every
+# product through cuBLASLt, gsa-step-bench --cublas-only; empty for none), COMMIT.
+# OUT_DIR gets step-bench.json/.txt, step-bench-cublas.json/.txt, ncu-<case>.csv and
+# step-profile.json/.txt.
 set -euo pipefail
 usage="usage: step-profile.sh STAGE_DIR OUT_DIR"
 stage=$(cd "${1:?$usage}" && pwd)
@@ -37,6 +39,11 @@ fi
 
 "$stage/bin/gsa-step-bench" --model "$model" --contexts "$contexts" --batch "$batch" --commit "$commit" \
   --json "$out/step-bench.json" | tee "$out/step-bench.txt"
+ab=${AB_CONTEXTS-4096,131072}
+if [ -n "$ab" ]; then
+  "$stage/bin/gsa-step-bench" --model "$model" --contexts "$ab" --batch "$batch" --commit "$commit" --cublas-only \
+    --json "$out/step-bench-cublas.json" | tee "$out/step-bench-cublas.txt"
+fi
 
 if [ ${#cases[@]} -gt 0 ]; then
   if ! command -v ncu >/dev/null; then

@@ -45,6 +45,7 @@ struct Options {
   int steps = 64;
   int warmup = 8;
   bool eager = false;
+  bool cublas_only = false;
   bool profile = false;
   double gpu_memory_fraction = 0.9;
   std::string json_path;
@@ -69,6 +70,8 @@ void Usage() {
       "  --steps N                timed decode steps per case (default 64)\n"
       "  --warmup N               untimed decode steps first (default 8; graph capture happens here)\n"
       "  --eager                  no CUDA graphs (CudaBackendOptions::use_cuda_graphs = false)\n"
+      "  --cublas-only            every product through cuBLASLt, none through kernels::SmallLinear\n"
+      "                           (CudaBackendOptions::use_small_rows_linear = false)\n"
       "  --profile                one more step per case inside cudaProfilerStart/Stop (for ncu)\n"
       "  --gpu-memory-fraction F  share of the GPU this process may use (default 0.9)\n"
       "  --json FILE              write the settings, card, commit and every case to FILE\n"
@@ -119,6 +122,8 @@ Options ParseArgs(int argc, char** argv) {
       (a == "--steps" ? o.steps : o.warmup) = static_cast<int>(v[0]);
     } else if (a == "--eager") {
       o.eager = true;
+    } else if (a == "--cublas-only") {
+      o.cublas_only = true;
     } else if (a == "--profile") {
       o.profile = true;
     } else if (a == "--gpu-memory-fraction") {
@@ -177,6 +182,7 @@ int Main(int argc, char** argv) {
   co.gpu_memory_fraction = opt.gpu_memory_fraction;
   co.max_rows = std::max<int64_t>(kPrefillChunk, max_batch);
   co.use_cuda_graphs = !opt.eager;
+  co.use_small_rows_linear = !opt.cublas_only;
   absl::StatusOr<std::unique_ptr<CudaBackend>> created = CudaBackend::Create(c, model->weights, co);
   Check(created.status(), "CudaBackend::Create");
   CudaBackend& backend = **created;
@@ -192,10 +198,10 @@ int Main(int argc, char** argv) {
   }
   Check(backend.AllocateCache(need, kBlock), "AllocateCache");
 
-  std::printf("gsa-step-bench: %s; model %s (%lld layers, d_model %lld, vocab %lld); graphs %s; commit %s\n",
+  std::printf("gsa-step-bench: %s; model %s (%lld layers, d_model %lld, vocab %lld); graphs %s; products %s; commit %s\n",
               backend.device_description().c_str(), opt.model_dir.c_str(), static_cast<long long>(c.n_layers),
               static_cast<long long>(c.d_model), static_cast<long long>(c.vocab_size), opt.eager ? "off" : "on",
-              opt.commit.c_str());
+              opt.cublas_only ? "cuBLASLt only" : "SmallLinear for <= 8 rows", opt.commit.c_str());
   std::printf("%8s %5s %6s %10s %10s %10s %10s %10s\n", "context", "batch", "attn", "mean ms", "p50 ms", "p90 ms",
               "min ms", "tokens/s");
 
@@ -294,7 +300,7 @@ int Main(int argc, char** argv) {
         {"model", {{"dir", opt.model_dir}, {"n_layers", c.n_layers}, {"d_model", c.d_model}, {"d_ffn", c.d_ffn},
                    {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"d_head", c.d_head},
                    {"vocab_size", c.vocab_size}, {"k_base", c.k_base}}},
-        {"settings", {{"graphs", !opt.eager}, {"steps", opt.steps}, {"warmup", opt.warmup}, {"block_size", kBlock}}},
+        {"settings", {{"graphs", !opt.eager}, {"small_rows_linear", !opt.cublas_only}, {"steps", opt.steps}, {"warmup", opt.warmup}, {"block_size", kBlock}}},
         {"command", [&] {
            std::string cmd;
            for (int i = 0; i < argc; ++i) absl::StrAppend(&cmd, i ? " " : "", argv[i]);

@@ -262,6 +262,15 @@ TEST(SmallLinearKernel, RefusesWhatItCannotRunWithoutWriting) {
     a.out = reinterpret_cast<bf16*>(d_y.get());
     a.ldo = 8;
   });
+  add("SwiGLU of fp32 inputs", [&](SmallLinearArgs& a) {
+    a.x_bf16 = nullptr;
+    a.w_bf16 = nullptr;
+    a.x_f32 = d_xf.get();
+    a.w_f32 = d_xf.get();
+    a.epilogue = SmallLinearEpilogue::kSwiGlu;
+    a.out = reinterpret_cast<bf16*>(d_y.get());
+    a.ldo = 8;
+  });
   for (const auto& [what, a] : bad) {
     EXPECT_NE(kernels::SmallLinearUnsupported(a), nullptr) << what;
     EXPECT_EQ(kernels::SmallLinear(a, nullptr), cudaErrorInvalidValue) << what;
