@@ -8,8 +8,11 @@ namespace {
 
 // 16 bytes of W, streamed (evict-first: every weight byte is read once per step).
 __device__ __forceinline__ uint4 LoadStream(const void* p) { return __ldcs(static_cast<const uint4*>(p)); }
-// 16 bytes of x, through the read-only cache (every block reads the same few rows).
-__device__ __forceinline__ uint4 LoadShared(const void* p) { return __ldg(static_cast<const uint4*>(p)); }
+// 16 bytes of x (every block reads the same few rows: cached at all levels). A coherent load, not
+// the read-only path (__ldg, ld.global.nc): these kernels start before the kernel that writes x has
+// finished (programmatic dependent launch), and .nc promises the data is constant for the kernel's
+// whole lifetime, which lets the compiler and the cache serve it from before the wait.
+__device__ __forceinline__ uint4 LoadShared(const void* p) { return __ldca(static_cast<const uint4*>(p)); }
 
 // ---------------------------------------------------------------------------------------------
 // bf16: tensor cores. A block owns a tile of 16 rows of W (kSwiGlu: 8 output columns' gate rows

@@ -218,6 +218,58 @@ TEST(SmallLinearKernel, BitwiseRepeatable) {
   ASSERT_EQ(std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * 4), 0);
 }
 
+// The engine's pattern: RmsNormRows writes x and lets the product start early (programmatic
+// dependent launch); the product must read what this RmsNormRows wrote, never what the previous
+// iteration left in the same buffer. Back-to-back launches on one stream against the same
+// launches with a synchronize between them: bitwise equal.
+TEST(SmallLinearKernel, ReadsWhatTheKernelBeforeItWrote) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = gsa::testing::FreshSeed();
+  SCOPED_TRACE(seed);
+  const int64_t rows = 4, d = 2048, n = 4096, iters = 24;
+  const std::vector<float> w = RandomFloats(static_cast<size_t>(n * d), seed, -0.05f, 0.05f);
+  const std::vector<float> norm_w = RandomFloats(static_cast<size_t>(d), seed + 1, 0.5f, 1.5f);
+  auto d_w = Upload(ToBf16Vec(w));
+  auto d_norm_w = Upload(norm_w);
+  std::vector<decltype(Upload(std::vector<float>()))> xs;
+  for (int64_t i = 0; i < iters; ++i) {
+    xs.push_back(Upload(RandomFloats(static_cast<size_t>(rows * d), seed + 100 + static_cast<uint64_t>(i), -3, 3)));
+  }
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  auto run = [&](bool sync_between) {
+    auto d_xn = Poisoned<bf16>(static_cast<size_t>(rows * d));
+    auto d_y = Poisoned<float>(static_cast<size_t>(iters * rows * n));
+    for (int64_t i = 0; i < iters; ++i) {
+      EXPECT_EQ(kernels::RmsNormRows(xs[static_cast<size_t>(i)].get(), nullptr, d_norm_w.get(), rows, d, 1e-5f,
+                                     d_xn.get(), stream),
+                cudaSuccess);
+      if (sync_between) {
+        EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      }
+      SmallLinearArgs a;
+      a.x_bf16 = d_xn.get();
+      a.w_bf16 = d_w.get();
+      a.rows = rows;
+      a.k = d;
+      a.n = n;
+      a.ldx = d;
+      a.y = d_y.get() + i * rows * n;
+      a.ldy = n;
+      EXPECT_EQ(kernels::SmallLinear(a, stream), cudaSuccess);
+    }
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    return Download(d_y);
+  };
+  const std::vector<float> chained = run(false);
+  const std::vector<float> separated = run(true);
+  cudaStreamDestroy(stream);
+  for (size_t i = 0; i < chained.size(); ++i) {
+    ASSERT_EQ(std::memcmp(&chained[i], &separated[i], 4), 0)
+        << "iteration " << i / (rows * n) << " element " << i % (rows * n) << ": " << chained[i] << " vs " << separated[i];
+  }
+}
+
 TEST(SmallLinearKernel, RefusesWhatItCannotRunWithoutWriting) {
   GSA_REQUIRE_GPU();
   auto d_x = Upload(std::vector<bf16>(64 * 9, ToBf16(1.0f)));
