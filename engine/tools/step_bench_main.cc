@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <random>
 #include <string>
@@ -297,6 +298,12 @@ int Main(int argc, char** argv) {
         {"cuda_runtime", runtime},
         {"cuda_driver", driver},
         {"commit", opt.commit},
+        {"date", [] {
+           char buf[32];
+           const std::time_t now = std::time(nullptr);
+           std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+           return std::string(buf);
+         }()},
         {"model", {{"dir", opt.model_dir}, {"n_layers", c.n_layers}, {"d_model", c.d_model}, {"d_ffn", c.d_ffn},
                    {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"d_head", c.d_head},
                    {"vocab_size", c.vocab_size}, {"k_base", c.k_base}}},
