@@ -77,51 +77,60 @@ __global__ void RmsNormRowsKernel(const float* __restrict__ x, const int32_t* __
   }
 }
 
-// One block per row; threads stride over the row's work items. The row's RoPE angles are
-// computed once into shared memory ([cos | sin] for i < d_head / 2) and read by every q and k head:
-// at long positions cosf/sinf take their slow argument reduction, and per (head, i) that was most
-// of a decode step's time in this kernel.
+// Grid (row, part): a row's work is split over several blocks so that a decode step's few rows
+// still fill the GPU. Parts: pairs of q heads, pairs of KV heads (RoPE; these blocks compute the
+// row's angles once into shared memory — [cos | sin] for i < d_head / 2 — and every head reads
+// them: at long positions cosf/sinf take their slow argument reduction, once per (head, i) that
+// was most of this kernel's time), the gated values, and the indexer key with the head weights.
+constexpr int kPostProjectionThreads = 128;
+__host__ __device__ inline int32_t PostProjectionRopeParts(int32_t n_heads, int32_t n_kv_heads) {
+  return (n_heads + 1) / 2 + (n_kv_heads + 1) / 2;
+}
+
 __global__ void PostProjectionKernel(PostProjectionArgs a) {
   extern __shared__ float s_rope[];
   const int64_t r = blockIdx.x;
+  const int32_t part = static_cast<int32_t>(blockIdx.y);
   float* p = a.proj + r * a.proj_stride;
-  const int32_t pos = a.rows.position[r];
   const int64_t slot = a.rows.slot[r];
   const int32_t half = a.d_head / 2;
   const int32_t kv_dim = a.n_kv_heads * a.d_head;
-  const float fpos = static_cast<float>(pos);
-  float* s_cos = s_rope;
-  float* s_sin = s_rope + half;
-  for (int32_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = fpos * a.inv_freq[i];  // fp32, as the reference computes it
-    s_cos[i] = cosf(angle);
-    s_sin[i] = sinf(angle);
-  }
-  __syncthreads();
+  const int32_t q_parts = (a.n_heads + 1) / 2;
+  const int32_t rope_parts = PostProjectionRopeParts(a.n_heads, a.n_kv_heads);
 
-  // q: rotate pairs (i, i + half) of every head.
-  for (int32_t idx = threadIdx.x; idx < a.n_heads * half; idx += blockDim.x) {
-    const int32_t h = idx / half, i = idx % half;
-    const float c = s_cos[i], s = s_sin[i];
-    const float x0 = p[a.off_q + h * a.d_head + i], x1 = p[a.off_q + h * a.d_head + i + half];
-    bf16* q = a.q_out + (r * a.n_heads + h) * a.d_head;
-    q[i] = __float2bfloat16(x0 * c - x1 * s);
-    q[i + half] = __float2bfloat16(x1 * c + x0 * s);
+  if (part < rope_parts) {
+    const float fpos = static_cast<float>(a.rows.position[r]);
+    float* s_cos = s_rope;
+    float* s_sin = s_rope + half;
+    for (int32_t i = threadIdx.x; i < half; i += blockDim.x) {
+      const float angle = fpos * a.inv_freq[i];  // fp32, as the reference computes it
+      s_cos[i] = cosf(angle);
+      s_sin[i] = sinf(angle);
+    }
+    __syncthreads();
+    const bool is_q = part < q_parts;
+    const int32_t h0 = 2 * (is_q ? part : part - q_parts);
+    const int32_t heads = min(2, (is_q ? a.n_heads : a.n_kv_heads) - h0);
+    const int64_t off = is_q ? a.off_q : a.off_k;
+    // Rotate pairs (i, i + half) of heads h0, h0 + 1: q to q_out, k into the cache.
+    for (int32_t idx = threadIdx.x; idx < heads * half; idx += blockDim.x) {
+      const int32_t h = h0 + idx / half, i = idx % half;
+      const float c = s_cos[i], s = s_sin[i];
+      const float x0 = p[off + h * a.d_head + i], x1 = p[off + h * a.d_head + i + half];
+      bf16* dst = is_q ? a.q_out + (r * a.n_heads + h) * a.d_head : a.k_cache + slot * kv_dim + h * a.d_head;
+      dst[i] = __float2bfloat16(x0 * c - x1 * s);
+      dst[i + half] = __float2bfloat16(x1 * c + x0 * s);
+    }
+    return;
   }
-  // k: rotate, write to the cache.
-  for (int32_t idx = threadIdx.x; idx < a.n_kv_heads * half; idx += blockDim.x) {
-    const int32_t h = idx / half, i = idx % half;
-    const float c = s_cos[i], s = s_sin[i];
-    const float x0 = p[a.off_k + h * a.d_head + i], x1 = p[a.off_k + h * a.d_head + i + half];
-    bf16* k = a.k_cache + slot * kv_dim + h * a.d_head;
-    k[i] = __float2bfloat16(x0 * c - x1 * s);
-    k[i + half] = __float2bfloat16(x1 * c + x0 * s);
-  }
-  // v (value gate), write to the cache.
-  for (int32_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-    float v = p[a.off_v + i];
-    if (a.off_vg >= 0) v *= GateActF(a.gate_act, p[a.off_vg + i] + a.vg_bias[i]);
-    a.v_cache[slot * kv_dim + i] = __float2bfloat16(v);
+  if (part == rope_parts) {
+    // v (value gate), written to the cache.
+    for (int32_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+      float v = p[a.off_v + i];
+      if (a.off_vg >= 0) v *= GateActF(a.gate_act, p[a.off_vg + i] + a.vg_bias[i]);
+      a.v_cache[slot * kv_dim + i] = __float2bfloat16(v);
+    }
+    return;
   }
   // Indexer key (bf16, or fp8 codes with the row's scale) and head weights.
   if (a.ki_fp8 != nullptr) {  // uniform over the block
@@ -200,7 +209,9 @@ cudaError_t RmsNormRows(const float* x, const int32_t* gather, const float* w, i
 cudaError_t PostProjection(const PostProjectionArgs& args, cudaStream_t stream) {
   if (args.num_rows <= 0) return cudaSuccess;
   const size_t smem = static_cast<size_t>(args.d_head / 2) * 2 * sizeof(float);
-  PostProjectionKernel<<<static_cast<unsigned>(args.num_rows), kThreads, smem, stream>>>(args);
+  const dim3 grid(static_cast<unsigned>(args.num_rows),
+                  static_cast<unsigned>(PostProjectionRopeParts(args.n_heads, args.n_kv_heads) + 2));
+  PostProjectionKernel<<<grid, kPostProjectionThreads, smem, stream>>>(args);
   return cudaGetLastError();
 }
 

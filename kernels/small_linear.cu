@@ -24,14 +24,14 @@ __device__ __forceinline__ uint4 LoadShared(const void* p) { return __ldca(stati
 // the same for A and B (k-step h takes elements 8t+4h+{0,1} as logical 2t, 2t+1 and 8t+4h+{2,3}
 // as 2t+8, 2t+9), which a dot product does not see. So every load is a whole 16-byte chunk and no
 // shuffle or shared-memory staging is needed. The warps' C fragments are summed through shared
-// memory in warp order.
-constexpr int kMmaWarps = 8;
-constexpr int kMmaThreads = 32 * kMmaWarps;
+// memory in warp order. kWarps: 8, or 16 when there are too few tiles to give every SM more than
+// one block (n = 2048: the o_proj and down products), so that each SM still has enough loads in
+// flight.
 constexpr int kMmaUnroll = 4;
 constexpr int kMmaTileRows = 16;
 
-template <SmallLinearEpilogue E>
-__global__ void __launch_bounds__(kMmaThreads) SmallLinearMmaKernel(SmallLinearArgs a) {
+template <int kWarps, SmallLinearEpilogue E>
+__global__ void __launch_bounds__(32 * kWarps) SmallLinearMmaKernel(SmallLinearArgs a) {
   PdlLaunchDependents();  // the next product may stream its weights while this one runs
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   int64_t r_lo, r_hi;  // rows of W at fragment rows g and g + 8 (< 0: none)
@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kMmaThreads) SmallLinearMmaKernel(SmallLinearA
 
   float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   bool waited = false;
-  for (int64_t kb0 = static_cast<int64_t>(warp) * kMmaUnroll; kb0 < blocks; kb0 += kMmaWarps * kMmaUnroll) {
+  for (int64_t kb0 = static_cast<int64_t>(warp) * kMmaUnroll; kb0 < blocks; kb0 += kWarps * kMmaUnroll) {
     uint4 wl[kMmaUnroll], wh[kMmaUnroll];
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; ++u) {
@@ -82,13 +82,13 @@ __global__ void __launch_bounds__(kMmaThreads) SmallLinearMmaKernel(SmallLinearA
   if (!waited) PdlWaitForPrerequisites();  // a warp with no blocks still must not write early
 
   // C fragment: c0, c1 = (row g, x rows 2t, 2t+1); c2, c3 = (row g + 8, the same x rows).
-  __shared__ float4 s_c[kMmaWarps][32];
+  __shared__ float4 s_c[kWarps][32];
   s_c[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
   __syncthreads();
   if (warp != 0) return;
   float4 sum = s_c[0][lane];
 #pragma unroll
-  for (int q = 1; q < kMmaWarps; ++q) {
+  for (int q = 1; q < kWarps; ++q) {
     const float4 p = s_c[q][lane];
     sum.x += p.x;
     sum.y += p.y;
@@ -241,19 +241,27 @@ cudaError_t LaunchPdl(Kernel kernel, const SmallLinearArgs& a, int64_t blocks, i
   return cudaLaunchKernelEx(&cfg, kernel, a);
 }
 
-cudaError_t LaunchBf16(const SmallLinearArgs& a, cudaStream_t stream) {
+template <int kWarps>
+cudaError_t LaunchBf16Warps(const SmallLinearArgs& a, int64_t tiles, cudaStream_t stream) {
   switch (a.epilogue) {
     case SmallLinearEpilogue::kStore:
-      return LaunchPdl(SmallLinearMmaKernel<SmallLinearEpilogue::kStore>, a,
-                       (a.n + kMmaTileRows - 1) / kMmaTileRows, kMmaThreads, stream);
+      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kStore>, a, tiles, 32 * kWarps, stream);
     case SmallLinearEpilogue::kAccumulate:
-      return LaunchPdl(SmallLinearMmaKernel<SmallLinearEpilogue::kAccumulate>, a,
-                       (a.n + kMmaTileRows - 1) / kMmaTileRows, kMmaThreads, stream);
+      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kAccumulate>, a, tiles, 32 * kWarps, stream);
     case SmallLinearEpilogue::kSwiGlu:
-      return LaunchPdl(SmallLinearMmaKernel<SmallLinearEpilogue::kSwiGlu>, a,
-                       (a.n / 2 + kMmaTileRows / 2 - 1) / (kMmaTileRows / 2), kMmaThreads, stream);
+      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kSwiGlu>, a, tiles, 32 * kWarps, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+cudaError_t LaunchBf16(const SmallLinearArgs& a, cudaStream_t stream) {
+  const int64_t tiles = a.epilogue == SmallLinearEpilogue::kSwiGlu ? (a.n / 2 + kMmaTileRows / 2 - 1) / (kMmaTileRows / 2)
+                                                                   : (a.n + kMmaTileRows - 1) / kMmaTileRows;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  return tiles < 2 * static_cast<int64_t>(sms) ? LaunchBf16Warps<16>(a, tiles, stream) : LaunchBf16Warps<8>(a, tiles, stream);
 }
 
 template <SmallLinearEpilogue E>

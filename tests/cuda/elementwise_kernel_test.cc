@@ -103,7 +103,9 @@ TEST(ElementwiseKernels, PostProjectionRotatesGatesAndWritesSlots) {
   for (const PostProjShape& s : {PostProjShape{16, 8, 128, 64, 4, true, kernels::GateActivation::kSigmoid},
                                  PostProjShape{8, 2, 64, 64, 4, true, kernels::GateActivation::kTanh},
                                  PostProjShape{4, 2, 32, 16, 2, true, kernels::GateActivation::kSilu},
-                                 PostProjShape{4, 4, 64, 32, 1, false, kernels::GateActivation::kSigmoid}}) {
+                                 PostProjShape{4, 4, 64, 32, 1, false, kernels::GateActivation::kSigmoid},
+                                 // odd head counts: the last q and KV part blocks hold one head
+                                 PostProjShape{5, 1, 64, 32, 3, true, kernels::GateActivation::kSilu}}) {
     SCOPED_TRACE(::testing::Message() << "d_head " << s.d_head << " heads " << s.n_heads << "/" << s.n_kv_heads);
     const int64_t qd = s.n_heads * s.d_head, kvd = s.n_kv_heads * s.d_head;
     const int64_t off_q = 0, off_k = qd, off_v = qd + kvd, off_vg = s.value_gate ? qd + 2 * kvd : -1;

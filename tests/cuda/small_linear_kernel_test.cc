@@ -130,8 +130,8 @@ TEST(SmallLinearKernel, MatchesFp64ForEveryRowCountDtypeAndShape) {
     int64_t k, n, ldx_pad;
   };
   // gsa-1.7b's o_proj (k 2048 → 2048) and down (6144 → 2048) shapes trimmed in n; odd n; k under one
-  // CTA stride; a padded x stride.
-  const Shape shapes[] = {{2048, 2048 + 3, 0}, {6144, 37, 8}, {8, 5, 0}, {1000, 130, 24}};
+  // CTA stride; a padded x stride; n large enough for the 8-warp bf16 kernel (the others take 16).
+  const Shape shapes[] = {{2048, 2048 + 3, 0}, {6144, 37, 8}, {8, 5, 0}, {1000, 130, 24}, {512, 4500, 0}};
   for (bool bf : {true, false}) {
     for (const Shape& s : shapes) {
       for (int64_t rows = 1; rows <= kernels::kSmallLinearMaxRows; ++rows) {
