@@ -55,9 +55,14 @@ struct Options {
 
 constexpr int64_t kPrefillChunk = 2048;
 
+// Exit status 2 for a bad command line (BadFlag), 1 for anything that fails after it (Die).
 [[noreturn]] void Die(const std::string& message) {
   std::fprintf(stderr, "gsa-step-bench: %s\n", message.c_str());
   std::exit(1);
+}
+[[noreturn]] void BadFlag(const std::string& message) {
+  std::fprintf(stderr, "gsa-step-bench: %s\n", message.c_str());
+  std::exit(2);
 }
 
 void Usage() {
@@ -77,6 +82,8 @@ void Usage() {
       "  --gpu-memory-fraction F  share of the GPU this process may use (default 0.9)\n"
       "  --json FILE              write the settings, card, commit and every case to FILE\n"
       "  --commit STR             the commit measured, recorded in the JSON\n\n"
+      "Exit status: 0 measured; 1 a failure after the command line was read (no GPU, the model, memory);\n"
+      "2 a bad command line.\n\n"
       "Example: gsa-step-bench --model /tmp/gsa-1.7b --contexts 131072 --batch 1,4 --json step.json\n");
 }
 
@@ -85,11 +92,11 @@ std::vector<int64_t> ParseInts(const std::string& flag, const std::string& value
   for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipEmpty())) {
     int64_t v = 0;
     if (!absl::SimpleAtoi(part, &v) || v <= 0) {
-      Die(absl::StrCat(flag, ": '", std::string(part), "' is not a positive integer (expected a comma-separated list)"));
+      BadFlag(absl::StrCat(flag, ": '", std::string(part), "' is not a positive integer (expected a comma-separated list)"));
     }
     out.push_back(v);
   }
-  if (out.empty()) Die(absl::StrCat(flag, " needs at least one value"));
+  if (out.empty()) BadFlag(absl::StrCat(flag, " needs at least one value"));
   return out;
 }
 
@@ -98,7 +105,7 @@ Options ParseArgs(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
-      if (i + 1 >= argc) Die(absl::StrCat(a, " needs a value (see --help)"));
+      if (i + 1 >= argc) BadFlag(absl::StrCat(a, " needs a value (see --help)"));
       return argv[++i];
     };
     if (a == "--help" || a == "-h") {
@@ -113,13 +120,13 @@ Options ParseArgs(int argc, char** argv) {
     } else if (a == "--attention") {
       o.attention.clear();
       for (absl::string_view m : absl::StrSplit(value(), ',', absl::SkipEmpty())) {
-        if (m != "gsa" && m != "dense") Die(absl::StrCat("--attention: '", std::string(m), "' is neither gsa nor dense"));
+        if (m != "gsa" && m != "dense") BadFlag(absl::StrCat("--attention: '", std::string(m), "' is neither gsa nor dense"));
         o.attention.emplace_back(m);
       }
-      if (o.attention.empty()) Die("--attention needs gsa and/or dense");
+      if (o.attention.empty()) BadFlag("--attention needs gsa and/or dense");
     } else if (a == "--steps" || a == "--warmup") {
       const std::vector<int64_t> v = ParseInts(a, value());
-      if (v.size() != 1 || v[0] > 100000) Die(absl::StrCat(a, " takes one count between 1 and 100000"));
+      if (v.size() != 1 || v[0] > 100000) BadFlag(absl::StrCat(a, " takes one count between 1 and 100000"));
       (a == "--steps" ? o.steps : o.warmup) = static_cast<int>(v[0]);
     } else if (a == "--eager") {
       o.eager = true;
@@ -130,21 +137,24 @@ Options ParseArgs(int argc, char** argv) {
     } else if (a == "--gpu-memory-fraction") {
       const std::string v = value();
       if (!absl::SimpleAtod(v, &o.gpu_memory_fraction) || !(o.gpu_memory_fraction > 0 && o.gpu_memory_fraction <= 1)) {
-        Die(absl::StrCat("--gpu-memory-fraction: '", v, "' is not a number in (0, 1]"));
+        BadFlag(absl::StrCat("--gpu-memory-fraction: '", v, "' is not a number in (0, 1]"));
       }
     } else if (a == "--json") {
       o.json_path = value();
     } else if (a == "--commit") {
       o.commit = value();
     } else {
-      Die(absl::StrCat("unknown flag '", a, "' (see --help)"));
+      BadFlag(absl::StrCat("unknown flag '", a, "' (see --help)"));
     }
   }
-  if (o.model_dir.empty()) Die("--model DIR is required (gsa-make-model --shape gsa-1.7b --out DIR writes one)");
+  if (o.model_dir.empty()) BadFlag("--model DIR is required (gsa-make-model --shape gsa-1.7b --out DIR writes one)");
   for (int64_t L : o.contexts) {
-    if (L % 64 != 0 || L < 128) Die(absl::StrCat("--contexts: ", L, " is not a multiple of 64 of at least 128"));
+    if (L % 64 != 0 || L < 128) BadFlag(absl::StrCat("--contexts: ", L, " is not a multiple of 64 of at least 128"));
   }
   std::sort(o.contexts.begin(), o.contexts.end());
+  if (!o.json_path.empty() && !std::ofstream(o.json_path, std::ios::app)) {
+    BadFlag(absl::StrCat("--json: cannot write '", o.json_path, "'"));  // before minutes of measuring
+  }
   return o;
 }
 
