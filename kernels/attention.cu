@@ -474,17 +474,9 @@ cudaError_t Launch(const GatheredAttentionArgs& a, int device, cudaStream_t stre
 
   // The merge kernel is launched as a programmatic dependent (Hopper and later) so that its launch
   // overlaps the attention kernel's tail; it waits for the attention grid before reading.
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(a.num_row_ids), static_cast<unsigned>(a.n_heads));
-  cfg.blockDim = dim3(static_cast<unsigned>(a.d_head));
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = cc_major >= 9 ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, MergeSplitsKernel, a, p);
+  return LaunchProgrammaticDependent(MergeSplitsKernel,
+                                     dim3(static_cast<unsigned>(a.num_row_ids), static_cast<unsigned>(a.n_heads)),
+                                     dim3(static_cast<unsigned>(a.d_head)), stream, cc_major >= 9, a, p);
 }
 
 template <int D>

@@ -8,6 +8,10 @@
 // .cu files.
 #pragma once
 
+#include <cuda_runtime.h>
+
+#include <utility>
+
 namespace gsa::kernels {
 
 // Waits until every prerequisite grid has completed and its memory operations are visible.
@@ -22,6 +26,24 @@ __device__ __forceinline__ void PdlLaunchDependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// Host: launches `kernel` on `stream` as a programmatic dependent of the work before it when
+// `programmatic` (pass compute capability ≥ 9: Hopper and later), else as an ordinary launch.
+template <typename... KernelArgs, typename... Args>
+cudaError_t LaunchProgrammaticDependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream,
+                                        bool programmatic, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 }  // namespace gsa::kernels

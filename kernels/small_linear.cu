@@ -229,16 +229,8 @@ cudaError_t LaunchPdl(Kernel kernel, const SmallLinearArgs& a, int64_t blocks, i
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = cc_major >= 9 ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, a);
+  return LaunchProgrammaticDependent(kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(threads)),
+                                     stream, cc_major >= 9, a);
 }
 
 template <int kWarps>

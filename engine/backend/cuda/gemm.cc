@@ -20,9 +20,14 @@ absl::Status LtStatus(cublasStatus_t st, const char* what) {
     if (gsa_lt_st_ != CUBLAS_STATUS_SUCCESS) return LtStatus(gsa_lt_st_, #call); \
   } while (0)
 
-absl::Status SmallLinearStatus(cudaError_t err) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("kernels::SmallLinear: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+// The shape fields of a product of `rows` rows of x ([rows, in], dense) with W [out, in].
+kernels::SmallLinearArgs SmallArgs(int64_t rows, int64_t in, int64_t out) {
+  kernels::SmallLinearArgs a;
+  a.rows = rows;
+  a.k = in;
+  a.n = out;
+  a.ldx = in;
+  return a;
 }
 
 }  // namespace
@@ -100,22 +105,25 @@ absl::StatusOr<const Gemm::Plan*> Gemm::PlanFor(int64_t rows, int64_t in, int64_
   return p;
 }
 
+std::optional<absl::Status> Gemm::TrySmallRows(const kernels::SmallLinearArgs& a, cudaStream_t stream) const {
+  if (!small_rows_ || a.rows > kernels::kSmallLinearMaxRows || kernels::SmallLinearUnsupported(a) != nullptr) {
+    return std::nullopt;
+  }
+  const cudaError_t err = kernels::SmallLinear(a, stream);
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("kernels::SmallLinear: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+}
+
 absl::Status Gemm::Linear(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
                           int64_t out, float* y, int64_t ldy, bool accumulate, cudaStream_t stream) {
   if (rows <= 0) return absl::OkStatus();
-  if (small_rows_ && rows <= kernels::kSmallLinearMaxRows) {
-    kernels::SmallLinearArgs a;
-    a.x_bf16 = x;
-    a.w_bf16 = w;
-    a.rows = rows;
-    a.k = in;
-    a.n = out;
-    a.ldx = in;
-    a.epilogue = accumulate ? kernels::SmallLinearEpilogue::kAccumulate : kernels::SmallLinearEpilogue::kStore;
-    a.y = y;
-    a.ldy = ldy;
-    if (kernels::SmallLinearUnsupported(a) == nullptr) return SmallLinearStatus(kernels::SmallLinear(a, stream));
-  }
+  kernels::SmallLinearArgs a = SmallArgs(rows, in, out);
+  a.x_bf16 = x;
+  a.w_bf16 = w;
+  a.epilogue = accumulate ? kernels::SmallLinearEpilogue::kAccumulate : kernels::SmallLinearEpilogue::kStore;
+  a.y = y;
+  a.ldy = ldy;
+  if (std::optional<absl::Status> done = TrySmallRows(a, stream)) return *done;
   absl::StatusOr<const Plan*> plan = PlanFor(rows, in, out, ldy, accumulate, /*fp32=*/false);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -128,18 +136,12 @@ absl::Status Gemm::Linear(const __nv_bfloat16* x, int64_t rows, int64_t in, cons
 absl::Status Gemm::LinearF32(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y,
                              int64_t ldy, cudaStream_t stream) {
   if (rows <= 0) return absl::OkStatus();
-  if (small_rows_ && rows <= kernels::kSmallLinearMaxRows) {
-    kernels::SmallLinearArgs a;
-    a.x_f32 = x;
-    a.w_f32 = w;
-    a.rows = rows;
-    a.k = in;
-    a.n = out;
-    a.ldx = in;
-    a.y = y;
-    a.ldy = ldy;
-    if (kernels::SmallLinearUnsupported(a) == nullptr) return SmallLinearStatus(kernels::SmallLinear(a, stream));
-  }
+  kernels::SmallLinearArgs a = SmallArgs(rows, in, out);
+  a.x_f32 = x;
+  a.w_f32 = w;
+  a.y = y;
+  a.ldy = ldy;
+  if (std::optional<absl::Status> done = TrySmallRows(a, stream)) return *done;
   absl::StatusOr<const Plan*> plan = PlanFor(rows, in, out, ldy, /*accumulate=*/false, /*fp32=*/true);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = 0.0f;
@@ -152,19 +154,13 @@ absl::Status Gemm::LinearF32(const float* x, int64_t rows, int64_t in, const flo
 absl::Status Gemm::LinearSwiGlu(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
                                 int64_t d_ffn, float* gu, __nv_bfloat16* out, cudaStream_t stream) {
   if (rows <= 0) return absl::OkStatus();
-  if (small_rows_ && rows <= kernels::kSmallLinearMaxRows) {
-    kernels::SmallLinearArgs a;
-    a.x_bf16 = x;
-    a.w_bf16 = w;
-    a.rows = rows;
-    a.k = in;
-    a.n = 2 * d_ffn;
-    a.ldx = in;
-    a.epilogue = kernels::SmallLinearEpilogue::kSwiGlu;
-    a.out = out;
-    a.ldo = d_ffn;
-    if (kernels::SmallLinearUnsupported(a) == nullptr) return SmallLinearStatus(kernels::SmallLinear(a, stream));
-  }
+  kernels::SmallLinearArgs a = SmallArgs(rows, in, 2 * d_ffn);
+  a.x_bf16 = x;
+  a.w_bf16 = w;
+  a.epilogue = kernels::SmallLinearEpilogue::kSwiGlu;
+  a.out = out;
+  a.ldo = d_ffn;
+  if (std::optional<absl::Status> done = TrySmallRows(a, stream)) return *done;
   GSA_RETURN_IF_ERROR(Linear(x, rows, in, w, 2 * d_ffn, gu, 2 * d_ffn, /*accumulate=*/false, stream));
   const cudaError_t err = kernels::SwiGlu(gu, rows, d_ffn, out, stream);
   if (err != cudaSuccess) {

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <tuple>
 
 #include <cublasLt.h>
@@ -25,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend/cuda/device_buffer.h"
+#include "kernels/small_linear.h"
 
 namespace gsa {
 
@@ -62,6 +64,9 @@ class Gemm {
 
  private:
   struct Plan;
+  // kernels::SmallLinear(a) when this product qualifies (small_rows, at most
+  // kernels::kSmallLinearMaxRows rows, operands it can read); nullopt: the caller uses cuBLASLt.
+  std::optional<absl::Status> TrySmallRows(const kernels::SmallLinearArgs& a, cudaStream_t stream) const;
   absl::StatusOr<const Plan*> PlanFor(int64_t rows, int64_t in, int64_t out, int64_t ldy, bool accumulate,
                                       bool fp32);
 
