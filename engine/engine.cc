@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "engine/util/status_macros.h"
@@ -238,6 +239,20 @@ void Engine::ExpireDeadlines() {
 }
 
 void Engine::RunStep() {
+  const auto step_start = std::chrono::steady_clock::now();
+  double backend_s = 0;
+  // Adds this step's wall time (and its backend part) to the stats on every way out.
+  struct StepTimer {
+    Engine* e;
+    std::chrono::steady_clock::time_point start;
+    const double* backend_s;
+    ~StepTimer() {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::lock_guard<std::mutex> lock(e->mu_);
+      e->stats_.step_seconds += s;
+      e->stats_.backend_seconds += *backend_s;
+    }
+  } timer{this, step_start, &backend_s};
   SchedulerOutput plan = scheduler_.Schedule();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -279,7 +294,9 @@ void Engine::RunStep() {
     batch.seqs.push_back(std::move(s));
   }
 
+  const auto backend_start = std::chrono::steady_clock::now();
   absl::StatusOr<StepOutput> out = backend_->Step(batch);
+  backend_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - backend_start).count();
   if (!out.ok()) {
     // The step failed as a whole: its requests fail, the others are untouched.
     const std::string why = absl::StrCat("backend step failed: ", out.status().ToString());

@@ -72,6 +72,11 @@ struct EngineStats {
   int64_t prefix_cached_tokens = 0;  // of those, served from the prefix cache
   int64_t generated_tokens = 0;
   int64_t steps = 0;
+  // Wall time of the engine's steps: all of it (scheduling, building the batch, the backend,
+  // sampling, detokenizing, streaming out), and the part inside Backend::Step. Their difference is
+  // what the host adds to every step.
+  double step_seconds = 0;
+  double backend_seconds = 0;
   int64_t finished[6] = {0, 0, 0, 0, 0, 0};  // by FinishReason
   // GSA selection: per layer, Σ k_t over every sparse query row computed so far, and the rows.
   std::vector<int64_t> selected_k_sum;  // [n_layers]

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -105,6 +106,12 @@ std::string ServerMetrics::Render(const EngineStats& s, int64_t in_flight) const
          s.prompt_tokens > 0 ? static_cast<double>(s.prefix_cached_tokens) / static_cast<double>(s.prompt_tokens) : 0.0);
   Scalar(out, "gsa_generation_tokens_total", "counter", "Tokens generated", static_cast<double>(s.generated_tokens));
   Scalar(out, "gsa_engine_steps_total", "counter", "Engine steps run", static_cast<double>(s.steps));
+  Header(out, "gsa_engine_step_seconds_total", "counter",
+         "Wall time of engine steps: inside Backend::Step (backend) and everything else a step does on "
+         "the host (engine: scheduling, batch building, sampling, detokenizing, streaming out)");
+  absl::StrAppend(&out, "gsa_engine_step_seconds_total{part=\"backend\"} ", Num(s.backend_seconds), "\n");
+  absl::StrAppend(&out, "gsa_engine_step_seconds_total{part=\"engine\"} ",
+                  Num(std::max(0.0, s.step_seconds - s.backend_seconds)), "\n");
   Scalar(out, "gsa_selected_queries_total", "counter",
          "Query rows that ran sparse (top-k) attention, summed over steps", static_cast<double>(s.selected_rows));
   Header(out, "gsa_selected_k_mean", "gauge",

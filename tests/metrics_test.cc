@@ -108,6 +108,8 @@ TEST_F(MetricsTest, EveryMetricReflectsKnownTraffic) {
   EXPECT_NEAR(m["gsa_prefix_cache_hit_rate"], 16.0 / 31.0, 1e-9);
   EXPECT_GT(m["gsa_cache_blocks_cached"], 0);
   EXPECT_GT(m["gsa_engine_steps_total"], 0);
+  EXPECT_GT(m["gsa_engine_step_seconds_total{part=\"backend\"}"], 0) << raw;
+  EXPECT_GT(m["gsa_engine_step_seconds_total{part=\"engine\"}"], 0) << raw;
   // GSA: each sparse query kept min(k_base = 8, t + 1) positions in both layers.
   EXPECT_GT(m["gsa_selected_queries_total"], 0);
   for (const char* layer : {"0", "1"}) {
