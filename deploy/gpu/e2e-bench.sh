@@ -77,7 +77,8 @@ done
 
 card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 [ -n "$card" ] || card="no GPU ($(uname -m), $(nproc) cores)"
-server_flags=(--model "$model" --backend "$backend" --port 0 --max-model-len "$max_ctx" --drain-timeout 5)
+server_flags=(--model "$model" --backend "$backend" --port 0 --max-model-len "$max_ctx" --drain-timeout 5
+              --metrics-port 0)
 [ "$backend" = cuda ] && server_flags+=(--gpu-memory-fraction "${GPU_MEM_FRACTION:-0.9}")
 read -r -a extra_flags <<<"${SERVER_FLAGS:-}"
 server_flags+=("${extra_flags[@]}")
@@ -128,6 +129,25 @@ if [ -z "$target" ]; then
 fi
 echo "e2e-bench: gsa-server up at $target after $(( $(date +%s) - start )) s: $(grep -m1 '"serving"' "$out/server.log")"
 cache_tokens=$(grep -m1 '"serving"' "$out/server.log" | grep -o '"cache_tokens":[0-9]*' | grep -o '[0-9]*$')
+metrics_port=$(grep -m1 '"serving"' "$out/server.log" | grep -o '"metrics_port":[0-9]*' | grep -o '[0-9]*$')
+
+# scrape FILE -- the server's engine-step counters (steps, host and backend seconds) as JSON, so that
+# e2e_collect.py can split each run's decode step into what the backend and the host took.
+scrape() {
+  [ -n "$metrics_port" ] || return 0
+  python3 - "$metrics_port" "$1" <<'PY' 2>/dev/null || true
+import json, sys, urllib.request
+port, path = sys.argv[1], sys.argv[2]
+want = {"gsa_engine_steps_total": "steps", 'gsa_engine_step_seconds_total{part="backend"}': "backend_s",
+        'gsa_engine_step_seconds_total{part="engine"}': "engine_s"}
+got = {}
+for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % port, timeout=5).read().decode().splitlines():
+    parts = line.rsplit(" ", 1)
+    if len(parts) == 2 and parts[0] in want:
+        got[want[parts[0]]] = float(parts[1])
+json.dump(got, open(path, "w"))
+PY
+}
 if [ -n "$cache_tokens" ] && [ "$cache_tokens" -lt $(( batch * max_ctx )) ]; then
   echo "e2e-bench: the server's cache holds $cache_tokens tokens, fewer than $batch x $max_ctx;" \
        "raise GPU_MEM_FRACTION or lower E2E_BATCH / E2E_CONTEXTS" >&2
@@ -158,9 +178,11 @@ run() {
              --input-len "$prompt" --output-len "$olen" --attention "$mode" --seed "$ctx"
              --timeout-s "$lim" --progress off --json "$out/runs/$name.json")
   before=$(wc -l <"$out/server.log")
+  scrape "$out/runs/$name.metrics-before.json"
   t0=$(date +%s%N)
   timeout "$lim" "${cmd[@]}" >"$out/runs/$name.txt" 2>&1
   rc=$?
+  scrape "$out/runs/$name.metrics-after.json"
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   tail -n +"$(( before + 1 ))" "$out/server.log" | grep '"request_' >"$out/runs/$name.server.jsonl"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mode" "$ctx" "$prompt" "$kind" "$n" "$olen" "$rc" \

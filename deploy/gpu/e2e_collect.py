@@ -84,6 +84,14 @@ def summarize_run(out_dir, run):
         s["server_prompt_tokens"] = sum(int(e.get("prompt_tokens", 0)) for e in finished)
         s["server_ttft_ms"] = [e.get("ttft_ms") for e in finished]
     s["server_failed"] = sum(1 for e in server if e.get("event") == "request_failed")
+    # The engine's step counters around the run (gsa_engine_step_seconds_total): per step, the time
+    # inside the backend and the host's share (scheduling, sampling, detokenizing, streaming).
+    m0, m1 = load_json(base + ".metrics-before.json"), load_json(base + ".metrics-after.json")
+    if m0 and m1 and m1.get("steps", 0) > m0.get("steps", 0):
+        n = m1["steps"] - m0["steps"]
+        s["engine_steps"] = int(n)
+        s["backend_ms_per_step"] = 1000.0 * (m1.get("backend_s", 0) - m0.get("backend_s", 0)) / n
+        s["host_ms_per_step"] = 1000.0 * (m1.get("engine_s", 0) - m0.get("engine_s", 0)) / n
     return s
 
 
@@ -125,7 +133,11 @@ def build(args):
                     "decode_step_ms": step, "itl_ms_p50": stat(b1, "itl_ms", "p50"),
                     "itl_ms_p99": stat(b1, "itl_ms", "p99"),
                     "decode_tokens_per_s": 1000.0 / step if step else None,
-                    "how": "one request; TTFT = send to first token; decode step = (e2e - TTFT) / (tokens - 1)",
+                    "engine_steps": b1.get("engine_steps"), "backend_ms_per_step": b1.get("backend_ms_per_step"),
+                    "host_ms_per_step": b1.get("host_ms_per_step"),
+                    "how": "one request; TTFT = send to first token; decode step = (e2e - TTFT) / (tokens - 1); "
+                           "backend/host ms per step: the server's gsa_engine_step_seconds_total over the run's "
+                           "steps (the prefill steps included)",
                     "command": b1["command"]})
             warm = by_name.get("warm-%s-%d" % (mode, ctx))
             fill = by_name.get("fill-%s-%d" % (mode, ctx))
@@ -148,6 +160,8 @@ def build(args):
                     "warm_ttft_ms_max": max(wttft) if wttft else None,
                     "prefix_cached_tokens": cached, "prompt_tokens_total": prompts,
                     "prefix_cache_hit": bool(hit),
+                    "engine_steps": warm.get("engine_steps"), "backend_ms_per_step": warm.get("backend_ms_per_step"),
+                    "host_ms_per_step": warm.get("host_ms_per_step"),
                     "fill_ttft_ms_max": stat(fill, "ttft_ms", "max") if fill else None,
                     "how": "%d distinct prompts prefilled first (fill run), then sent again at once: served from the "
                            "prefix cache, they decode together; decode step = mean over the %d requests of "
@@ -232,15 +246,16 @@ def main(argv):
     def f(v, fmt="%.2f"):
         return fmt % v if isinstance(v, (int, float)) else "-"
 
-    print("%-6s %7s %5s %10s %10s %10s %12s  %s" % ("attn", "context", "batch", "ttft_ms", "step_ms", "itl_p50",
-                                                   "tokens/s", "note"))
+    print("%-6s %7s %5s %10s %10s %10s %12s %10s %10s  %s" % ("attn", "context", "batch", "ttft_ms", "step_ms",
+                                                             "itl_p50", "tokens/s", "backend_ms", "host_ms", "note"))
     for c in record["cases"]:
         note = "" if c["ok"] else "FAILED"
         if c["batch"] > 1 and not c.get("prefix_cache_hit"):
             note += " no prefix-cache hit: step includes prefill"
-        print("%-6s %7d %5d %10s %10s %10s %12s  %s" % (c["attention"], c["context"], c["batch"], f(c.get("ttft_ms"), "%.1f"),
-                                                       f(c.get("decode_step_ms"), "%.3f"), f(c.get("itl_ms_p50"), "%.3f"),
-                                                       f(c.get("decode_tokens_per_s"), "%.1f"), note))
+        print("%-6s %7d %5d %10s %10s %10s %12s %10s %10s  %s" % (
+            c["attention"], c["context"], c["batch"], f(c.get("ttft_ms"), "%.1f"), f(c.get("decode_step_ms"), "%.3f"),
+            f(c.get("itl_ms_p50"), "%.3f"), f(c.get("decode_tokens_per_s"), "%.1f"),
+            f(c.get("backend_ms_per_step"), "%.3f"), f(c.get("host_ms_per_step"), "%.3f"), note))
     for r in record["comparisons"]:
         extra = ""
         if "gsa_over_dense_ttft" in r:

@@ -192,6 +192,7 @@ def e2e_tables(e2e, old):
             srv.get("command", "?"), srv.get("device", "?"), srv.get("cache_tokens", "?"), model.get("shape", "?"),
             model.get("dtype", "?"), info.get("vocab_size", "?"), info.get("k_base", "?")), ""]
         cases = e2e.get("cases", [])
+        host = any(isinstance(c.get("host_ms_per_step"), (int, float)) for c in cases)
         rows = []
         for c in sorted(cases, key=lambda c: (c["context"], c["batch"], c["attention"] != "gsa")):
             note = "" if c.get("ok") else "failed"
@@ -200,9 +201,14 @@ def e2e_tables(e2e, old):
             rows.append([ctx(c["context"]), c["batch"], c["attention"], num(c.get("ttft_ms") / 1000, "%.2f")
                          if isinstance(c.get("ttft_ms"), (int, float)) else "–",
                          num(c.get("decode_step_ms"), "%.2f"), num(c.get("itl_ms_p50"), "%.2f"),
-                         num(c.get("decode_tokens_per_s"), "%.0f"), note])
+                         num(c.get("decode_tokens_per_s"), "%.0f")] +
+                        ([num(c.get("host_ms_per_step"), "%.3f")] if host else []) + [note])
         out += [table(["context", "batch", "attention", "TTFT s", "decode step ms", "ITL p50 ms",
-                       "decode tokens/s", "note"], rows), ""]
+                       "decode tokens/s"] + (["host ms / step"] if host else []) + ["note"], rows), ""]
+        if host:
+            out += ["host ms / step: the server's `gsa_engine_step_seconds_total{part=\"engine\"}` over the run's "
+                    "engine steps (scheduling, batch building, sampling, detokenizing, streaming; the run's "
+                    "prefill steps included).", ""]
         comp = e2e.get("comparisons", [])
         if comp:
             rows = [[ctx(r["context"]), r["batch"], num(r["dense_over_gsa_step"], "%.2f×"),
