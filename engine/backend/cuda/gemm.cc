@@ -1,6 +1,7 @@
 #include "engine/backend/cuda/gemm.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/cuda_status.h"
 #include "engine/util/status_macros.h"
 #include "kernels/elementwise.h"
 #include "kernels/small_linear.h"
@@ -109,9 +110,7 @@ std::optional<absl::Status> Gemm::TrySmallRows(const kernels::SmallLinearArgs& a
   if (!small_rows_ || a.rows > kernels::kSmallLinearMaxRows || kernels::SmallLinearUnsupported(a) != nullptr) {
     return std::nullopt;
   }
-  const cudaError_t err = kernels::SmallLinear(a, stream);
-  if (err == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("kernels::SmallLinear: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+  return CudaStatus(kernels::SmallLinear(a, stream), "kernels::SmallLinear");
 }
 
 absl::Status Gemm::Linear(const __nv_bfloat16* x, int64_t rows, int64_t in, const __nv_bfloat16* w,
@@ -162,11 +161,7 @@ absl::Status Gemm::LinearSwiGlu(const __nv_bfloat16* x, int64_t rows, int64_t in
   a.ldo = d_ffn;
   if (std::optional<absl::Status> done = TrySmallRows(a, stream)) return *done;
   GSA_RETURN_IF_ERROR(Linear(x, rows, in, w, 2 * d_ffn, gu, 2 * d_ffn, /*accumulate=*/false, stream));
-  const cudaError_t err = kernels::SwiGlu(gu, rows, d_ffn, out, stream);
-  if (err != cudaSuccess) {
-    return absl::InternalError(absl::StrCat("kernels::SwiGlu: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
-  }
-  return absl::OkStatus();
+  return CudaStatus(kernels::SwiGlu(gu, rows, d_ffn, out, stream), "kernels::SwiGlu");
 }
 
 }  // namespace gsa
