@@ -222,47 +222,56 @@ __global__ void __launch_bounds__(kF32Threads) SmallLinearF32Kernel(SmallLinearA
 
 // ---------------------------------------------------------------------------------------------
 
-// Every launch is a programmatic dependent of the previous kernel in the stream (Hopper and later).
-template <typename Kernel>
-cudaError_t LaunchPdl(Kernel kernel, const SmallLinearArgs& a, int64_t blocks, int threads, cudaStream_t stream) {
+// What a launch needs to know of the current device, asked once per launch.
+struct Device {
+  bool programmatic = false;  // compute capability ≥ 9: launches are programmatic dependents
+  int sms = 0;
+};
+
+cudaError_t CurrentDevice(Device* d) {
   int device = 0, cc_major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
-  if (err != cudaSuccess) return err;
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d->sms, cudaDevAttrMultiProcessorCount, device);
+  d->programmatic = cc_major >= 9;
+  return err;
+}
+
+// Every launch is a programmatic dependent of the previous kernel in the stream (Hopper and later).
+template <typename Kernel>
+cudaError_t LaunchPdl(Kernel kernel, const SmallLinearArgs& a, int64_t blocks, int threads, const Device& d,
+                      cudaStream_t stream) {
   return LaunchProgrammaticDependent(kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(threads)),
-                                     stream, cc_major >= 9, a);
+                                     stream, d.programmatic, a);
 }
 
 template <int kWarps>
-cudaError_t LaunchBf16Warps(const SmallLinearArgs& a, int64_t tiles, cudaStream_t stream) {
+cudaError_t LaunchBf16Warps(const SmallLinearArgs& a, int64_t tiles, const Device& d, cudaStream_t stream) {
   switch (a.epilogue) {
     case SmallLinearEpilogue::kStore:
-      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kStore>, a, tiles, 32 * kWarps, stream);
+      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kStore>, a, tiles, 32 * kWarps, d, stream);
     case SmallLinearEpilogue::kAccumulate:
-      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kAccumulate>, a, tiles, 32 * kWarps, stream);
+      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kAccumulate>, a, tiles, 32 * kWarps, d, stream);
     case SmallLinearEpilogue::kSwiGlu:
-      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kSwiGlu>, a, tiles, 32 * kWarps, stream);
+      return LaunchPdl(SmallLinearMmaKernel<kWarps, SmallLinearEpilogue::kSwiGlu>, a, tiles, 32 * kWarps, d, stream);
   }
   return cudaErrorInvalidValue;
 }
 
-cudaError_t LaunchBf16(const SmallLinearArgs& a, cudaStream_t stream) {
+cudaError_t LaunchBf16(const SmallLinearArgs& a, const Device& d, cudaStream_t stream) {
   const int64_t tiles = a.epilogue == SmallLinearEpilogue::kSwiGlu ? (a.n / 2 + kMmaTileRows / 2 - 1) / (kMmaTileRows / 2)
                                                                    : (a.n + kMmaTileRows - 1) / kMmaTileRows;
-  int device = 0, sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
-  return tiles < 2 * static_cast<int64_t>(sms) ? LaunchBf16Warps<16>(a, tiles, stream) : LaunchBf16Warps<8>(a, tiles, stream);
+  return tiles < 2 * static_cast<int64_t>(d.sms) ? LaunchBf16Warps<16>(a, tiles, d, stream)
+                                                 : LaunchBf16Warps<8>(a, tiles, d, stream);
 }
 
 template <SmallLinearEpilogue E>
-cudaError_t LaunchF32Rows(const SmallLinearArgs& a, cudaStream_t stream) {
+cudaError_t LaunchF32Rows(const SmallLinearArgs& a, const Device& d, cudaStream_t stream) {
   const int64_t blocks = (a.n + kF32TileRows - 1) / kF32TileRows;
-  if (a.rows <= 1) return LaunchPdl(SmallLinearF32Kernel<1, E>, a, blocks, kF32Threads, stream);
-  if (a.rows <= 2) return LaunchPdl(SmallLinearF32Kernel<2, E>, a, blocks, kF32Threads, stream);
-  if (a.rows <= 4) return LaunchPdl(SmallLinearF32Kernel<4, E>, a, blocks, kF32Threads, stream);
-  return LaunchPdl(SmallLinearF32Kernel<8, E>, a, blocks, kF32Threads, stream);
+  if (a.rows <= 1) return LaunchPdl(SmallLinearF32Kernel<1, E>, a, blocks, kF32Threads, d, stream);
+  if (a.rows <= 2) return LaunchPdl(SmallLinearF32Kernel<2, E>, a, blocks, kF32Threads, d, stream);
+  if (a.rows <= 4) return LaunchPdl(SmallLinearF32Kernel<4, E>, a, blocks, kF32Threads, d, stream);
+  return LaunchPdl(SmallLinearF32Kernel<8, E>, a, blocks, kF32Threads, d, stream);
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -299,9 +308,11 @@ const char* SmallLinearUnsupported(const SmallLinearArgs& a) {
 
 cudaError_t SmallLinear(const SmallLinearArgs& a, cudaStream_t stream) {
   if (SmallLinearUnsupported(a) != nullptr) return cudaErrorInvalidValue;
-  if (a.x_bf16 != nullptr) return LaunchBf16(a, stream);
-  return a.epilogue == SmallLinearEpilogue::kAccumulate ? LaunchF32Rows<SmallLinearEpilogue::kAccumulate>(a, stream)
-                                                        : LaunchF32Rows<SmallLinearEpilogue::kStore>(a, stream);
+  Device d;
+  if (const cudaError_t err = CurrentDevice(&d); err != cudaSuccess) return err;
+  if (a.x_bf16 != nullptr) return LaunchBf16(a, d, stream);
+  return a.epilogue == SmallLinearEpilogue::kAccumulate ? LaunchF32Rows<SmallLinearEpilogue::kAccumulate>(a, d, stream)
+                                                        : LaunchF32Rows<SmallLinearEpilogue::kStore>(a, d, stream);
 }
 
 }  // namespace gsa::kernels
