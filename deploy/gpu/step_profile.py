@@ -13,16 +13,15 @@ GEMM_MARKERS = ("nvjet", "gemm", "gemv", "splitk", "cutlass", "xmma", "cublas")
 
 
 def short_name(full):
+    """A kernel's bare function name from ncu's demangled one ("void gsa::<unnamed>::K<128, 2>(Args)"
+    → "K"); a name without those parts comes back as it is."""
     name = full.strip()
     if name.startswith("void "):
         name = name[5:]
-    depth, cut = 0, len(name)
-    for i, ch in enumerate(name):  # the name up to its template or parameter list
-        if ch in "<(" and depth == 0:
-            cut = i
-            break
-    name = name[:cut]
-    return name.split("::")[-1] or full
+    # Anonymous namespaces, as ncu prints them, before cutting at the first template or parameter list.
+    name = name.replace("<unnamed>::", "").replace("(anonymous namespace)::", "")
+    cut = min((i for i in (name.find("<"), name.find("(")) if i >= 0), default=len(name))
+    return name[:cut].split("::")[-1] or full
 
 
 def kind(full):
