@@ -35,12 +35,17 @@ def load(directory, name):
         return None
 
 
-def compare_module():
-    path = os.path.join(ROOT, "deploy", "gpu", "compare_dense.py")
-    spec = importlib.util.spec_from_file_location("compare_dense", path)
+def deploy_module(name):
+    """deploy/gpu/NAME.py as a module (the tools that write the records own their parsing)."""
+    path = os.path.join(ROOT, "deploy", "gpu", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def compare_module():
+    return deploy_module("compare_dense")
 
 
 def num(v, fmt="%.1f"):
@@ -244,19 +249,9 @@ def e2e_tables(e2e, old):
     return out + ["Not recorded yet: `deploy/gpu/e2e-bench.sh` writes `e2e-bench.json`.", ""]
 
 
-def kernel_kind(name):
-    """A kernel's bare function name from ncu's demangled one (or a kind name as it is)."""
-    name = name.strip()
-    if name.startswith("void "):
-        name = name[5:]
-    for i, ch in enumerate(name):
-        if ch in "<(":
-            name = name[:i]
-            break
-    return name.split("::")[-1] or name
-
-
 def step_tables(now, first, cublas, before, prof, prof_before):
+    # Kinds as step_profile.py names them (older records kept ncu's demangled names).
+    kernel_kind = deploy_module("step_profile").short_name
     out = ["### A decode step without the server: gsa-step-bench", ""]
     if now is None:
         return out + ["Not recorded yet: `deploy/gpu/step-profile.sh` writes `step-bench.json`.", ""]
