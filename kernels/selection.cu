@@ -857,6 +857,7 @@ struct DsArgs {
   uint8_t* ws;
   int32_t nbr;  // parts per row
   int64_t seg;  // descending indices per part
+  int64_t max_blocks;  // DecodeSelectMaxBlocks(rows): the stride of marks_globaltimer's halves
 };
 
 // Deterministic sum over parts [0, count) of vals (written earlier in this launch): a fixed
@@ -902,6 +903,20 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   const int64_t pb = n - je, pe = n - jb;
   const bool in_smem = je - jb <= kDsSmemFloats;
   float* row_scores = ia.scores + (active ? ia.score_offset[cr] : 0);
+  // Benchmark timeline (DecodeSelectArgs::marks): thread 0 after the block's threads met.
+  const bool timed = a.marks != nullptr;  // uniform
+  auto mark = [&](int i) {
+    if (!timed) return;
+    __syncthreads();
+    if (tid != 0) return;
+    a.marks[static_cast<int64_t>(blockIdx.x) * kDecodeSelectMarks + i] = clock64();
+    if (a.marks_globaltimer != nullptr && (i == 0 || i == kDecodeSelectMarks - 1)) {
+      uint64_t ns;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+      a.marks_globaltimer[(i == 0 ? 0 : d.max_blocks) + blockIdx.x] = static_cast<int64_t>(ns);
+    }
+  };
+  mark(0);
 
   // (A) Scores of the part, Σx and the pass-0 histogram of every key.
   for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
@@ -910,6 +925,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
                                       s_q, s_w, s_b);
   }
   __syncthreads();
+  mark(1);
   double sum = 0.0;
   if (active) {
     // Each warp scores 32 consecutive positions per step (two 16-candidate tiles, keys loaded
@@ -949,12 +965,15 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     }
   }
   __syncthreads();
+  mark(2);
   if (active) {
     FlushHistogram<kDsThreads>(s_hist, g_hist);
     const double total = BlockSumDouble<kDsThreads>(sum, s_dwarp);
     if (tid == 0) g_sum[part] = total;
   }
+  mark(3);
   grid.sync();
+  mark(4);
 
   // Runs f(src) with the part's scores: shared memory when they fit, else this launch's global
   // copy (written by this block in (A), so read through L2).
@@ -1013,6 +1032,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       __syncthreads();
       st = AdvanceState<kDsThreads>(st, pass, s_hist, s_warp, s_result);
     }
+    mark(5 + 3 * pass);
     if (pass == kNumPasses - 1) break;
     if (!st.done) {
       for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
@@ -1024,7 +1044,9 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       __syncthreads();
       FlushHistogram<kDsThreads>(s_hist, g_hist + (pass + 1) * kRadix);
     }
+    mark(6 + 3 * pass);
     grid.sync();
+    mark(7 + 3 * pass);
   }
 
   // (C) Per-part (gt, eq) counts under the final state.
@@ -1036,7 +1058,9 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       g_cnt[2 * part + 1] = static_cast<uint32_t>(e);
     }
   }
+  mark(12);
   grid.sync();
+  mark(13);
 
   // Every histogram read is done: part 0 leaves the row's histograms zeroed for the next launch.
   if (part == 0) {
@@ -1051,6 +1075,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       OrderedCompact<kDsThreads, kMbItems>(src, n, jb, je, st, carry_g, carry_e, out, static_cast<int32_t>(kk), s_tot);
     });
   }
+  mark(14);
 }
 
 template <int D_I, bool kFp8>
@@ -1089,6 +1114,7 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   d.ws = static_cast<uint8_t*>(a.workspace);
   d.nbr = static_cast<int32_t>(nbr);
   d.seg = CeilDiv(a.index.max_candidates, nbr);
+  d.max_blocks = DecodeSelectMaxBlocks(rows);
 
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(rows * nbr));
@@ -1198,6 +1224,16 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
   return cudaGetLastError();
 }
 
+
+const char* DecodeSelectMarkName(int i) {
+  static constexpr const char* kNames[kDecodeSelectMarks] = {
+      "start",          "query loaded",  "scored",          "pass-0 histogram", "barrier 1",
+      "pass-0 state",   "pass-1 histogram", "barrier 2",    "pass-1 state",     "pass-2 histogram",
+      "barrier 3",      "pass-2 state",  "counted",         "barrier 4",        "compacted"};
+  return i >= 0 && i < kDecodeSelectMarks ? kNames[i] : "?";
+}
+
+int64_t DecodeSelectMaxBlocks(int64_t rows) { return std::max<int64_t>(rows, 0) * kDsMaxParts; }
 
 size_t DecodeSelectWorkspaceBytes(int64_t max_rows) {
   if (max_rows <= 0) return 0;

@@ -113,7 +113,20 @@ struct DecodeSelectArgs {
   // (plan once, launch many: the backend asks at creation). 0: this launch prepares and asks
   // itself (a few driver calls on the host, nothing different on the device).
   int32_t resident_blocks_per_sm = 0;
+  // Benchmarks only (null in the engine): every block of the launch records clock64() at each
+  // phase boundary i < kDecodeSelectMarks (DecodeSelectMarkName(i)) into
+  // marks[block * kDecodeSelectMarks + i], blocks numbered row-major (row, part). Sized for
+  // DecodeSelectMaxBlocks(row_count) blocks; entries of blocks the launch did not use stay as they
+  // were. Mark 0 also goes to marks_globaltimer[block] as %globaltimer (ns, comparable across
+  // multiprocessors) when that is non-null, and the last mark to marks_globaltimer[max blocks + block].
+  int64_t* marks = nullptr;
+  int64_t* marks_globaltimer = nullptr;
 };
+
+constexpr int kDecodeSelectMarks = 15;
+// "start", "query loaded", ..., "compacted": what mark i follows.
+const char* DecodeSelectMarkName(int i);
+int64_t DecodeSelectMaxBlocks(int64_t rows);
 
 size_t DecodeSelectWorkspaceBytes(int64_t max_rows);
 

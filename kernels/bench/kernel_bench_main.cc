@@ -21,6 +21,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -797,8 +798,11 @@ void Select(Ctx& ctx, const Rows& rows, const float* scores, const int64_t* offs
 // fp8: codes / scales are ki_instances copies of the keys quantized (null: the bf16 keys).
 void FusedSelect(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* proj, const float* bias, float* scores,
                  const int64_t* offsets, int64_t max_candidates, int64_t it, float* cumvar, int32_t* k, int32_t* sel,
-                 const DevBuf<uint8_t>& ws, const uint8_t* codes = nullptr, const float* scales = nullptr) {
+                 const DevBuf<uint8_t>& ws, const uint8_t* codes = nullptr, const float* scales = nullptr,
+                 int64_t* marks = nullptr, int64_t* marks_ns = nullptr) {
   kernels::DecodeSelectArgs a;
+  a.marks = marks;
+  a.marks_globaltimer = marks_ns;
   a.index = IndexArgs(c, rows, proj, bias, scores, offsets, max_candidates, it);
   if (codes != nullptr) {
     const int64_t inst = it % c.ki_instances;
@@ -814,6 +818,68 @@ void FusedSelect(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* p
   a.workspace = ws.get();
   a.workspace_bytes = static_cast<size_t>(ws.bytes());
   BENCH_CUDA(kernels::DecodeSelect(a, ctx.stream));
+}
+
+// Where one fused selection launch spends its time: `launch(it, marks, marks_ns)` runs it with
+// DecodeSelectArgs::marks set, kTimelineRuns times. Per phase (between consecutive marks), the
+// mean over blocks and runs of each block's duration and the mean over runs of the slowest
+// block's, in µs: clock64 cycles scaled by each block's own cycles per globaltimer ns over the
+// whole launch. Also the spread of block start times (launch skew) and first start → last end.
+// Printed as a table and returned for the record.
+json FusedSelectTimeline(Ctx& ctx, const std::function<void(int64_t, int64_t*, int64_t*)>& launch, int64_t rows) {
+  constexpr int kTimelineRuns = 20;
+  constexpr int kM = kernels::kDecodeSelectMarks;
+  const int64_t max_blocks = kernels::DecodeSelectMaxBlocks(rows);
+  DevBuf<int64_t> marks(max_blocks * kM, "selection timeline marks"), ns(2 * max_blocks, "selection timeline ns");
+  std::vector<double> mean_us(kM, 0.0), max_us(kM, 0.0);
+  double skew_us = 0, span_us = 0;
+  int64_t blocks_seen = 0;
+  for (int run = 0; run < kTimelineRuns; ++run) {
+    BENCH_CUDA(cudaMemsetAsync(marks.get(), 0, marks.bytes(), ctx.stream));
+    BENCH_CUDA(cudaMemsetAsync(ns.get(), 0, ns.bytes(), ctx.stream));
+    launch(run, marks.get(), ns.get());
+    BENCH_CUDA(cudaStreamSynchronize(ctx.stream));
+    const std::vector<int64_t> m = Download(marks.get(), max_blocks * kM);
+    const std::vector<int64_t> t = Download(ns.get(), 2 * max_blocks);
+    int64_t first = std::numeric_limits<int64_t>::max(), last_start = 0, last_end = 0, used = 0;
+    std::vector<double> run_max(kM, 0.0);
+    for (int64_t b = 0; b < max_blocks; ++b) {
+      const int64_t* mb = m.data() + b * kM;
+      const int64_t t0 = t[static_cast<size_t>(b)], t1 = t[static_cast<size_t>(max_blocks + b)];
+      if (mb[0] == 0 || t0 == 0 || t1 <= t0) continue;
+      ++used;
+      first = std::min(first, t0);
+      last_start = std::max(last_start, t0);
+      last_end = std::max(last_end, t1);
+      const double us_per_cycle = static_cast<double>(t1 - t0) * 1e-3 / static_cast<double>(mb[kM - 1] - mb[0]);
+      for (int i = 1; i < kM; ++i) {
+        const double us = static_cast<double>(mb[i] - mb[i - 1]) * us_per_cycle;
+        mean_us[static_cast<size_t>(i)] += us;
+        run_max[static_cast<size_t>(i)] = std::max(run_max[static_cast<size_t>(i)], us);
+      }
+    }
+    if (used == 0) Fatal("internal: the fused selection recorded no timeline marks");
+    blocks_seen += used;
+    for (int i = 1; i < kM; ++i) max_us[static_cast<size_t>(i)] += run_max[static_cast<size_t>(i)] / kTimelineRuns;
+    skew_us += static_cast<double>(last_start - first) * 1e-3 / kTimelineRuns;
+    span_us += static_cast<double>(last_end - first) * 1e-3 / kTimelineRuns;
+  }
+  json phases = json::array();
+  std::printf("  fused selection timeline (%d launches, %" PRId64 " blocks each; µs per block):\n", kTimelineRuns,
+              blocks_seen / kTimelineRuns);
+  for (int i = 1; i < kM; ++i) {
+    const double mean = mean_us[static_cast<size_t>(i)] / static_cast<double>(blocks_seen);
+    std::printf("    %-18s mean %7.2f  slowest block %7.2f\n", kernels::DecodeSelectMarkName(i), mean,
+                max_us[static_cast<size_t>(i)]);
+    phases.push_back({{"until", kernels::DecodeSelectMarkName(i)}, {"mean_us", mean},
+                      {"slowest_block_us", max_us[static_cast<size_t>(i)]}});
+  }
+  std::printf("    block start skew %.2f µs; first start to last end %.2f µs\n", skew_us, span_us);
+  return json{{"launches", kTimelineRuns},
+              {"blocks", blocks_seen / kTimelineRuns},
+              {"phases", phases},
+              {"start_skew_us", skew_us},
+              {"first_start_to_last_end_us", span_us}};
 }
 
 // Output gate pre-activations [rows, 2048] and bias [2048], random.
@@ -962,6 +1028,10 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
     r.flops = static_cast<double>(B) * L * kIndexerHeads * kDIndexer * 2;
     r.bound = Bound::kMemory;
     r.note = "DecodeSelect: one cooperative launch";
+    r.extra["timeline"] = FusedSelectTimeline(ctx, [&](int64_t it, int64_t* marks, int64_t* marks_ns) {
+      FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + (it % nsc) * B, L, it,
+                  cumvar.get(), kfused.get(), sel_onelaunch.get(), select_ws, nullptr, nullptr, marks, marks_ns);
+    }, B);
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "decode_select_fused", L, B, CheckSelDevice(sel_onelaunch.get(), B, pos));
   }
