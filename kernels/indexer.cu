@@ -10,30 +10,23 @@ using indexer_math::kMaxHeads;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kTilesPerWarp = 4;                               // 8-candidate tiles per warp
-constexpr int kCandPerBlock = kWarps * kTilesPerWarp * 8;      // 256
+constexpr int kTilesPerWarp = 2;                                // 16-candidate tiles per warp
+constexpr int kCandPerBlock = kWarps * kTilesPerWarp * 16;      // 256
 constexpr int kRowsPerBlock = 8;
 
-// Dynamic shared memory of a block: the query fragments of its rows, then w and b of each row.
+// Dynamic shared memory of a block: the split queries of its rows, then w and b of each row.
 size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
-  const int hp = indexer_math::HeadsPadded(n_heads);
-  int64_t frag = 0;
-  switch (d_indexer) {
-    case 16: frag = indexer_math::QueryFragElems<16>(hp); break;
-    case 32: frag = indexer_math::QueryFragElems<32>(hp); break;
-    case 64: frag = indexer_math::QueryFragElems<64>(hp); break;
-    default: frag = indexer_math::QueryFragElems<128>(hp); break;
-  }
   return static_cast<size_t>(kRowsPerBlock) *
-         (static_cast<size_t>(frag) * sizeof(bf16) + 2 * kMaxHeads * sizeof(float));
+         (static_cast<size_t>(indexer_math::SplitQueryElems(n_heads, d_indexer)) * sizeof(bf16) +
+          2 * kMaxHeads * sizeof(float));
 }
 
 // Grid: (candidate blocks of kCandPerBlock, groups of kRowsPerBlock chunk rows). Each warp holds
-// the keys of its 32 candidates (four 8-candidate tiles) in registers and scores them for every
-// row of the group with tensor cores (indexer_math::TileScores); consecutive rows of one sequence
-// (a prefill chunk) reuse the keys, loaded once for the largest position among them. HP: the heads
-// padded (indexer_math::HeadsPadded).
-template <int D_I, int HP, bool kFp8, bool kRelu>
+// the keys of its 32 candidates (two 16-candidate tiles) in registers and scores them for every row
+// of the group with tensor cores (indexer_math::TileScores); consecutive rows of one sequence (a
+// prefill chunk) reuse the keys, loaded once for the largest position among them, and with ≤ 4
+// indexer heads two such rows share each mma (indexer_math::TileScoresPair).
+template <int D_I, bool kFp8, bool kRelu>
 __global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKernel(IndexerScoresArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   // The group's rows: position (-1: dense), sequence, score offset, and the largest position of the
@@ -44,7 +37,8 @@ __global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKern
   const int64_t r0 = a.row_begin + static_cast<int64_t>(blockIdx.y) * kRowsPerBlock;
   const int nrows = static_cast<int>(min(static_cast<int64_t>(kRowsPerBlock), a.row_begin + a.row_count - r0));
   const int64_t tile0 = static_cast<int64_t>(blockIdx.x) * kCandPerBlock;
-  constexpr int32_t q_elems = static_cast<int32_t>(indexer_math::QueryFragElems<D_I>(HP));
+  const int64_t q_elems = indexer_math::SplitQueryElems(a.n_indexer_heads, D_I);
+  const int32_t per_row = a.n_indexer_heads * D_I;  // qI elements of a row
   bf16* s_q = reinterpret_cast<bf16*>(smem);
   float* s_wb = reinterpret_cast<float*>(smem + kRowsPerBlock * q_elems * sizeof(bf16));
 
@@ -68,13 +62,13 @@ __global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKern
   }
   __syncthreads();
   if (!s_any) return;  // uniform: every row of the group is dense or ends before this block
-  // The live rows' query fragments, all loads in flight together.
-  for (int32_t idx = threadIdx.x; idx < nrows * q_elems; idx += blockDim.x) {
-    const int i = idx / q_elems;
+  // The live rows' split queries, all loads in flight together.
+  for (int32_t idx = threadIdx.x; idx < nrows * per_row; idx += blockDim.x) {
+    const int i = idx / per_row;
     if (s_pos[i] < tile0) continue;
-    const int32_t e = idx - i * q_elems;
-    s_q[idx] = indexer_math::QueryFragmentValue<D_I>(a.proj + (r0 + i) * a.proj_stride + a.off_qi, a.n_indexer_heads,
-                                                     HP, e);
+    const int32_t e = idx - i * per_row;
+    indexer_math::StoreSplit<D_I>(a.proj[(r0 + i) * a.proj_stride + a.off_qi + e], s_q + i * q_elems,
+                                  a.n_indexer_heads, e / D_I, e % D_I);
   }
   for (int idx = threadIdx.x; idx < nrows * a.n_indexer_heads; idx += blockDim.x) {
     const int i = idx / a.n_indexer_heads, j = idx % a.n_indexer_heads;
@@ -85,71 +79,87 @@ __global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKern
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const int64_t wc0 = tile0 + static_cast<int64_t>(warp) * kTilesPerWarp * 8;  // the warp's first candidate
-  indexer_math::KeyTile<D_I> keys[kTilesPerWarp];
+  const int g = lane >> 2;
+  const int64_t wc0 = tile0 + static_cast<int64_t>(warp) * kTilesPerWarp * 16;  // the warp's first candidate
+  indexer_math::KeyFragment<D_I> keys[kTilesPerWarp];
+  float key_scale[kTilesPerWarp][2];
   const indexer_math::KeySource src{a.ki_cache, a.ki_fp8, a.ki_scale};
   int32_t loaded_seq = -1;
-  for (int i = 0; i < nrows; ++i) {  // warp-uniform control flow throughout
+  const bool pairable = a.n_indexer_heads <= indexer_math::kPairMaxHeads;
+  for (int i = 0; i < nrows;) {  // warp-uniform control flow throughout
     const int32_t pos = s_pos[i];  // -1 for a dense row
-    if (wc0 > pos) continue;
+    if (wc0 > pos) {
+      ++i;
+      continue;
+    }
     const int32_t seq = s_seq[i];
     if (seq != loaded_seq) {
       const int32_t lim = s_limit[i];  // ≥ pos; every position ≤ lim belongs to this sequence's context
 #pragma unroll
       for (int u = 0; u < kTilesPerWarp; ++u) {
-        const int64_t c = wc0 + u * 8 + g;
-        indexer_math::LoadKeyTile<D_I, kFp8>(src, c <= lim ? SlotOfPosition(a.paged, seq, c) : -1, &keys[u]);
+        const int64_t c_lo = wc0 + u * 16 + g, c_hi = c_lo + 8;
+        const int64_t slot_lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, c_lo) : -1;
+        const int64_t slot_hi = c_hi <= lim ? SlotOfPosition(a.paged, seq, c_hi) : -1;
+        indexer_math::LoadKeys<D_I, kFp8>(src, slot_lo, slot_hi, &keys[u], &key_scale[u][0], &key_scale[u][1]);
       }
       loaded_seq = seq;
     }
-    // Four tiles per call, or two with 16 padded heads (three m-tiles of accumulators each).
-    constexpr int kPerCall = HP == 4 ? kTilesPerWarp : kTilesPerWarp / 2;
-    float vs[kTilesPerWarp][2];
-    const float* w = s_wb + i * 2 * kMaxHeads;
+    float2 vs[kTilesPerWarp];
+    // The next row shares the keys (same sequence, also live here): score both with one set of mma.
+    if (pairable && i + 1 < nrows && s_seq[i + 1] == seq && wc0 <= s_pos[i + 1]) {
+      const float* w0 = s_wb + i * 2 * kMaxHeads;
+      const float* w1 = w0 + 2 * kMaxHeads;
+      indexer_math::TileScoresPair<D_I, kTilesPerWarp, kRelu, kFp8>(keys, key_scale, s_q + i * q_elems, w0,
+                                                                    w0 + kMaxHeads, s_q + (i + 1) * q_elems, w1,
+                                                                    w1 + kMaxHeads, a.n_indexer_heads, vs);
+      const int t = lane & 3;
+      const int row = i + (t >> 1);  // lanes t = 0, 1 hold row i; t = 2, 3 row i + 1
+      const int32_t row_pos = s_pos[row];
+      float* out = a.scores + s_off[row];
 #pragma unroll
-    for (int h = 0; h < kTilesPerWarp / kPerCall; ++h) {
-      using Keys = const indexer_math::KeyTile<D_I>(&)[kPerCall];
-      using Out = float(&)[kPerCall][2];
-      indexer_math::TileScores<D_I, HP, kPerCall, kRelu, kFp8>(reinterpret_cast<Keys>(keys[h * kPerCall]),
-                                                               s_q + i * q_elems, w, w + kMaxHeads, a.n_indexer_heads,
-                                                               reinterpret_cast<Out>(vs[h * kPerCall]));
+      for (int u = 0; u < kTilesPerWarp; ++u) {
+        const int64_t c = wc0 + u * 16 + g + ((t & 1) ? 8 : 0);
+        if (c <= row_pos) out[c] = (t & 1) ? vs[u].y : vs[u].x;
+      }
+      i += 2;
+      continue;
     }
-    // Lanes g = 0, 1 store candidate 2t + g of each tile.
+    const float* w = s_wb + i * 2 * kMaxHeads;
     float* out = a.scores + s_off[i];
+    indexer_math::TileScores<D_I, kTilesPerWarp, kRelu, kFp8>(keys, key_scale, s_q + i * q_elems, w, w + kMaxHeads,
+                                                              a.n_indexer_heads, vs);
 #pragma unroll
     for (int u = 0; u < kTilesPerWarp; ++u) {
-      const int64_t c = wc0 + u * 8 + 2 * t + g;
-      if (g < 2 && c <= pos) out[c] = g == 0 ? vs[u][0] : vs[u][1];
+      const float2 v = vs[u];
+      const int64_t c_lo = wc0 + u * 16 + g, c_hi = c_lo + 8;
+      const int t = lane & 3;
+      if (t == 0 && c_lo <= pos) out[c_lo] = v.x;
+      if (t == 1 && c_hi <= pos) out[c_hi] = v.y;
     }
+    ++i;
   }
 }
 
-template <int D_I, int HP, bool kFp8, bool kRelu>
+template <int D_I, bool kFp8, bool kRelu>
 cudaError_t LaunchKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
   const size_t smem = SmemBytes(a.n_indexer_heads, D_I);
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(IndexerScoresKernel<D_I, HP, kFp8, kRelu>,
+    const cudaError_t err = cudaFuncSetAttribute(IndexerScoresKernel<D_I, kFp8, kRelu>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   const dim3 grid(static_cast<unsigned>((a.max_candidates + kCandPerBlock - 1) / kCandPerBlock),
                   static_cast<unsigned>((a.row_count + kRowsPerBlock - 1) / kRowsPerBlock));
-  IndexerScoresKernel<D_I, HP, kFp8, kRelu><<<grid, kThreads, smem, stream>>>(a);
+  IndexerScoresKernel<D_I, kFp8, kRelu><<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();
-}
-
-template <int D_I, int HP>
-cudaError_t LaunchHp(const IndexerScoresArgs& a, cudaStream_t stream) {
-  if (a.ki_fp8 != nullptr) {
-    return a.relu ? LaunchKernel<D_I, HP, true, true>(a, stream) : LaunchKernel<D_I, HP, true, false>(a, stream);
-  }
-  return a.relu ? LaunchKernel<D_I, HP, false, true>(a, stream) : LaunchKernel<D_I, HP, false, false>(a, stream);
 }
 
 template <int D_I>
 cudaError_t Launch(const IndexerScoresArgs& a, cudaStream_t stream) {
-  return indexer_math::HeadsPadded(a.n_indexer_heads) == 4 ? LaunchHp<D_I, 4>(a, stream) : LaunchHp<D_I, 16>(a, stream);
+  if (a.ki_fp8 != nullptr) {
+    return a.relu ? LaunchKernel<D_I, true, true>(a, stream) : LaunchKernel<D_I, true, false>(a, stream);
+  }
+  return a.relu ? LaunchKernel<D_I, false, true>(a, stream) : LaunchKernel<D_I, false, false>(a, stream);
 }
 
 }  // namespace

@@ -2,32 +2,21 @@
 // computes I(t, s) so that each produces bitwise the same score for the same inputs: IndexerScores
 // and the fused decode selection of kernels/selection.h. Include only from .cu files.
 //
-// Tensor cores, fp32-faithful: a warp scores a tile of 8 candidates (the mma's 8 columns, n) for
-// one query row per mma.sync.m16n8k16 (bf16 in, fp32 accumulate). The keys are bf16 already
-// (exact); each fp32 qI is split into three bf16 parts q = hi + mid + lo (each the bf16 rounding of
-// what is left), which represent it to within 2^-24 relatively, and every key × part product is
-// exact in fp32. The A operand's 16 rows are (part, head) pairs, row = part · HP + head, with the
-// heads padded to HP = 4 (≤ 4 heads: one m-tile, rows 12-15 zero) or HP = 16 (three m-tiles, one
-// per part); each (part, head) dot product is accumulated by the tensor core over the k-steps in
-// order, and a head's dot is (lo + mid) + hi in fp32. So it matches an fp32 evaluation to a few fp32
-// ulps of Σ|q·k| (the CPU reference's tolerance), and a candidate's score depends only on its key and
-// the row, never on the tile, column or lane that held it: equal keys give bitwise equal scores
-// (MODEL.md, "Ties").
+// Tensor cores, fp32-faithful: a warp scores a tile of 16 candidates against up to 8 heads per
+// mma.sync.m16n8k16 (bf16 in, fp32 accumulate). The keys are bf16 already (exact); each fp32 qI is
+// split into three bf16 parts q = hi + mid + lo (each the bf16 rounding of what is left), which
+// represent it to within 2^-24 relatively, and every key × part product is exact in fp32; the
+// accumulation is fp32 (the tensor core's rounding), lo first. So the dot product matches an fp32
+// evaluation to a few fp32 ulps of Σ|q·k| (the CPU reference's tolerance), and never depends on
+// which tile or lane holds the candidate: equal keys give bitwise equal scores (MODEL.md, "Ties").
 //
-// Why keys are the B operand: a lane's B fragment (b0, b1) is two adjacent 32-bit words of ONE
-// candidate's key, so a 16-byte load of a key chunk feeds two k-steps with no register moves
-// (with keys as A, each mma needed its 4 A registers gathered from two rows' loads).
-//
-// Fragment layout (PTX ISA, mma.m16n8k16 .bf16): lane = 4g + t. A (16 rows × 16 k): a0 = (row g, k
-// 2t..2t+1), a1 = (row g+8, same k), a2 = (row g, k 2t+8..2t+9), a3 = (row g+8, same); B (16 k × 8
-// candidates): b0 = (k 2t..2t+1, candidate g), b1 = (k 2t+8..2t+9, candidate g); C: c0, c1 = (row g,
-// candidates 2t, 2t+1), c2, c3 = (row g+8, the same candidates). The dot product does not care which
-// physical channel a logical k is, as long as A and B agree, so lane (g, t) loads whole 16-byte
-// chunks 4P + t (channels 8(4P+t) … +7) of candidate g's key, for P < D_I/32 (D_I = 16: chunks ≥ 2
-// read as zeros); k-step 2P + h takes channels 8(4P+t) + 4h + {0,1} as logical 2t, 2t+1 (b0 = the
-// chunk's word 2h) and + 4h + {2,3} as logical 2t+8, 2t+9 (b1 = word 2h + 1). The query is stored
-// once per row in shared memory already in A-fragment order (QueryFragments), one 16-byte load per
-// lane per (m-tile, k-step).
+// Fragment layout (PTX ISA, mma.m16n8k16 .bf16): lane = 4g + t. A (16 candidates × 16 channels):
+// a0 = (row g, k 2t..2t+1), a1 = (row g+8, same k), a2 = (row g, k 2t+8..2t+9), a3 = (row g+8, same);
+// B (16 × 8 heads): b0 = (k 2t..2t+1, head g), b1 = (k 2t+8..2t+9, head g); C: c0, c1 = (row g,
+// heads 2t, 2t+1), c2, c3 = (row g+8, the same heads). The dot product does not care which physical
+// channel a logical k is, as long as A and B agree, so lane (g, t) loads whole 16-byte chunks:
+// chunk 4P + t (channels 8(4P+t) … +7) of rows g and g+8, for P < D_I/32; k-step 2P+h takes
+// channels 8(4P+t) + 4h + {0,1} as logical 2t, 2t+1 and + 4h + {2,3} as logical 2t+8, 2t+9.
 #pragma once
 
 #include <cstdint>
@@ -42,47 +31,66 @@ constexpr int kMaxHeads = 16;
 constexpr int kMaxDIndexer = 128;
 constexpr int kQueryParts = 3;  // hi, mid, lo
 
-// Heads padded per part (see the file comment), m-tiles and k-steps of the A operand.
-__host__ __device__ constexpr int HeadsPadded(int32_t n_heads) { return n_heads <= 4 ? 4 : 16; }
-__host__ __device__ constexpr int MTiles(int hp) { return (kQueryParts * hp + 15) / 16; }
+// One row's indexer query in shared memory: part (hi, mid, lo) of head j's element i at
+// q[part · QueryPartStride + j · QueryHeadStride + i] (bf16), with w[j] (sigmoid already applied)
+// and b[j] beside it. The padding keeps the mma's B-fragment loads free of bank conflicts: a lane
+// (g, t) reads word 4t (+ a per-instruction constant) of head g's run, so the head stride is an odd
+// number of words (heads 0 … 3 land on banks 4t + j), and whole rows are 16 words apart modulo 32
+// (TileScoresPair's second row lands on the other 16 banks).
+__host__ __device__ constexpr int64_t QueryHeadStride(int32_t d_indexer) { return d_indexer + 2; }
+__host__ __device__ constexpr int64_t QueryPartStride(int32_t n_heads, int32_t d_indexer) {
+  return static_cast<int64_t>(n_heads) * QueryHeadStride(d_indexer);
+}
+// bf16 elements of one row's split query, rows placed back to back (an odd multiple of 16 words).
+__host__ __device__ constexpr int64_t SplitQueryElems(int32_t n_heads, int32_t d_indexer) {
+  const int64_t words = kQueryParts * QueryPartStride(n_heads, d_indexer) / 2;
+  return 2 * (words + ((16 - words) % 32 + 32) % 32);
+}
+
+// Element i of head j of one row's split query: x = hi + mid + lo, each the bf16 rounding of what
+// is left (the subtractions are exact).
+template <int D_I>
+__device__ __forceinline__ void StoreSplit(float x, bf16* q, int32_t n_heads, int32_t j, int32_t i) {
+  const int64_t part = QueryPartStride(n_heads, D_I);
+  const int64_t at = j * QueryHeadStride(D_I) + i;
+  const bf16 hi = __float2bfloat16_rn(x);
+  const float r1 = x - __bfloat162float(hi);  // exact
+  const bf16 mid = __float2bfloat16_rn(r1);
+  const float r2 = r1 - __bfloat162float(mid);  // exact
+  q[at] = hi;
+  q[part + at] = mid;
+  q[2 * part + at] = __float2bfloat16_rn(r2);
+}
+
+// Splits proj row `r`'s qI into q (the three parts) and copies wI and the bias into w, b. Every
+// thread of the block calls it; the caller syncs before use.
+template <int D_I>
+__device__ __forceinline__ void LoadSplitQuery(const float* proj, int64_t proj_stride, int64_t off_qi, int64_t off_wi,
+                                               const float* bias, int32_t n_heads, int64_t r, bf16* q, float* w,
+                                               float* b) {
+  const float* prow = proj + r * proj_stride;
+  const int32_t count = n_heads * D_I;
+  for (int32_t e = threadIdx.x; e < count; e += blockDim.x) StoreSplit<D_I>(prow[off_qi + e], q, n_heads, e / D_I, e % D_I);
+  for (int j = threadIdx.x; j < n_heads; j += blockDim.x) {
+    w[j] = prow[off_wi + j];
+    b[j] = bias[j];
+  }
+}
+
+// 16-byte chunks of a key row, and how many 32-channel groups P the fragments span (D_I = 16 uses
+// half of one: chunks 4P + t ≥ D_I / 8 read as zeros on both sides).
 template <int D_I>
 struct KeyShape {
-  static constexpr int kChunks = D_I / 8;          // 16-byte chunks of a key row
-  static constexpr int kGroups = (D_I + 31) / 32;  // chunks a lane holds (4P + t, P < kGroups)
-  static constexpr int kKSteps = 2 * kGroups;
+  static constexpr int kChunks = D_I / 8;
+  static constexpr int kGroups = (D_I + 31) / 32;
 };
 
-// bf16 elements of one row's query fragments: [m-tile][k-step][lane][a0..a3][2].
+// The key chunks one lane holds for a tile of 16 candidates: row g (lo) and row g + 8 (hi).
 template <int D_I>
-__host__ __device__ constexpr int64_t QueryFragElems(int hp) {
-  return static_cast<int64_t>(MTiles(hp)) * KeyShape<D_I>::kKSteps * 32 * 8;
-}
-
-// Element e of row `q_row`'s query fragments (q_row: the row's fp32 qI, head j's channel c at
-// q_row[j · D_I + c], global memory): element (m-tile, k-step, lane (g, t), register, half) is part
-// row / HP of head row % HP at physical channel 8(4P + t) + 4h + 2 · (register / 2) + half, with row
-// = 16 · m-tile + g + 8 · (register % 2) and k-step 2P + h; zero for padding heads, rows past the
-// three parts and channels ≥ D_I. Callers fill QueryFragElems<D_I>(hp) elements and sync.
-template <int D_I>
-__device__ __forceinline__ bf16 QueryFragmentValue(const float* q_row, int32_t n_heads, int hp, int32_t e) {
-  constexpr int kKS = KeyShape<D_I>::kKSteps;
-  const int half = e & 1, reg = (e >> 1) & 3, lane = (e >> 3) & 31;
-  const int ks = (e >> 8) % kKS, mt = (e >> 8) / kKS;
-  const int g = lane >> 2, t = lane & 3;
-  const int row = 16 * mt + g + 8 * (reg & 1);
-  const int part = row / hp, head = row % hp;
-  const int chunk = 4 * (ks >> 1) + t;
-  float v = 0.0f;
-  if (part < kQueryParts && head < n_heads && chunk < KeyShape<D_I>::kChunks) {
-    const int c = 8 * chunk + 4 * (ks & 1) + 2 * (reg >> 1) + half;
-    const float x = q_row[head * D_I + c];
-    const float hi = __bfloat162float(__float2bfloat16_rn(x));
-    const float r1 = x - hi;  // exact
-    const float mid = __bfloat162float(__float2bfloat16_rn(r1));
-    v = part == 0 ? hi : (part == 1 ? mid : r1 - mid);  // r1 − mid exact; lo is its bf16 rounding
-  }
-  return __float2bfloat16_rn(v);
-}
+struct KeyFragment {
+  uint4 lo[KeyShape<D_I>::kGroups];
+  uint4 hi[KeyShape<D_I>::kGroups];
+};
 
 // Where the keys are: bf16 rows [num_slots, D_I], or (fp8 != nullptr) e4m3 codes [num_slots, D_I]
 // with one fp32 scale per slot (key = scale · code).
@@ -105,6 +113,41 @@ __device__ __forceinline__ uint4 Fp8x8ToBf16x8(uint2 codes) {
     out[i] = *reinterpret_cast<const uint32_t*>(&b);
   }
   return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+// Loads the tile's key chunks (row g: slot_lo, row g + 8: slot_hi) and the two rows' scales (1
+// for bf16 keys); a negative slot reads as a zero key with scale 0 (its score is never stored).
+template <int D_I, bool kFp8>
+__device__ __forceinline__ void LoadKeys(const KeySource& src, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f,
+                                         float* scale_lo, float* scale_hi) {
+  const int t = threadIdx.x & 3;
+  const int64_t row_lo = slot_lo >= 0 ? slot_lo : 0, row_hi = slot_hi >= 0 ? slot_hi : 0;
+#pragma unroll
+  for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
+    const int chunk = 4 * p + t;
+    const bool ok_lo = slot_lo >= 0 && chunk < KeyShape<D_I>::kChunks;
+    const bool ok_hi = slot_hi >= 0 && chunk < KeyShape<D_I>::kChunks;
+    if constexpr (kFp8) {
+      const uint2* a = reinterpret_cast<const uint2*>(src.fp8 + row_lo * D_I);
+      const uint2* c = reinterpret_cast<const uint2*>(src.fp8 + row_hi * D_I);
+      const uint2 zero = make_uint2(0u, 0u);
+      f->lo[p] = Fp8x8ToBf16x8(ok_lo ? __ldg(a + chunk) : zero);
+      f->hi[p] = Fp8x8ToBf16x8(ok_hi ? __ldg(c + chunk) : zero);
+    } else {
+      const uint4* a = reinterpret_cast<const uint4*>(src.bf16_keys + row_lo * D_I);
+      const uint4* c = reinterpret_cast<const uint4*>(src.bf16_keys + row_hi * D_I);
+      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+      f->lo[p] = ok_lo ? __ldg(a + chunk) : zero;
+      f->hi[p] = ok_hi ? __ldg(c + chunk) : zero;
+    }
+  }
+  if constexpr (kFp8) {
+    *scale_lo = slot_lo >= 0 ? __ldg(src.scale + slot_lo) : 0.0f;
+    *scale_hi = slot_hi >= 0 ? __ldg(src.scale + slot_hi) : 0.0f;
+  } else {
+    *scale_lo = 1.0f;
+    *scale_hi = 1.0f;
+  }
 }
 
 __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
@@ -138,109 +181,137 @@ __device__ __forceinline__ float HeadTerm(float dot, float key_scale, float rs, 
   return fmaf(w, kRelu ? fmaxf(z, 0.0f) : IndexerSigmoid(z), acc);
 }
 
-// The keys of one tile of 8 candidates as lane (g, t) holds them: candidate g's chunks 4P + t, and
-// its key scale (1 for bf16 keys).
-template <int D_I>
-struct KeyTile {
-  uint4 c[KeyShape<D_I>::kGroups];
-  float scale;
-};
-
-// Loads candidate g's chunks of a tile (slot < 0: a zero key with scale 0, whose score is never
-// stored).
-template <int D_I, bool kFp8>
-__device__ __forceinline__ void LoadKeyTile(const KeySource& src, int64_t slot, KeyTile<D_I>* k) {
-  const int t = threadIdx.x & 3;
-  const int64_t row = slot >= 0 ? slot : 0;
+// Adds head column e of the mma outputs (c[u][e]: candidate g, c[u][2 + e]: candidate g + 8) to
+// both candidates' sums of every tile, with that head's w and b.
+template <int N, bool kRelu, bool kScaled>
+__device__ __forceinline__ void AddHeadColumn(const float (&c)[N][4], int e, const float (&scale)[N][2], float rs,
+                                              float w, float b, float (&acc)[N][2]) {
 #pragma unroll
-  for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
-    const int chunk = 4 * p + t;
-    const bool ok = slot >= 0 && chunk < KeyShape<D_I>::kChunks;
-    if constexpr (kFp8) {
-      const uint2* a = reinterpret_cast<const uint2*>(src.fp8 + row * D_I);
-      k->c[p] = Fp8x8ToBf16x8(ok ? __ldg(a + chunk) : make_uint2(0u, 0u));
-    } else {
-      const uint4* a = reinterpret_cast<const uint4*>(src.bf16_keys + row * D_I);
-      k->c[p] = ok ? __ldg(a + chunk) : make_uint4(0u, 0u, 0u, 0u);
-    }
-  }
-  if constexpr (kFp8) {
-    k->scale = slot >= 0 ? __ldg(src.scale + slot) : 0.0f;
-  } else {
-    k->scale = 1.0f;
+  for (int u = 0; u < N; ++u) {
+    acc[u][0] = HeadTerm<kRelu, kScaled>(c[u][e], scale[u][0], rs, w, b, acc[u][0]);
+    acc[u][1] = HeadTerm<kRelu, kScaled>(c[u][2 + e], scale[u][1], rs, w, b, acc[u][1]);
   }
 }
 
-// Scores of N tiles of 8 candidates for the row whose query fragments are `frag` (shared memory,
-// StoreQueryFragments) with weights w and biases b (n_heads each): out[u][j] is tile u's candidate
-// 2t + j, valid in lanes g < 4 (HP = 4) or every lane (HP = 16). kRelu: φ = relu, else sigmoid.
-// kScaled: fp8 keys (each dot times its key's scale). All 32 lanes must call it together.
-//   I = Σ_j w_j · φ(dot_j · rsqrt(D_I) + b_j), dot_j = (lo + mid) + hi; the head sum in a fixed
-//   butterfly order over the lanes that hold the heads.
-template <int D_I, int HP, int N, bool kRelu, bool kScaled>
-__device__ __forceinline__ void TileScores(const KeyTile<D_I> (&k)[N], const bf16* frag, const float* w,
-                                           const float* b, int32_t n_heads, float (&out)[N][2]) {
-  static_assert(HP == 4 || HP == 16, "heads padded to 4 or 16");
-  constexpr int kMT = MTiles(HP);
-  constexpr int kKS = KeyShape<D_I>::kKSteps;
+// c[u] += keys of tile u × this lane's B column over all D_I channels and the three query parts
+// (lo first). qw: the lane's head run in the split query (32-bit words, QueryHeadStride apart per
+// head), part_words apart per part; `live` false feeds a zero column (a head past n_heads).
+template <int D_I, int N>
+__device__ __forceinline__ void MmaQueryParts(const KeyFragment<D_I> (&f)[N], const uint32_t* qw, int32_t part_words,
+                                              bool live, float (&c)[N][4]) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
+    const uint32_t* qp = qw + part * part_words + 4 * t;
+#pragma unroll
+    for (int p = 0; p < KeyShape<D_I>::kGroups; ++p) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        // Channels 8(4p + t) + 4h + {0, 1} and + {2, 3}: words 16p + 4t + 2h and + 1.
+        uint32_t b0 = 0u, b1 = 0u;
+        if (live && 4 * p + t < KeyShape<D_I>::kChunks) {
+          b0 = qp[16 * p + 2 * h];
+          b1 = qp[16 * p + 2 * h + 1];
+        }
+#pragma unroll
+        for (int u = 0; u < N; ++u) {
+          const uint32_t a0 = h == 0 ? f[u].lo[p].x : f[u].lo[p].z;
+          const uint32_t a2 = h == 0 ? f[u].lo[p].y : f[u].lo[p].w;
+          const uint32_t a1 = h == 0 ? f[u].hi[p].x : f[u].hi[p].z;
+          const uint32_t a3 = h == 0 ? f[u].hi[p].y : f[u].hi[p].w;
+          MmaBf16(c[u], a0, a1, a2, a3, b0, b1);
+        }
+      }
+    }
+  }
+}
+
+// Scores of N tiles of 16 candidates for the row whose split query is q, w, b: out[u].x is tile
+// u's candidate g, .y its candidate g + 8; every lane of the quad (lanes 4g … 4g+3) gets both. The
+// query fragments are loaded once for all N tiles. scale[u]: the key scales of tile u's rows g and
+// g+8 (fp8 keys, kScaled; bf16 keys pass 1 and kScaled false). kRelu: φ = relu, else sigmoid. All
+// 32 lanes must call it together.
+//   I = Σ_j w_j · φ(dot_j · rsqrt(D_I) + b_j): per lane its heads 2t, 2t+1 of each group of eight
+//   in head order, then the quad's sum in a fixed xor order. A candidate's score depends only on
+//   its key and the row (not on N or the tile it is in).
+template <int D_I, int N, bool kRelu, bool kScaled>
+__device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const float (&scale)[N][2], const bf16* q,
+                                           const float* w, const float* b, int32_t n_heads, float2 (&out)[N]) {
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const float rs = rsqrtf(static_cast<float>(D_I));
-  const uint4* fa = reinterpret_cast<const uint4*>(frag) + lane;
-  float c[kMT][N][4];
+  const int32_t part_words = static_cast<int32_t>(QueryPartStride(n_heads, D_I) / 2);
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(q);
+  float acc[N][2];
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
+  for (int u = 0; u < N; ++u) acc[u][0] = acc[u][1] = 0.0f;
+  for (int nt = 0; nt * 8 < n_heads; ++nt) {
+    const int head_b = nt * 8 + g;  // the head whose column this lane feeds
+    float c[N][4];
 #pragma unroll
-    for (int u = 0; u < N; ++u) c[mt][u][0] = c[mt][u][1] = c[mt][u][2] = c[mt][u][3] = 0.0f;
+    for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
+    MmaQueryParts<D_I, N>(f, qw + head_b * static_cast<int32_t>(QueryHeadStride(D_I) / 2), part_words,
+                          head_b < n_heads, c);
 #pragma unroll
-    for (int ks = 0; ks < kKS; ++ks) {
-      const uint4 a = fa[(mt * kKS + ks) * 32];
-#pragma unroll
-      for (int u = 0; u < N; ++u) {
-        const uint4& kc = k[u].c[ks >> 1];
-        const uint32_t b0 = (ks & 1) ? kc.z : kc.x;
-        const uint32_t b1 = (ks & 1) ? kc.w : kc.y;
-        MmaBf16(c[mt][u], a.x, a.y, a.z, a.w, b0, b1);
-      }
-    }
-  }
-  // Key scales of this lane's columns 2t, 2t + 1 (held by the lanes that loaded them: g = 2t, 2t+1).
-  float scale[N][2];
-#pragma unroll
-  for (int u = 0; u < N; ++u) {
-    if constexpr (kScaled) {
-      scale[u][0] = __shfl_sync(0xffffffffu, k[u].scale, 8 * t);
-      scale[u][1] = __shfl_sync(0xffffffffu, k[u].scale, 8 * t + 4);
-    } else {
-      scale[u][0] = scale[u][1] = 1.0f;
+    for (int e = 0; e < 2; ++e) {
+      const int head = nt * 8 + 2 * t + e;
+      if (head < n_heads) AddHeadColumn<N, kRelu, kScaled>(c, e, scale, rs, w[head], b[head], acc);
     }
   }
 #pragma unroll
   for (int u = 0; u < N; ++u) {
+    float lo = acc[u][0], hi = acc[u][1];
+    lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+    lo += __shfl_xor_sync(0xffffffffu, lo, 2);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+    out[u] = make_float2(lo, hi);
+  }
+}
+
+// Heads a TileScoresPair call can take: its two rows share the mma's 8 head columns.
+constexpr int kPairMaxHeads = 4;
+
+// TileScores for two rows at once (n_heads ≤ kPairMaxHeads), filling the mma's 8 columns that a
+// single row of ≤ 4 heads leaves half empty: column 4ρ + j is row ρ's head j (row 0: q0, w0, b0;
+// row 1: q1, w1, b1), so one mma and one epilogue serve both rows. Lane (g, t) gets out[u] = the
+// scores of tile u's candidates g (.x) and g + 8 (.y) for row t / 2 (lanes t = 0, 1: row 0; t =
+// 2, 3: row 1). Bitwise equal to TileScores for each row: a lane accumulates heads 2(t % 2) and
+// 2(t % 2) + 1 of its row in head order, as TileScores' lanes t = 0, 1 do, and the sum of the two
+// lanes is the same single addition (TileScores adds the empty lanes' +0 after it, which changes
+// no non-negative sum and no sigmoid sum). All 32 lanes must call it together.
+template <int D_I, int N, bool kRelu, bool kScaled>
+__device__ __forceinline__ void TileScoresPair(const KeyFragment<D_I> (&f)[N], const float (&scale)[N][2],
+                                               const bf16* q0, const float* w0, const float* b0, const bf16* q1,
+                                               const float* w1, const float* b1, int32_t n_heads, float2 (&out)[N]) {
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const float rs = rsqrtf(static_cast<float>(D_I));
+  const int32_t part_words = static_cast<int32_t>(QueryPartStride(n_heads, D_I) / 2);
+  const int head_b = g & 3;  // the head whose column this lane feeds, of row g / 4
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(g < 4 ? q0 : q1) +
+                       head_b * static_cast<int32_t>(QueryHeadStride(D_I) / 2);
+  float c[N][4];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      float s;
-      if constexpr (HP == 4) {
-        // Lane g < 4: head g; hi in row g (c0/c1), lo in row g + 8 (c2/c3), mid in row g + 4 (lane + 16).
-        const float mid = __shfl_xor_sync(0xffffffffu, c[0][u][j], 16);
-        const float dot = (c[0][u][2 + j] + mid) + c[0][u][j];
-        s = (g < n_heads) ? HeadTerm<kRelu, kScaled>(dot, scale[u][j], rs, w[g & 3], b[g & 3], 0.0f) : 0.0f;
-        s += __shfl_xor_sync(0xffffffffu, s, 4);
-        s += __shfl_xor_sync(0xffffffffu, s, 8);
-      } else {
-        // Lane g: heads g (rows g, c0/c1) and g + 8 (rows g + 8, c2/c3) of m-tiles hi, mid, lo.
-        const float dot0 = (c[2][u][j] + c[1][u][j]) + c[0][u][j];
-        const float dot1 = (c[2][u][2 + j] + c[1][u][2 + j]) + c[0][u][2 + j];
-        const float s0 = g < n_heads ? HeadTerm<kRelu, kScaled>(dot0, scale[u][j], rs, w[g], b[g], 0.0f) : 0.0f;
-        const float s1 =
-            g + 8 < n_heads ? HeadTerm<kRelu, kScaled>(dot1, scale[u][j], rs, w[g + 8], b[g + 8], 0.0f) : 0.0f;
-        s = s0 + s1;
-        s += __shfl_xor_sync(0xffffffffu, s, 4);
-        s += __shfl_xor_sync(0xffffffffu, s, 8);
-        s += __shfl_xor_sync(0xffffffffu, s, 16);
-      }
-      out[u][j] = s;
-    }
+  for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
+  MmaQueryParts<D_I, N>(f, qw, part_words, head_b < n_heads, c);
+  // Column 2t + e is row t / 2's head 2(t % 2) + e.
+  const float* w = t < 2 ? w0 : w1;
+  const float* b = t < 2 ? b0 : b1;
+  float acc[N][2];
+#pragma unroll
+  for (int u = 0; u < N; ++u) acc[u][0] = acc[u][1] = 0.0f;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int head = 2 * (t & 1) + e;
+    if (head < n_heads) AddHeadColumn<N, kRelu, kScaled>(c, e, scale, rs, w[head], b[head], acc);
+  }
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    float lo = acc[u][0], hi = acc[u][1];
+    lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+    out[u] = make_float2(lo, hi);
   }
 }
 

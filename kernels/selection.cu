@@ -868,13 +868,12 @@ __device__ __forceinline__ double SumParts(const double* vals, int64_t count, do
   return BlockSumDouble<kDsThreads>(v, s_dwarp);
 }
 
-template <int D_I, int HP, bool kFp8>
+template <int D_I, bool kFp8>
 __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKernel(DsArgs d) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   extern __shared__ float s_sc[];  // [kDsSmemFloats]
-  constexpr int32_t kQElems = static_cast<int32_t>(indexer_math::QueryFragElems<D_I>(HP));
-  __shared__ __align__(16) bf16 s_q[kQElems];
+  __shared__ __align__(16) bf16 s_q[indexer_math::SplitQueryElems(indexer_math::kMaxHeads, D_I)];
   __shared__ float s_w[indexer_math::kMaxHeads], s_b[indexer_math::kMaxHeads];
   __shared__ int32_t s_hist[kRadix];
   __shared__ double s_dwarp[kDsThreads / 32];
@@ -922,55 +921,51 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   // (A) Scores of the part, Σx and the pass-0 histogram of every key.
   for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
   if (active) {
-    const float* prow = ia.proj + r * ia.proj_stride;
-    for (int32_t e = tid; e < kQElems; e += kDsThreads) {
-      s_q[e] = indexer_math::QueryFragmentValue<D_I>(prow + ia.off_qi, ia.n_indexer_heads, HP, e);
-    }
-    for (int j = tid; j < ia.n_indexer_heads; j += kDsThreads) {
-      s_w[j] = prow[ia.off_wi + j];
-      s_b[j] = ia.bias[j];
-    }
+    indexer_math::LoadSplitQuery<D_I>(ia.proj, ia.proj_stride, ia.off_qi, ia.off_wi, ia.bias, ia.n_indexer_heads, r,
+                                      s_q, s_w, s_b);
   }
   __syncthreads();
   mark(1);
   double sum = 0.0;
   const bool want_sum = a.rule.method == 1;  // Σx feeds only the variance rule
   if (active) {
-    // Each warp scores 8·kTiles consecutive positions per step (8-candidate tiles starting at a
-    // multiple of 8, keys loaded together; 4 tiles, or 2 with 16 padded heads, whose three m-tiles
-    // take three times the accumulators); lane (g, t) loads candidate g of each tile and lanes
-    // g = 0, 1 store candidate 2t + g. Positions outside [pb, pe) belong to neighbouring parts.
+    // Each warp scores 32 consecutive positions per step (two 16-candidate tiles, keys loaded
+    // together); lane 4g stores candidate g of a tile, lane 4g+1 candidate g+8. Positions are
+    // 32-bit (RowInfo::position), and a power-of-two block size maps them to slots by shift/mask.
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    constexpr int kTiles = HP == 4 ? 4 : 2;
+    constexpr int kTiles = 2;
     const int32_t p_begin = static_cast<int32_t>(pb), p_end = static_cast<int32_t>(pe);
     const int32_t bs = ia.paged.block_size;
     const int32_t* table = ia.paged.block_tables + static_cast<int64_t>(ia.rows.seq[r]) * ia.paged.max_blocks_per_seq;
     const bool pow2 = (bs & (bs - 1)) == 0;
     const int shift = __ffs(bs) - 1;
+    auto slot_of = [&](int32_t c) -> int64_t {
+      if (c >= p_end) return -1;
+      const int32_t blk = pow2 ? c >> shift : c / bs;
+      return static_cast<int64_t>(table[blk]) * bs + (c - blk * bs);
+    };
     const indexer_math::KeySource src{ia.ki_cache, ia.ki_fp8, ia.ki_scale};
-    for (int32_t base = (p_begin & ~7) + warp * 8 * kTiles; base < p_end; base += kDsThreads / 32 * 8 * kTiles) {
-      indexer_math::KeyTile<D_I> keys[kTiles];
+    for (int32_t base = p_begin + warp * 16 * kTiles; base < p_end; base += kDsThreads / 32 * 16 * kTiles) {
+      indexer_math::KeyFragment<D_I> keys[kTiles];
+      float key_scale[kTiles][2];
 #pragma unroll
       for (int u = 0; u < kTiles; ++u) {
-        const int32_t c = base + u * 8 + g;
-        int64_t slot = -1;
-        if (c >= p_begin && c < p_end) {
-          const int32_t blk = pow2 ? c >> shift : c / bs;
-          slot = static_cast<int64_t>(table[blk]) * bs + (c - blk * bs);
-        }
-        indexer_math::LoadKeyTile<D_I, kFp8>(src, slot, &keys[u]);
+        const int32_t c_lo = base + u * 16 + g;
+        indexer_math::LoadKeys<D_I, kFp8>(src, slot_of(c_lo), slot_of(c_lo + 8), &keys[u], &key_scale[u][0],
+                                          &key_scale[u][1]);
       }
-      float vs[kTiles][2];
+      float2 vs[kTiles];
       if (ia.relu) {
-        indexer_math::TileScores<D_I, HP, kTiles, true, kFp8>(keys, s_q, s_w, s_b, ia.n_indexer_heads, vs);
+        indexer_math::TileScores<D_I, kTiles, true, kFp8>(keys, key_scale, s_q, s_w, s_b, ia.n_indexer_heads, vs);
       } else {
-        indexer_math::TileScores<D_I, HP, kTiles, false, kFp8>(keys, s_q, s_w, s_b, ia.n_indexer_heads, vs);
+        indexer_math::TileScores<D_I, kTiles, false, kFp8>(keys, key_scale, s_q, s_w, s_b, ia.n_indexer_heads, vs);
       }
 #pragma unroll
       for (int u = 0; u < kTiles; ++u) {
-        const int32_t p = base + u * 8 + 2 * t + g;
-        if (g < 2 && p >= p_begin && p < p_end) {
-          const float v = g == 0 ? vs[u][0] : vs[u][1];
+        const float2 v2 = vs[u];
+        const int32_t p = base + u * 16 + g + (t == 1 ? 8 : 0);
+        if (t < 2 && p < p_end) {
+          const float v = t == 0 ? v2.x : v2.y;
           row_scores[p] = v;
           if (in_smem) s_sc[p - pb] = v;
           if (want_sum) sum += static_cast<double>(v);
@@ -1095,27 +1090,14 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   mark(14);
 }
 
-template <int D_I, int HP, bool kFp8>
-cudaError_t PrepareDecodeSelectHp(int* per_sm) {
-  // Static + dynamic shared memory exceed the 48 KB that needs no opt-in.
-  cudaError_t err = cudaFuncSetAttribute(DecodeSelectKernel<D_I, HP, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(kDsSmemFloats * sizeof(float)));
-  if (err != cudaSuccess) return err;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, DecodeSelectKernel<D_I, HP, kFp8>, kDsThreads,
-                                                       kDsSmemFloats * sizeof(float));
-}
-
-// Both head paddings (indexer_math::HeadsPadded), so the answer holds for any head count: the
-// fewer resident blocks of the two.
 template <int D_I, bool kFp8>
 cudaError_t PrepareDecodeSelect(int* per_sm) {
-  int four = 0, sixteen = 0;
-  cudaError_t err = PrepareDecodeSelectHp<D_I, 4, kFp8>(&four);
+  // Static + dynamic shared memory exceed the 48 KB that needs no opt-in.
+  cudaError_t err = cudaFuncSetAttribute(DecodeSelectKernel<D_I, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kDsSmemFloats * sizeof(float)));
   if (err != cudaSuccess) return err;
-  err = PrepareDecodeSelectHp<D_I, 16, kFp8>(&sixteen);
-  if (err != cudaSuccess) return err;
-  *per_sm = std::min(four, sixteen);
-  return cudaSuccess;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, DecodeSelectKernel<D_I, kFp8>, kDsThreads,
+                                                       kDsSmemFloats * sizeof(float));
 }
 
 template <int D_I, bool kFp8>
@@ -1156,10 +1138,7 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   attr[0].val.cooperative = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  const cudaError_t launched =
-      indexer_math::HeadsPadded(a.index.n_indexer_heads) == 4
-          ? cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I, 4, kFp8>, d)
-          : cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I, 16, kFp8>, d);
+  const cudaError_t launched = cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I, kFp8>, d);
   if (launched == cudaErrorCooperativeLaunchTooLarge) {
     // Fewer blocks fit than the occupancy query said (another context holding SMs): not an error
     // of the step; the caller runs the separate launches instead.
