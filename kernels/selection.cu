@@ -29,8 +29,6 @@
 #include <algorithm>
 #include <cstdint>
 
-#include <cooperative_groups.h>
-
 #include "kernels/indexer_math.cuh"
 
 namespace gsa::kernels {
@@ -848,9 +846,37 @@ constexpr int64_t kDsMaxParts = 1024;     // blocks per row, at most (workspace 
 constexpr int64_t kDsMinSeg = 256;        // fewest positions per part
 constexpr int64_t kDsSmemFloats = 8192;   // scores a part keeps in shared memory (32 KB)
 constexpr int64_t kDsHistWords = kNumPasses * kRadix;
+// Eq keys after two radix passes that a row may collect for its last pass done in every block
+// (the eq list); more take the global third pass.
+constexpr int64_t kDsListCap = 4096;
 // Per-row workspace, bytes: hist [kNumPasses][kRadix] u32 | sum [kDsMaxParts] f64 |
-// sq [kDsMaxParts] f64 | counts [kDsMaxParts][2] u32.
-constexpr int64_t kDsRowBytes = kDsHistWords * 4 + kDsMaxParts * (8 + 8 + 8);
+// sq [kDsMaxParts] f64 | counts [kDsMaxParts][2] u32 | barrier [2] u32 (arrivals, generation) |
+// list length u32 (+ pad) | eq list [kDsListCap] u32.
+constexpr int64_t kDsBarrierOff = kDsHistWords * 4 + kDsMaxParts * (8 + 8 + 8);
+constexpr int64_t kDsRowBytes = kDsBarrierOff + 16 + kDsListCap * 4;
+
+// Barrier of the `count` blocks of one row, all co-resident (the launch is cooperative): bar[0]
+// counts arrivals and is back to 0 when the barrier opens; bar[1] is a generation the waiting
+// blocks watch. Orders every global write before it against every read after it, as grid.sync
+// does, but only among the row's blocks (rows never wait for each other, and may take different
+// paths).
+__device__ __forceinline__ void RowBarrier(uint32_t* bar, uint32_t count) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile uint32_t* gen = bar + 1;
+    const uint32_t seen = *gen;
+    __threadfence();  // the block's writes, and the generation read, before the arrival
+    if (atomicAdd(bar, 1u) == count - 1) {
+      atomicExch(bar, 0u);
+      __threadfence();
+      atomicAdd(bar + 1, 1u);
+    } else {
+      while (*gen == seen) __nanosleep(32);
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
 
 struct DsArgs {
   DecodeSelectArgs a;
@@ -870,8 +896,6 @@ __device__ __forceinline__ double SumParts(const double* vals, int64_t count, do
 
 template <int D_I, bool kFp8>
 __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKernel(DsArgs d) {
-  namespace cg = cooperative_groups;
-  cg::grid_group grid = cg::this_grid();
   extern __shared__ float s_sc[];  // [kDsSmemFloats]
   __shared__ __align__(16) bf16 s_q[indexer_math::SplitQueryElems(indexer_math::kMaxHeads, D_I)];
   __shared__ float s_w[indexer_math::kMaxHeads], s_b[indexer_math::kMaxHeads];
@@ -892,6 +916,10 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   double* g_sum = reinterpret_cast<double*>(wsr + kDsHistWords * 4);
   double* g_sq = g_sum + kDsMaxParts;
   uint32_t* g_cnt = reinterpret_cast<uint32_t*>(g_sq + kDsMaxParts);
+  uint32_t* g_bar = reinterpret_cast<uint32_t*>(wsr + kDsBarrierOff);
+  uint32_t* g_list_len = g_bar + 2;
+  uint32_t* g_list = g_bar + 4;
+  const uint32_t nbr = static_cast<uint32_t>(d.nbr);
 
   const bool dense = ia.rows.dense[r] != 0;
   const int32_t pos = ia.rows.position[r];
@@ -984,7 +1012,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     }
   }
   mark(3);
-  grid.sync();
+  RowBarrier(g_bar, nbr);
   mark(4);
 
   // Runs f(src) with the part's scores: shared memory when they fit, else this launch's global
@@ -1012,7 +1040,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       const double total = BlockSumDouble<kDsThreads>(acc, s_dwarp);
       if (tid == 0) g_sq[part] = total;
     }
-    grid.sync();
+    RowBarrier(g_bar, nbr);
     if (active) var = SumParts(g_sq, d.nbr, s_dwarp) / static_cast<double>(n);
   }
 
@@ -1035,17 +1063,31 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   }
   const bool selecting = active && kk > 0;
 
-  // Radix passes: pass p's histogram is complete at the barrier after it was built.
+  // Radix passes: pass p's histogram is complete at the barrier after it was built. After pass 1,
+  // a row whose eq bucket holds at most kDsListCap keys (every block of the row sees the same
+  // histogram, so the choice is uniform) takes the eq-list path instead of a global pass 2: each
+  // block appends its eq keys' last digit with its part number to the row's list and stores its gt
+  // count; after one barrier every block runs pass 2 on the list locally and derives its carries
+  // from the list and the gt counts (two barriers fewer than the global pass 2 and the counts).
   SelectState st = InitState(static_cast<int32_t>(kk), n);
   if (!selecting) st.done = 1;
+  bool list_path = false;
+  int32_t len = 0;  // the eq list's length on the list path: the pass-1 bucket's count
   for (int pass = 0; pass < kNumPasses; ++pass) {
+    int32_t bucket = 0;  // keys in the chosen digit bucket (the new eq count)
     if (!st.done) {  // uniform over the row's blocks
       for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = static_cast<int32_t>(__ldcg(g_hist + pass * kRadix + i));
       __syncthreads();
       st = AdvanceState<kDsThreads>(st, pass, s_hist, s_warp, s_result);
+      bucket = s_result[2];  // AdvanceState's last barrier made it visible; rewritten only by the next call
     }
     mark(5 + 3 * pass);
     if (pass == kNumPasses - 1) break;
+    if (pass == 1 && !st.done && bucket <= kDsListCap) {
+      list_path = true;
+      len = bucket;
+      break;
+    }
     if (!st.done) {
       for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
       __syncthreads();
@@ -1057,31 +1099,99 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       FlushHistogram<kDsThreads>(s_hist, g_hist + (pass + 1) * kRadix);
     }
     mark(6 + 3 * pass);
-    grid.sync();
+    RowBarrier(g_bar, nbr);
     mark(7 + 3 * pass);
   }
 
-  // (C) Per-part (gt, eq) counts under the final state.
-  if (selecting) {
+  int32_t carry_g = 0, carry_e = 0;
+  if (list_path) {
+    // (C') The part's gt count, and its eq keys appended as (last digit << 10 | part).
+    static_assert(kDsMaxParts <= 1024 && PassDigitMask(2) < 1024, "list entries pack digit and part in 20 bits");
     int32_t g = 0, e = 0;
-    with_scores([&](const auto& src) { CountRange<kDsThreads>(src, pb, pe, st, s_warp, &g, &e); });
+    with_scores([&](const auto& src) {
+      for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
+        const uint32_t km = OrderKey(src(p)) & st.mask;
+        g += km > st.prefix ? 1 : 0;
+        e += km == st.prefix ? 1 : 0;
+      }
+    });
+    int32_t g_total, e_total;
+    BlockExclusiveSum<kDsThreads>(g, s_warp, &g_total);
+    int32_t e_at = BlockExclusiveSum<kDsThreads>(e, s_warp, &e_total);
     if (tid == 0) {
-      g_cnt[2 * part] = static_cast<uint32_t>(g);
-      g_cnt[2 * part + 1] = static_cast<uint32_t>(e);
+      g_cnt[2 * part] = static_cast<uint32_t>(g_total);
+      s_result[0] = e_total > 0 ? static_cast<int32_t>(atomicAdd(g_list_len, static_cast<uint32_t>(e_total))) : 0;
     }
-  }
-  mark(12);
-  grid.sync();
-  mark(13);
-
-  // Every histogram read is done: part 0 leaves the row's histograms zeroed for the next launch.
-  if (part == 0) {
-    for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
+    __syncthreads();
+    e_at += s_result[0];
+    __syncthreads();  // s_result is AdvanceState's again below
+    if (e > 0) {
+      with_scores([&](const auto& src) {
+        for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
+          const uint32_t key = OrderKey(src(p));
+          if ((key & st.mask) == st.prefix && e_at < kDsListCap) {
+            g_list[e_at++] = ((key & PassDigitMask(2)) << 10) | static_cast<uint32_t>(part);
+          }
+        }
+      });
+    }
+    mark(9);
+    RowBarrier(g_bar, nbr);
+    mark(10);
+    // Every histogram read and list append is done (the list holds exactly `len` entries): part 0
+    // leaves the histograms and the length zeroed for the next launch (entries are overwritten
+    // before they are read).
+    if (part == 0) {
+      for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
+      if (tid == 0) *g_list_len = 0u;
+    }
+    // (D') Pass 2 on the list, in this block.
+    for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
+    __syncthreads();
+    for (int32_t i = tid; i < len; i += kDsThreads) atomicAdd(&s_hist[__ldcg(g_list + i) >> 10], 1);
+    __syncthreads();
+    st = AdvanceState<kDsThreads>(st, 2, s_hist, s_warp, s_result);
+    mark(11);
+    // Carries: gt and eq (under the final state) of the parts before this one.
+    const uint32_t last = st.prefix & PassDigitMask(2);
+    int32_t cg = 0, ce = 0, gt1 = 0;
+    for (int32_t q = tid; q < part; q += kDsThreads) gt1 += static_cast<int32_t>(__ldcg(g_cnt + 2 * q));
+    for (int32_t i = tid; i < len; i += kDsThreads) {
+      const uint32_t v = __ldcg(g_list + i);
+      if (static_cast<int32_t>(v & 1023u) < part) {
+        cg += (v >> 10) > last ? 1 : 0;
+        ce += (v >> 10) == last ? 1 : 0;
+      }
+    }
+    int32_t gt1_total, cg_total, ce_total;
+    BlockExclusiveSum<kDsThreads>(gt1, s_warp, &gt1_total);
+    BlockExclusiveSum<kDsThreads>(cg, s_warp, &cg_total);
+    BlockExclusiveSum<kDsThreads>(ce, s_warp, &ce_total);
+    carry_g = gt1_total + cg_total;
+    carry_e = ce_total;
+    mark(12);
+    mark(13);
+  } else {
+    // (C) Per-part (gt, eq) counts under the final state.
+    if (selecting) {
+      int32_t g = 0, e = 0;
+      with_scores([&](const auto& src) { CountRange<kDsThreads>(src, pb, pe, st, s_warp, &g, &e); });
+      if (tid == 0) {
+        g_cnt[2 * part] = static_cast<uint32_t>(g);
+        g_cnt[2 * part + 1] = static_cast<uint32_t>(e);
+      }
+    }
+    mark(12);
+    RowBarrier(g_bar, nbr);
+    mark(13);
+    // Every histogram read is done: part 0 leaves the row's histograms zeroed for the next launch.
+    if (part == 0) {
+      for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
+    }
+    if (selecting) PrecedingCounts<kDsThreads>(g_cnt, static_cast<int>(part), s_warp, &carry_g, &carry_e);
   }
   // (D) Ordered compaction, carrying the preceding parts' counts.
   if (selecting) {
-    int32_t carry_g, carry_e;
-    PrecedingCounts<kDsThreads>(g_cnt, static_cast<int>(part), s_warp, &carry_g, &carry_e);
     int32_t* out = a.sel + r * a.sel_stride;
     with_scores([&](const auto& src) {
       OrderedCompact<kDsThreads, kMbItems>(src, n, jb, je, st, carry_g, carry_e, out, static_cast<int32_t>(kk), s_tot);
@@ -1240,8 +1350,8 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
 const char* DecodeSelectMarkName(int i) {
   static constexpr const char* kNames[kDecodeSelectMarks] = {
       "start",          "query loaded",  "scored",          "pass-0 histogram", "barrier 1",
-      "pass-0 state",   "pass-1 histogram", "barrier 2",    "pass-1 state",     "pass-2 histogram",
-      "barrier 3",      "pass-2 state",  "counted",         "barrier 4",        "compacted"};
+      "pass-0 state",   "pass-1 histogram", "barrier 2",    "pass-1 state",     "pass-2 histogram | eq list",
+      "barrier 3",      "pass-2 state",  "counted | carries", "barrier 4 (not on the eq-list path)", "compacted"};
   return i >= 0 && i < kDecodeSelectMarks ? kNames[i] : "?";
 }
 

@@ -84,8 +84,10 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
 // IndexerScores + ScoreStats (variance) + SelectionCounts + TopK of one chunk in ONE cooperative
 // launch, for a few long rows (decode at small batch): each row's candidates are split over many
 // blocks across the whole GPU, every block keeps its slice of scores in shared memory, and the
-// phases meet at grid-wide barriers (4 with a fixed k, 5 with the variance rule) instead of
-// kernel boundaries. Same outputs as the four launches in sequence:
+// phases meet at barriers among the row's blocks instead of kernel boundaries: 4 with a fixed k
+// (5 with the variance rule), or 3 (4) when the keys still tied after two radix passes number at
+// most a few thousand, which every block of the row then finishes locally. Same outputs as the
+// four launches in sequence:
 //  - scores (args.index.scores) bitwise equal (the same arithmetic, kernels/indexer_math.cuh);
 //  - sel and, for the fixed-k rule, k and cumvar bitwise equal;
 //  - the variance rule: var[r] is the same two-pass formula summed in another fixed order (equal
@@ -106,7 +108,8 @@ struct DecodeSelectArgs {
   int32_t* sel = nullptr;    // [num_rows, sel_stride], as TopK
   int64_t sel_stride = 0;
   // Scratch of DecodeSelectWorkspaceBytes(row_count) bytes, zeroed (cudaMemset 0) once after
-  // allocation; every completed launch leaves it zeroed again. Not shared with concurrent work.
+  // allocation; every completed launch leaves it ready for the next (its counters back to zero).
+  // Not shared with concurrent work.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   // Blocks of the fused kernel one multiprocessor holds, from DecodeSelectPrepare on this device

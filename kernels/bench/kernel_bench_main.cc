@@ -869,7 +869,7 @@ json FusedSelectTimeline(Ctx& ctx, const std::function<void(int64_t, int64_t*, i
               blocks_seen / kTimelineRuns);
   for (int i = 1; i < kM; ++i) {
     const double mean = mean_us[static_cast<size_t>(i)] / static_cast<double>(blocks_seen);
-    std::printf("    %-18s mean %7.2f  slowest block %7.2f\n", kernels::DecodeSelectMarkName(i), mean,
+    std::printf("    %-36s mean %7.2f  slowest block %7.2f\n", kernels::DecodeSelectMarkName(i), mean,
                 max_us[static_cast<size_t>(i)]);
     phases.push_back({{"until", kernels::DecodeSelectMarkName(i)}, {"mean_us", mean},
                       {"slowest_block_us", max_us[static_cast<size_t>(i)]}});
