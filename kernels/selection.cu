@@ -851,31 +851,35 @@ constexpr int64_t kDsHistWords = kNumPasses * kRadix;
 constexpr int64_t kDsListCap = 4096;
 // Per-row workspace, bytes: hist [kNumPasses][kRadix] u32 | sum [kDsMaxParts] f64 |
 // sq [kDsMaxParts] f64 | counts [kDsMaxParts][2] u32 | barrier [2] u32 (arrivals, generation) |
-// list length u32 (+ pad) | eq list [kDsListCap] u32.
+// list length u32 (+ pad) | eq list [kDsListCap] u32. Barrier words: RowBarrier.
 constexpr int64_t kDsBarrierOff = kDsHistWords * 4 + kDsMaxParts * (8 + 8 + 8);
 constexpr int64_t kDsRowBytes = kDsBarrierOff + 16 + kDsListCap * 4;
 
-// Barrier of the `count` blocks of one row, all co-resident (the launch is cooperative): bar[0]
-// counts arrivals and is back to 0 when the barrier opens; bar[1] is a generation the waiting
-// blocks watch. Orders every global write before it against every read after it, as grid.sync
-// does, but only among the row's blocks (rows never wait for each other, and may take different
-// paths).
-__device__ __forceinline__ void RowBarrier(uint32_t* bar, uint32_t count) {
+// Barrier `index` (0, 1, … in order) of the `count` blocks of one row, all co-resident (the launch
+// is cooperative). bar[0] only grows during a launch: barrier i opens when it reaches
+// (i + 1) · count, so one atomic per block and no reset between barriers. Orders every global
+// write before it against every read after it, as grid.sync does, but only among the row's blocks
+// (rows never wait for each other, and may take different paths). RowBarrierDone resets it.
+__device__ __forceinline__ void RowBarrier(uint32_t* bar, uint32_t count, uint32_t index) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    volatile uint32_t* gen = bar + 1;
-    const uint32_t seen = *gen;
-    __threadfence();  // the block's writes, and the generation read, before the arrival
-    if (atomicAdd(bar, 1u) == count - 1) {
-      atomicExch(bar, 0u);
-      __threadfence();
-      atomicAdd(bar + 1, 1u);
-    } else {
-      while (*gen == seen) __nanosleep(32);
-    }
+    __threadfence();  // the block's writes before the arrival
+    atomicAdd(bar, 1u);
+    const uint32_t target = (index + 1) * count;
+    volatile uint32_t* arrived = bar;
+    while (*arrived < target) __nanosleep(20);
     __threadfence();
   }
   __syncthreads();
+}
+
+// After the row's last barrier: the last of its blocks to get here (bar[1] counts them) has seen
+// every block leave every barrier, so it puts both words back to zero for the next launch.
+__device__ __forceinline__ void RowBarrierDone(uint32_t* bar, uint32_t count) {
+  if (threadIdx.x == 0 && atomicAdd(bar + 1, 1u) == count - 1) {
+    bar[0] = 0u;
+    bar[1] = 0u;
+  }
 }
 
 struct DsArgs {
@@ -920,6 +924,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   uint32_t* g_list_len = g_bar + 2;
   uint32_t* g_list = g_bar + 4;
   const uint32_t nbr = static_cast<uint32_t>(d.nbr);
+  uint32_t barriers = 0;  // RowBarrier calls so far (the same sequence in every block of the row)
 
   const bool dense = ia.rows.dense[r] != 0;
   const int32_t pos = ia.rows.position[r];
@@ -1012,7 +1017,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     }
   }
   mark(3);
-  RowBarrier(g_bar, nbr);
+  RowBarrier(g_bar, nbr, barriers++);
   mark(4);
 
   // Runs f(src) with the part's scores: shared memory when they fit, else this launch's global
@@ -1040,7 +1045,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       const double total = BlockSumDouble<kDsThreads>(acc, s_dwarp);
       if (tid == 0) g_sq[part] = total;
     }
-    RowBarrier(g_bar, nbr);
+    RowBarrier(g_bar, nbr, barriers++);
     if (active) var = SumParts(g_sq, d.nbr, s_dwarp) / static_cast<double>(n);
   }
 
@@ -1099,7 +1104,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       FlushHistogram<kDsThreads>(s_hist, g_hist + (pass + 1) * kRadix);
     }
     mark(6 + 3 * pass);
-    RowBarrier(g_bar, nbr);
+    RowBarrier(g_bar, nbr, barriers++);
     mark(7 + 3 * pass);
   }
 
@@ -1136,7 +1141,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       });
     }
     mark(9);
-    RowBarrier(g_bar, nbr);
+    RowBarrier(g_bar, nbr, barriers++);
     mark(10);
     // Every histogram read and list append is done (the list holds exactly `len` entries): part 0
     // leaves the histograms and the length zeroed for the next launch (entries are overwritten
@@ -1182,7 +1187,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       }
     }
     mark(12);
-    RowBarrier(g_bar, nbr);
+    RowBarrier(g_bar, nbr, barriers++);
     mark(13);
     // Every histogram read is done: part 0 leaves the row's histograms zeroed for the next launch.
     if (part == 0) {
@@ -1197,6 +1202,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       OrderedCompact<kDsThreads, kMbItems>(src, n, jb, je, st, carry_g, carry_e, out, static_cast<int32_t>(kk), s_tot);
     });
   }
+  RowBarrierDone(g_bar, nbr);
   mark(14);
 }
 

@@ -46,6 +46,7 @@ struct Scenario {
   bool zero_keys = false;        // every indexer key 0: all scores of a row equal
   int32_t method = 0;            // 0: fixed k, 1: variance
   bool fp8 = false;              // fp8 indexer keys (random codes and per-slot scales)
+  bool zero_odd_rows = false;    // the keys of odd rows' sequences 0: those rows all ties, the others random
 };
 
 // The buffers of one run of the selection for a scenario.
@@ -91,10 +92,19 @@ class DecodeSelectTest : public ::testing::Test {
       score_total += len + 5;  // a gap after each row catches overruns
     }
     const int64_t num_slots = num_blocks * kBlockSize;
+    // Slots whose keys are 0: every slot (zero_keys) or those of odd rows' sequences.
+    std::vector<uint8_t> zero_slot(static_cast<size_t>(num_slots), sc.zero_keys ? 1 : 0);
+    auto zero_row = [&](int64_t r) { return sc.zero_keys || (sc.zero_odd_rows && r % 2 == 1); };
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!zero_row(r)) continue;
+      for (int64_t b = 0; b < (sc.lengths[r] + kBlockSize - 1) / kBlockSize; ++b) {
+        for (int64_t o = 0; o < kBlockSize; ++o) zero_slot[tables[r * max_blocks + b] * kBlockSize + o] = 1;
+      }
+    }
     std::vector<bf16> keys(static_cast<size_t>(num_slots * di));
     {
       const std::vector<float> kf = RandomFloats(keys.size(), seed + 1);
-      for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(sc.zero_keys ? 0.0f : kf[i]);
+      for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(zero_slot[i / di] ? 0.0f : kf[i]);
     }
     std::vector<uint8_t> codes(sc.fp8 ? keys.size() : 1, 0);
     std::vector<float> scales(sc.fp8 ? static_cast<size_t>(num_slots) : 1, 1.0f);
@@ -104,7 +114,9 @@ class DecodeSelectTest : public ::testing::Test {
       for (uint8_t& c : codes) {
         c = static_cast<uint8_t>(code(rng));
         if ((c & 0x7F) == 0x7F) c = 0;  // e4m3 NaN codes: PostProjection never writes them
-        if (sc.zero_keys) c = 0;
+      }
+      for (size_t i = 0; i < codes.size(); ++i) {
+        if (zero_slot[i / di]) codes[i] = 0;
       }
       for (float& x : scales) x = scale(rng);
     }
@@ -265,7 +277,7 @@ class DecodeSelectTest : public ::testing::Test {
         for (int64_t i = 0; i < kSelStride; ++i) {
           ASSERT_EQ(g.sel[r * kSelStride + i], ref.sel[r * kSelStride + i]) << "sel entry " << i;
         }
-        if (sc.zero_keys && !dense[r]) {  // all scores equal: the latest k positions, descending
+        if (zero_row(r) && !dense[r]) {  // all scores equal: the latest k positions, descending
           for (int32_t i = 0; i < g.k[r]; ++i) ASSERT_EQ(g.sel[r * kSelStride + i], pos[r] - i);
         }
       }
@@ -313,6 +325,14 @@ TEST_F(DecodeSelectTest, ManyRowsSlicesOutsideSharedMemory) {
 TEST_F(DecodeSelectTest, AllEqualScoresKeepTheLatestPositions) {
   GSA_REQUIRE_GPU();
   Run({"ties", {131072, 5000, 2048, 1000}, -1, 0, true, 0});
+}
+
+// Rows of one launch taking different paths: all-tied rows need the global third radix pass, rows
+// of random keys finish on the eq list (each row's blocks meet at their own barriers).
+TEST_F(DecodeSelectTest, TiedAndRandomRowsInOneLaunch) {
+  GSA_REQUIRE_GPU();
+  Run({"mixed", {131072, 131072, 40000, 70000, 3000, 9000}, -1, 0, false, 0, false, true});
+  Run({"mixed, variance", {70000, 131072, 40000, 5000}, 0, 0, false, 1, false, true});
 }
 
 TEST_F(DecodeSelectTest, Fp8KeysVarianceRule) {
