@@ -121,6 +121,10 @@ __global__ void __launch_bounds__(kThreads) GatheredAttentionKernel(const Gather
   __shared__ float s_m[kWarps][G];
   __shared__ float s_l[kWarps][G];
 
+  // Launched as a programmatic dependent (the launcher): everything below may read what the kernel
+  // before wrote (the selection, row_skip), so wait for it first; the launch itself, and this
+  // block's scheduling, overlapped that kernel's tail.
+  PdlWaitForPrerequisites();
   const int64_t li = blockIdx.x;  // index into row_ids
   const int32_t kvh = static_cast<int32_t>(blockIdx.y);
   const int32_t split = static_cast<int32_t>(blockIdx.z);
@@ -468,8 +472,9 @@ cudaError_t Launch(const GatheredAttentionArgs& a, int device, cudaStream_t stre
 
   const dim3 grid(static_cast<unsigned>(a.num_row_ids), static_cast<unsigned>(a.n_kv_heads),
                   static_cast<unsigned>(p.splits));
-  GatheredAttentionKernel<D, G><<<grid, kThreads, 0, stream>>>(a, p);
-  err = cudaGetLastError();
+  // A programmatic dependent of the kernel before it (Hopper and later): its launch overlaps that
+  // kernel's tail (in decode, the fused selection's last phases); it waits before reading.
+  err = LaunchProgrammaticDependent(GatheredAttentionKernel<D, G>, grid, dim3(kThreads), stream, cc_major >= 9, a, p);
   if (err != cudaSuccess || splits == 1) return err;
 
   // The merge kernel is launched as a programmatic dependent (Hopper and later) so that its launch
