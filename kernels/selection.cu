@@ -834,11 +834,13 @@ __global__ void SelectionCountsKernel(ScoreChunk chunk, RowInfo rows, PagedLayou
 // Grid: row_count × nbr blocks (block b: chunk row b / nbr, part b % nbr), all co-resident
 // (cooperative launch). Part x owns descending indices [x·seg, (x+1)·seg) of its row (the last
 // part also the rest), i.e. a contiguous run of positions, kept in shared memory when it fits.
-// Phases, separated by grid barriers: (A) scores, Σx, pass-0 histogram; (B, variance rule) Σ(x −
-// mean)²; then k_t, and radix passes 1 and 2 on the eq keys; (C) per-part (gt, eq) counts; (D)
-// ordered compaction with the preceding parts' counts as carries. Every block of a row computes
-// the same state from the same global histograms (no "last block"), so no block waits on a
-// particular other block except at the barriers.
+// Phases, separated by barriers among the row's blocks (RowBarrier): (A) scores, Σx (variance
+// rule), pass-0 histogram; (B, variance rule) Σ(x − mean)²; then k_t, and radix pass 1 on the eq
+// keys; then either (eq-list path, few keys still tied) the tied keys appended to a per-row list,
+// pass 2, the carries and (D) in every block without another barrier, or (C) radix pass 2, per-part
+// (gt, eq) counts and (D) ordered compaction with the preceding parts' counts as carries. Every
+// block of a row computes the same state from the same global histograms (no "last block"), so no
+// block waits on a particular other block except at the barriers.
 
 constexpr int kDsThreads = 512;
 constexpr int64_t kDsMaxRows = 64;
@@ -850,7 +852,7 @@ constexpr int64_t kDsHistWords = kNumPasses * kRadix;
 // (the eq list); more take the global third pass.
 constexpr int64_t kDsListCap = 4096;
 // Per-row workspace, bytes: hist [kNumPasses][kRadix] u32 | sum [kDsMaxParts] f64 |
-// sq [kDsMaxParts] f64 | counts [kDsMaxParts][2] u32 | barrier [2] u32 (arrivals, generation) |
+// sq [kDsMaxParts] f64 | counts [kDsMaxParts][2] u32 | barrier [2] u32 (arrivals, departures) |
 // list length u32 (+ pad) | eq list [kDsListCap] u32. Barrier words: RowBarrier.
 constexpr int64_t kDsBarrierOff = kDsHistWords * 4 + kDsMaxParts * (8 + 8 + 8);
 constexpr int64_t kDsRowBytes = kDsBarrierOff + 16 + kDsListCap * 4;
