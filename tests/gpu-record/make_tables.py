@@ -67,6 +67,31 @@ def source_line(name, rec, command):
         name, rec.get("card", "?"), rec.get("commit", "?"), rec.get("date", "?"), command)
 
 
+def timeline_table(recs):
+    """The fused selection's per-block phase timeline (decode_select_fused's "timeline") at the
+    longest context, one column per batch size: mean µs per block of each phase."""
+    timed = [r for r in recs if r["case"] == "decode_select_fused" and r.get("timeline")]
+    if not timed:
+        return []
+    L = max(r["L"] for r in timed)
+    cols = sorted((r for r in timed if r["L"] == L), key=lambda r: r["B"])
+    names = [p["until"] for p in cols[0]["timeline"]["phases"]]
+    rows = []
+    for i, name in enumerate(names):
+        cells = []
+        for r in cols:
+            ph = r["timeline"]["phases"]
+            cells.append(num(ph[i]["mean_us"], "%.2f") if i < len(ph) else "–")
+        rows.append(["until " + name.replace(" | ", " / ")] + cells)  # "|" would split the cell
+    rows.append(["first block start → last block end"] +
+                [num(r["timeline"].get("first_start_to_last_end_us"), "%.1f") for r in cols])
+    rows.append(["launch, event-timed"] + [num(r["time_us"], "%.1f") for r in cols])
+    return ["Where the fused selection's time goes at %s (`timeline` in the record: every block reads clock64 at "
+            "each phase boundary, `DecodeSelectArgs::marks`, over %s more launches; mean µs per block; a barrier's "
+            "time includes waiting for the row's slowest block):" % (ctx(L), cols[0]["timeline"].get("launches", "?")),
+            "", table(["phase", *["B = %d" % r["B"] for r in cols]], rows), ""]
+
+
 def kernel_tables(kb):
     recs = kb.get("records", [])
     by = {(r["case"], r["L"], r["B"]): r for r in recs}
@@ -99,6 +124,7 @@ def kernel_tables(kb):
                 "with the share of the bf16 keys' selected positions they keep:", "",
                 table(["L", "B", "dense µs", "dense GB/s (of copy)", "GSA µs (bytes of copy)", "separate µs",
                        "fp8 µs (kept)", "dense / GSA", "dense / fp8"], rows), ""]
+    out += timeline_table(recs)
     rows = []
     for L in sorted({r["L"] for r in recs if r["case"] == "prefill_dense_full"}):
         full, chunk, gsa = by.get(("prefill_dense_full", L, 1)), by.get(("prefill_dense_chunk", L, 1)), \
