@@ -399,6 +399,18 @@ TEST(Sampler, NanLogitsAreNeverSampled) {
   EXPECT_EQ(s.Sample(logits.data(), 4, Greedy(), 0, {}, {}, 0).token, 1);
 }
 
+TEST(Sampler, GreedyOverOnlyNanAndMinusInfinityTakesTheFirstId) {
+  Sampler s;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> all_bad = {nan, -inf, nan, -inf};
+  EXPECT_EQ(s.Sample(all_bad.data(), 4, Greedy(), 0, {}, {}, 0).token, 0);
+  const std::vector<float> nan_first = {nan, -inf, -3.0f, -3.0f};
+  EXPECT_EQ(s.Sample(nan_first.data(), 4, Greedy(), 0, {}, {}, 0).token, 2);
+  const std::vector<float> plus_inf = {1.0f, inf, nan, inf};
+  EXPECT_EQ(s.Sample(plus_inf.data(), 4, Greedy(), 0, {}, {}, 0).token, 1);
+}
+
 // ---- Penalties ---------------------------------------------------------------------------------
 
 TEST(Sampler, RepetitionPenaltyDividesPositiveLogitsOfSeenTokens) {

@@ -212,6 +212,24 @@ void Sampler::Filter(const SamplingParams& params, int64_t vocab) {
 SampleResult Sampler::Sample(const float* logits, int64_t vocab, const SamplingParams& params,
                              uint64_t seed, absl::Span<const int32_t> prompt,
                              absl::Span<const int32_t> output, uint64_t step) {
+  if (params.temperature < kGreedyTemperature && params.repetition_penalty == 1.0 &&
+      params.frequency_penalty == 0.0 && params.presence_penalty == 0.0) {
+    // Greedy without penalties (the common serving case, once per sequence per step on the engine
+    // thread): the argmax straight from the logits, the same token as ArgMax over Clean()ed
+    // scores — a NaN never compares greater, so it acts as -inf; ties keep the lowest id.
+    int64_t best = 0;
+    float best_v = std::isnan(logits[0]) ? -std::numeric_limits<float>::infinity() : logits[0];
+    for (int64_t i = 1; i < vocab; ++i) {
+      if (logits[i] > best_v) {
+        best_v = logits[i];
+        best = i;
+      }
+    }
+    SampleResult result;
+    result.token = static_cast<int32_t>(best);
+    if (params.return_logprobs) result.logprob = RawLogprobs(logits, vocab, result.token, params.logprobs);
+    return result;
+  }
   Reserve(vocab);
   for (int64_t i = 0; i < vocab; ++i) scores_[static_cast<size_t>(i)] = Clean(logits[i]);
   ApplyPenalties(params, prompt, output);
