@@ -494,8 +494,6 @@ cudaError_t LaunchForGroup(const GatheredAttentionArgs& a, int device, cudaStrea
   }
 }
 
-bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
-
 }  // namespace
 
 namespace {

@@ -151,8 +151,6 @@ __global__ void __launch_bounds__(kRowThreads) RowStatsKernel(const AttentionSta
   }
 }
 
-bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 }  // namespace
 
 size_t AttentionStatsWorkspaceBytes(int64_t num_row_ids, int32_t n_heads) {

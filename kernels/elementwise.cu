@@ -193,7 +193,7 @@ cudaError_t EmbedRows(const float* table, const int32_t* ids, int64_t rows, int6
 cudaError_t RmsNormRows(const float* x, const int32_t* gather, const float* w, int64_t rows, int64_t d,
                         float eps, bf16* out, cudaStream_t stream, float* out_f32) {
   if (rows <= 0) return cudaSuccess;
-  const auto aligned = [](const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  const auto aligned = [](const void* p) { return p == nullptr || Aligned16(p); };  // out_f32 is optional
   const bool vec = d % 4 == 0 && d <= int64_t{kThreads} * 4 * 4 && aligned(x) && aligned(w) && aligned(out) &&
                    aligned(out_f32);
   if (vec && d <= int64_t{kThreads} * 4 * 2) {

@@ -35,6 +35,10 @@ struct RowInfo {
   const uint8_t* dense = nullptr;     // [num_rows] 1: dense attention (no indexer, no selection)
 };
 
+// Whether `p` is 16-byte aligned: what the kernels' 16-byte vector loads and stores need of their
+// pointers (launchers check it before launching).
+inline bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // The gate nonlinearity of MODEL.md, applied to z = x Wᵀ + b.
 enum class GateActivation : int32_t {
   kSigmoid = 0,  // 1 / (1 + e^-z)

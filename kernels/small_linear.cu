@@ -274,8 +274,6 @@ cudaError_t LaunchF32Rows(const SmallLinearArgs& a, const Device& d, cudaStream_
   return LaunchPdl(SmallLinearF32Kernel<8, E>, a, blocks, kF32Threads, d, stream);
 }
 
-bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 }  // namespace
 
 const char* SmallLinearUnsupported(const SmallLinearArgs& a) {

@@ -593,8 +593,6 @@ cudaError_t LaunchForGroup(const SparsePrefillArgs& a, cudaStream_t stream) {
   }
 }
 
-bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
-
 }  // namespace
 
 bool SparsePrefillSupports(int32_t d_head, int32_t group) {
