@@ -188,21 +188,54 @@ EngineStats Engine::Stats() const {
   return stats_;
 }
 
+// A launched step: what CollectStep needs to take its output apart.
+struct Engine::InFlight {
+  SchedulerOutput plan;
+  std::vector<uint64_t> ids;  // chunk i's request id: the request may finish while the step runs
+  struct Rows {
+    int32_t first_logits = -1;  // index into logits_rows of the chunk's first logits row
+    int32_t num_logits = 0;
+  };
+  std::vector<Rows> rows;  // per chunk
+  StepBatch batch;
+};
+
 void Engine::Loop() {
+  using Clock = std::chrono::steady_clock;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (!scheduler_.has_work()) {
+      if (!scheduler_.has_work() && in_flight_ == nullptr && to_stream_.empty()) {
         cv_.wait(lock, [&] { return stop_ || !inbox_.empty() || !cancels_.empty(); });
       }
       if (stop_) break;
     }
+    const auto start = Clock::now();
+    double backend_s = 0;
+    const bool collected = in_flight_ != nullptr;
+    if (collected) CollectStep(&backend_s);
     DrainInbox();
     ExpireDeadlines();
-    if (scheduler_.has_work()) RunStep();
+    if (scheduler_.has_work()) LaunchStep(&backend_s);
+    // While the launched step runs: the collected step's tokens out to their streams.
+    const auto overlap_start = Clock::now();
+    StreamSampled();
     PublishStats();
+    const auto end = Clock::now();
+    if (collected || in_flight_ != nullptr) {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.step_seconds += std::chrono::duration<double>(end - start).count();
+      stats_.backend_seconds += backend_s;
+      if (in_flight_ != nullptr) stats_.overlapped_seconds += std::chrono::duration<double>(end - overlap_start).count();
+    }
   }
-  // Shutting down: end every stream so no consumer waits forever.
+  // Shutting down: wait for the step in flight (its buffers and cache slots), stream what was
+  // sampled, then end every stream so no consumer waits forever.
+  if (in_flight_ != nullptr) {
+    (void)backend_->Collect();
+    in_flight_.reset();
+  }
+  StreamSampled();
   DrainInbox();
   std::vector<Request*> all;
   for (auto& [id, r] : requests_) all.push_back(r.get());
@@ -223,6 +256,8 @@ void Engine::DrainInbox() {
     requests_[p->id] = std::move(r);
     scheduler_.AddWaiting(p);
   }
+  if (cancels.empty()) return;
+  StreamSampled();  // a cancelled request still gets the tokens it was sampled before the cancel
   for (uint64_t id : cancels) {
     auto it = requests_.find(id);
     if (it != requests_.end()) Finish(it->second.get(), FinishReason::kCancelled, "cancelled by the client");
@@ -231,28 +266,19 @@ void Engine::DrainInbox() {
 
 void Engine::ExpireDeadlines() {
   const auto now = Request::Clock::now();
-  std::vector<Request*> expired;
+  std::vector<uint64_t> expired;
   for (auto& [id, r] : requests_) {
-    if (r->deadline && *r->deadline <= now) expired.push_back(r.get());
+    if (r->deadline && *r->deadline <= now) expired.push_back(id);
   }
-  for (Request* r : expired) Finish(r, FinishReason::kCancelled, "deadline exceeded");
+  if (expired.empty()) return;
+  StreamSampled();  // may finish some of them first (a stop, the length)
+  for (uint64_t id : expired) {
+    auto it = requests_.find(id);
+    if (it != requests_.end()) Finish(it->second.get(), FinishReason::kCancelled, "deadline exceeded");
+  }
 }
 
-void Engine::RunStep() {
-  const auto step_start = std::chrono::steady_clock::now();
-  double backend_s = 0;
-  // Adds this step's wall time (and its backend part) to the stats on every way out.
-  struct StepTimer {
-    Engine* e;
-    std::chrono::steady_clock::time_point start;
-    const double* backend_s;
-    ~StepTimer() {
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      std::lock_guard<std::mutex> lock(e->mu_);
-      e->stats_.step_seconds += s;
-      e->stats_.backend_seconds += *backend_s;
-    }
-  } timer{this, step_start, &backend_s};
+void Engine::LaunchStep(double* backend_s) {
   SchedulerOutput plan = scheduler_.Schedule();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -262,15 +288,14 @@ void Engine::RunStep() {
 
   // Build the backend's batch: new tokens of each chunk, block tables, and which rows need
   // logits (the last row of a chunk that samples; every prompt row when prompt logprobs were asked).
-  StepBatch batch;
-  struct Rows {
-    int32_t first_logits = -1;  // index into logits_rows of the chunk's first logits row
-    int32_t num_logits = 0;
-  };
-  std::vector<Rows> rows(plan.chunks.size());
+  auto f = std::make_unique<InFlight>();
+  StepBatch& batch = f->batch;
+  f->rows.resize(plan.chunks.size());
+  f->ids.reserve(plan.chunks.size());
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
     const ScheduledChunk& c = plan.chunks[i];
     Request* r = c.request;
+    f->ids.push_back(r->id);
     if (!r->first_scheduled) r->first_scheduled = Request::Clock::now();
     SequenceInBatch s;
     s.query_start = static_cast<int32_t>(batch.token_ids.size());
@@ -280,14 +305,14 @@ void Engine::RunStep() {
     s.attention = r->attention;
     s.attention_stats = r->attention_stats.has_value();
     const bool want_prompt = r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent;
-    rows[i].first_logits = static_cast<int32_t>(batch.logits_rows.size());
+    f->rows[i].first_logits = static_cast<int32_t>(batch.logits_rows.size());
     for (int64_t j = 0; j < c.num_tokens; ++j) {
       const int64_t pos = c.start + j;
       const bool last = j + 1 == c.num_tokens;
       const bool prompt_row = want_prompt && pos + 1 < static_cast<int64_t>(r->prompt.size());
       if (prompt_row || (last && c.samples())) {
         batch.logits_rows.push_back(s.query_start + static_cast<int32_t>(j));
-        ++rows[i].num_logits;
+        ++f->rows[i].num_logits;
       }
       batch.token_ids.push_back(r->TokenAt(pos));
     }
@@ -295,15 +320,48 @@ void Engine::RunStep() {
   }
 
   const auto backend_start = std::chrono::steady_clock::now();
-  absl::StatusOr<StepOutput> out = backend_->Step(batch);
-  backend_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - backend_start).count();
+  const absl::Status launched = backend_->Launch(batch);
+  *backend_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - backend_start).count();
+  if (!launched.ok()) {
+    // The step failed as a whole: its requests fail (after the tokens they were already sampled,
+    // which may finish some), the others are untouched.
+    StreamSampled();
+    const std::string why = absl::StrCat("backend step failed: ", launched.ToString());
+    for (const uint64_t id : f->ids) {
+      auto it = requests_.find(id);
+      if (it != requests_.end()) Finish(it->second.get(), FinishReason::kError, why);
+    }
+    return;
+  }
+  f->plan = std::move(plan);
+  in_flight_ = std::move(f);
+}
+
+void Engine::CollectStep(double* backend_s) {
+  std::unique_ptr<InFlight> f = std::move(in_flight_);
+  const auto backend_start = std::chrono::steady_clock::now();
+  absl::StatusOr<StepOutput> out = backend_->Collect();
+  *backend_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - backend_start).count();
+  const StepBatch& batch = f->batch;
+  std::vector<ScheduledChunk>& chunks = f->plan.chunks;
+
+  // Chunks whose request finished while the step ran (a stop string, a cancel, a deadline): their
+  // results are dropped.
+  std::vector<bool> alive(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) alive[i] = requests_.count(f->ids[i]) != 0;
   if (!out.ok()) {
     // The step failed as a whole: its requests fail, the others are untouched.
     const std::string why = absl::StrCat("backend step failed: ", out.status().ToString());
-    for (const ScheduledChunk& c : plan.chunks) Finish(c.request, FinishReason::kError, why);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      if (alive[i]) Finish(chunks[i].request, FinishReason::kError, why);
+    }
     return;
   }
-  scheduler_.Computed(plan);
+  SchedulerOutput computed;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (alive[i]) computed.chunks.push_back(chunks[i]);
+  }
+  scheduler_.Computed(computed);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.steps;
@@ -314,34 +372,37 @@ void Engine::RunStep() {
 
   // Attention statistics: every position computed this step, in order, into its request's sums
   // (stats_rows are the asking sequences' rows, ascending, so they come chunk by chunk).
-  std::vector<bool> failed(plan.chunks.size(), false);
   if (!out->stats_rows.empty() || std::any_of(batch.seqs.begin(), batch.seqs.end(),
                                               [](const SequenceInBatch& s) { return s.attention_stats; })) {
     const absl::Status ok = CheckAttentionStats(batch, *out, config_.n_layers);
     size_t next = 0;
-    for (size_t i = 0; i < plan.chunks.size(); ++i) {
-      Request* r = plan.chunks[i].request;
-      if (!r->attention_stats) continue;
-      if (!ok.ok()) {
-        failed[i] = true;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      if (!batch.seqs[i].attention_stats) continue;
+      if (!alive[i] || !ok.ok()) {
+        next += static_cast<size_t>(chunks[i].num_tokens);  // dropped with its request, or unusable
         continue;
       }
-      for (int64_t j = 0; j < plan.chunks[i].num_tokens; ++j, ++next) {
-        r->attention_stats->Add(plan.chunks[i].start + j,
-                                out->attention_stats.data() + next * static_cast<size_t>(config_.n_layers));
+      for (int64_t j = 0; j < chunks[i].num_tokens; ++j, ++next) {
+        chunks[i].request->attention_stats->Add(
+            chunks[i].start + j, out->attention_stats.data() + next * static_cast<size_t>(config_.n_layers));
       }
     }
-    for (size_t i = 0; i < plan.chunks.size(); ++i) {
-      if (failed[i]) Finish(plan.chunks[i].request, FinishReason::kError, std::string(ok.message()));
+    if (!ok.ok()) {
+      for (size_t i = 0; i < chunks.size(); ++i) {
+        if (alive[i] && batch.seqs[i].attention_stats) {
+          Finish(chunks[i].request, FinishReason::kError, std::string(ok.message()));
+          alive[i] = false;
+        }
+      }
     }
   }
 
   const int64_t V = out->vocab_size;  // the row stride; sampling reads the first sampled_vocab_
-  for (size_t i = 0; i < plan.chunks.size(); ++i) {
-    if (failed[i]) continue;  // finished above: the request is gone
-    const ScheduledChunk& c = plan.chunks[i];
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (!alive[i]) continue;
+    const ScheduledChunk& c = chunks[i];
     Request* r = c.request;
-    int32_t li = rows[i].first_logits;
+    int32_t li = f->rows[i].first_logits;
     // Prompt logprobs: logits at position p score the prompt token at p + 1.
     if (r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent) {
       if (r->prompt_logprob_entries.empty()) r->prompt_logprob_entries.emplace_back();  // position 0
@@ -357,41 +418,60 @@ void Engine::RunStep() {
     const float* row = out->logits.data() + static_cast<int64_t>(li) * V;
     const uint64_t step = r->output.size();
     SampleResult s = sampler_.Sample(row, sampled_vocab_, r->sampling, r->seed, r->prompt, r->output, step);
-    EmitToken(r, s.token, std::move(s.logprob));
+    Sampled e;
+    e.id = r->id;
+    e.token = s.token;
+    e.logprob = std::move(s.logprob);
+    e.finish = AppendToken(r, s.token);
+    if (r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent) {
+      e.prompt_logprobs = std::move(r->prompt_logprob_entries);
+      r->prompt_logprob_entries.clear();
+      r->prompt_logprobs_sent = true;
+    }
+    // Settled now, so the next step is scheduled without it; its delta still streams first.
+    if (e.finish != FinishReason::kNone) scheduler_.Remove(r);
+    to_stream_.push_back(std::move(e));
   }
 }
 
-void Engine::EmitToken(Request* r, int32_t token, std::optional<TokenLogprob> logprob) {
-  const auto now = Request::Clock::now();
-  if (!r->first_token) r->first_token = now;
+FinishReason Engine::AppendToken(Request* r, int32_t token) {
+  if (!r->first_token) r->first_token = Request::Clock::now();
   r->output.push_back(token);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.generated_tokens;
   }
-
-  GenerationDelta d;
-  d.token_ids.push_back(token);
-  if (logprob) d.logprobs.push_back(std::move(*logprob));
-  if (r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent) {
-    d.prompt_logprobs = std::move(r->prompt_logprob_entries);
-    r->prompt_logprob_entries.clear();
-    r->prompt_logprobs_sent = true;
+  const std::vector<int32_t>& stops = r->stopping.stop_token_ids;
+  if (std::find(stops.begin(), stops.end(), token) != stops.end()) return FinishReason::kStop;
+  if (eos_id_ && token == *eos_id_ && !r->stopping.ignore_eos) return FinishReason::kEos;
+  if (static_cast<int64_t>(r->output.size()) >= r->stopping.max_tokens || r->num_tokens() >= options_.max_model_len) {
+    return FinishReason::kLength;  // unless a stop string completes with this token (StreamToken)
   }
+  return FinishReason::kNone;
+}
 
-  FinishReason reason = FinishReason::kNone;
+void Engine::StreamSampled() {
+  std::vector<Sampled> items;
+  items.swap(to_stream_);
+  for (Sampled& e : items) {
+    auto it = requests_.find(e.id);
+    if (it == requests_.end()) continue;  // finished meanwhile (an error of a later step)
+    StreamToken(it->second.get(), std::move(e));
+  }
+}
+
+void Engine::StreamToken(Request* r, Sampled e) {
+  GenerationDelta d;
+  d.token_ids.push_back(e.token);
+  if (e.logprob) d.logprobs.push_back(std::move(*e.logprob));
+  d.prompt_logprobs = std::move(e.prompt_logprobs);
+
+  FinishReason reason = e.finish;
   bool stopped_by_string = false;
-  const bool is_stop_token = std::find(r->stopping.stop_token_ids.begin(),
-                                       r->stopping.stop_token_ids.end(), token) !=
-                             r->stopping.stop_token_ids.end();
-  const bool is_eos = eos_id_ && token == *eos_id_ && !r->stopping.ignore_eos;
-  if (is_stop_token) {
-    reason = FinishReason::kStop;
-  } else if (is_eos) {
-    reason = FinishReason::kEos;
-  } else if (r->detokenizer) {
+  const bool text_token = reason == FinishReason::kNone || reason == FinishReason::kLength;
+  if (text_token && r->detokenizer) {
     // Stop and EOS tokens are not text; everything else streams through the stop matcher.
-    absl::StatusOr<std::string> text = r->detokenizer->Push(token);
+    absl::StatusOr<std::string> text = r->detokenizer->Push(e.token);
     if (!text.ok()) {
       r->stream->Push(std::move(d));
       Finish(r, FinishReason::kError, std::string(text.status().message()));
@@ -405,11 +485,6 @@ void Engine::EmitToken(Request* r, int32_t token, std::optional<TokenLogprob> lo
     } else {
       d.text = std::move(*text);
     }
-  }
-  if (reason == FinishReason::kNone &&
-      (static_cast<int64_t>(r->output.size()) >= r->stopping.max_tokens ||
-       r->num_tokens() >= options_.max_model_len)) {
-    reason = FinishReason::kLength;
   }
   if (reason != FinishReason::kNone && !stopped_by_string && r->detokenizer) {
     // Nothing more will come: release what the detokenizer and the stop matcher held back

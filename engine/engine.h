@@ -2,11 +2,16 @@
 // scheduler, the cache manager, the backend and every request's state; other threads only
 // submit requests, cancel them and read their RequestStreams.
 //
-// Each step: take new requests and cancellations from the inbox, expire deadlines, schedule
-// (decodes first, then prefill chunks FCFS under the token budget), run the backend once over the
-// whole batch, add the attention statistics of the requests that asked for them, sample each
-// finished chunk's next token, detokenize, check stops, and push deltas. A request's tokens,
-// logprobs and attention statistics never depend on what else is in the batch.
+// Each iteration: collect the step in flight (Backend::Collect), add the attention statistics of
+// the requests that asked for them, sample each finished chunk's next token and decide the
+// finishes a token settles (stop token, EOS, length); take new requests and cancellations from
+// the inbox, expire deadlines; schedule (decodes first, then prefill chunks FCFS under the token
+// budget) and launch the next step over the whole batch (Backend::Launch); then, while it runs,
+// detokenize, match stop strings and push the sampled tokens' deltas. A request a stop string
+// ends while its next step is in flight has that step's result dropped (its cache blocks are
+// free, but nothing is scheduled before the step is collected, so no other sequence gets them
+// while the device may still write them). A request's tokens, logprobs and attention
+// statistics never depend on what else is in the batch, nor on the overlap.
 //
 // Thread-safety: Submit, Cancel, Stats and the destructor may be called from any thread.
 #pragma once
@@ -72,11 +77,13 @@ struct EngineStats {
   int64_t prefix_cached_tokens = 0;  // of those, served from the prefix cache
   int64_t generated_tokens = 0;
   int64_t steps = 0;
-  // Wall time of the engine's steps: all of it (scheduling, building the batch, the backend,
-  // sampling, detokenizing, streaming out), and the part inside Backend::Step. Their difference is
-  // what the host adds to every step.
+  // Wall time of the engine's steps: all of it (collecting, sampling, scheduling, building and
+  // launching the batch, detokenizing, streaming out); the part inside Backend::Launch and
+  // Collect; and the host work done while a launched step ran on the device (streaming the
+  // previous step's tokens). step - backend - overlapped is the host time the device waits for.
   double step_seconds = 0;
   double backend_seconds = 0;
+  double overlapped_seconds = 0;
   int64_t finished[6] = {0, 0, 0, 0, 0, 0};  // by FinishReason
   // GSA selection: per layer, Σ k_t over every sparse query row computed so far, and the rows.
   std::vector<int64_t> selected_k_sum;  // [n_layers]
@@ -124,13 +131,33 @@ class Engine {
          const EngineOptions& options, int64_t num_blocks);
 
  private:
+  struct InFlight;  // a launched step: its plan, the batch, each chunk's request id and logits rows
+  // A sampled token not yet streamed, with the finish its id or the length settled (kNone: none).
+  struct Sampled {
+    uint64_t id = 0;
+    int32_t token = 0;
+    std::optional<TokenLogprob> logprob;
+    FinishReason finish = FinishReason::kNone;
+    // With the first token of a request that asked: every prompt position's logprobs (complete
+    // once a token is sampled; taken off the request so a preemption cannot clear them).
+    std::optional<std::vector<std::optional<TokenLogprob>>> prompt_logprobs;
+  };
+
   void Loop();
   void DrainInbox();
   void ExpireDeadlines();
-  void RunStep();
+  // Schedules and launches a step (in_flight_ set), or finishes its requests if Launch fails.
+  void LaunchStep(double* backend_s);
+  // Collects in_flight_: statistics, prompt logprobs, sampling (tokens appended to the requests,
+  // Sampled entries queued in to_stream_). Chunks whose request finished meanwhile are dropped.
+  void CollectStep(double* backend_s);
+  // Streams to_stream_ (text, stop strings, deltas, finishes).
+  void StreamSampled();
   // Sends the final delta, frees the request's blocks and forgets it.
   void Finish(Request* r, FinishReason reason, std::string error = "");
-  void EmitToken(Request* r, int32_t token, std::optional<TokenLogprob> logprob);
+  // Appends a sampled token to the request and returns the finish it settles by itself.
+  FinishReason AppendToken(Request* r, int32_t token);
+  void StreamToken(Request* r, Sampled s);
   void PublishStats();
 
   const ModelConfig config_;
@@ -146,6 +173,8 @@ class Engine {
   Scheduler scheduler_;
   Sampler sampler_;
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
+  std::unique_ptr<InFlight> in_flight_;  // the step on the backend, if any
+  std::vector<Sampled> to_stream_;       // the last collected step's tokens, not yet streamed
 
   // Inbox, shared with other threads.
   mutable std::mutex mu_;

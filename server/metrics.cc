@@ -107,11 +107,13 @@ std::string ServerMetrics::Render(const EngineStats& s, int64_t in_flight) const
   Scalar(out, "gsa_generation_tokens_total", "counter", "Tokens generated", static_cast<double>(s.generated_tokens));
   Scalar(out, "gsa_engine_steps_total", "counter", "Engine steps run", static_cast<double>(s.steps));
   Header(out, "gsa_engine_step_seconds_total", "counter",
-         "Wall time of engine steps: inside Backend::Step (backend) and everything else a step does on "
-         "the host (engine: scheduling, batch building, sampling, detokenizing, streaming out)");
+         "Wall time of engine steps: inside Backend::Launch and Collect (backend); host work done "
+         "while a launched step ran (overlapped: detokenizing, streaming out); and the rest, host work "
+         "the device waits for (engine: sampling, scheduling, building the batch)");
   absl::StrAppend(&out, "gsa_engine_step_seconds_total{part=\"backend\"} ", Num(s.backend_seconds), "\n");
+  absl::StrAppend(&out, "gsa_engine_step_seconds_total{part=\"overlapped\"} ", Num(s.overlapped_seconds), "\n");
   absl::StrAppend(&out, "gsa_engine_step_seconds_total{part=\"engine\"} ",
-                  Num(std::max(0.0, s.step_seconds - s.backend_seconds)), "\n");
+                  Num(std::max(0.0, s.step_seconds - s.backend_seconds - s.overlapped_seconds)), "\n");
   Scalar(out, "gsa_selected_queries_total", "counter",
          "Query rows that ran sparse (top-k) attention, summed over steps", static_cast<double>(s.selected_rows));
   Header(out, "gsa_selected_k_mean", "gauge",

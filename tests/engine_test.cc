@@ -1,5 +1,7 @@
-// The engine as a whole, on the CPU backend: many requests at once, each answered as if it
-// were alone; preemption, prefix caching, cancellation and deadlines free every block; stops,
+// The engine as a whole, on the CPU backend, synchronous and overlapped (every suite test runs
+// twice: on the backend as it is, and behind testing::DeferredBackend, whose launched step runs
+// only when the engine collects it, after the engine streamed the previous step's tokens): many
+// requests at once, each answered as if it were alone; preemption, prefix caching, cancellation and deadlines free every block; stops,
 // EOS, max_tokens and streaming text behave as specified; attention statistics come on the final
 // delta only, the same alone, batched, chunked and preempted, over the whole prompt.
 #include "engine/engine.h"
@@ -18,6 +20,7 @@
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/model/model_loader.h"
 #include "engine/tools/random_model.h"
+#include "tests/testing/deferred_backend.h"
 #include "tests/testing/spm_fixture.h"
 #include "tests/testing/test_support.h"
 
@@ -65,7 +68,7 @@ using gsa::testing::IsValidUtf8;
 
 // A random-weight model with a sentencepiece tokenizer trained on a small corpus, shared by
 // the suite (training takes a moment).
-class EngineTest : public ::testing::Test {
+class EngineTest : public ::testing::TestWithParam<bool> {
  protected:
   static void SetUpTestSuite() {
     dir_ = std::make_unique<gsa::testing::TempDir>();
@@ -102,6 +105,9 @@ class EngineTest : public ::testing::Test {
     return o;
   }
 
+  // The suite's parameter: the backend behind testing::DeferredBackend.
+  static bool Overlapped() { return GetParam(); }
+
   static std::unique_ptr<Engine> MakeEngine(const std::string& dir, EngineOptions o = {}) {
     auto m = LoadModel(dir);
     EXPECT_TRUE(m.ok()) << m.status();
@@ -109,7 +115,9 @@ class EngineTest : public ::testing::Test {
     EXPECT_TRUE(b.ok()) << b.status();
     if (o.block_size == 64) o.block_size = 8;
     if (o.max_cache_tokens == 65536) o.max_cache_tokens = 4096;
-    auto e = Engine::Create(std::move(*b), m->tokenizer, o);
+    std::unique_ptr<Backend> backend = std::move(*b);
+    if (Overlapped()) backend = std::make_unique<gsa::testing::DeferredBackend>(std::move(backend));
+    auto e = Engine::Create(std::move(backend), m->tokenizer, o);
     EXPECT_TRUE(e.ok()) << e.status();
     return std::move(*e);
   }
@@ -179,7 +187,7 @@ void ExpectSameGeneration(const Collected& a, const Collected& b, const std::str
   }
 }
 
-TEST_F(EngineTest, RequestsGetTheSameTokensAndLogprobsAloneAndAmongEightOthers) {
+TEST_P(EngineTest, RequestsGetTheSameTokensAndLogprobsAloneAndAmongEightOthers) {
   // The target and 8 others of different lengths and sampling settings, in three arrival orders.
   std::vector<GenerateRequest> reqs;
   reqs.push_back(Req(Prompt(37, 1), 24));                  // greedy target
@@ -214,7 +222,7 @@ TEST_F(EngineTest, RequestsGetTheSameTokensAndLogprobsAloneAndAmongEightOthers) 
   }
 }
 
-TEST_F(EngineTest, PreemptionUnderASmallCacheKeepsEveryOutputIdentical) {
+TEST_P(EngineTest, PreemptionUnderASmallCacheKeepsEveryOutputIdentical) {
   std::vector<GenerateRequest> reqs;
   for (int i = 0; i < 16; ++i) reqs.push_back(Req(Prompt(10 + i, 40 + i), 20, i % 3 ? 0.9f : 0.f, 7 + i));
   for (int i : {5, 15}) reqs[static_cast<size_t>(i)].prompt_logprobs = 2;  // collected across a preemption too
@@ -241,7 +249,7 @@ TEST_F(EngineTest, PreemptionUnderASmallCacheKeepsEveryOutputIdentical) {
   EXPECT_EQ(st.waiting, 0);
 }
 
-TEST_F(EngineTest, SecondIdenticalLongPromptIsServedFromThePrefixCache) {
+TEST_P(EngineTest, SecondIdenticalLongPromptIsServedFromThePrefixCache) {
   auto e = MakeEngine(model_dir_);
   const std::vector<int32_t> prompt = Prompt(101, 77);
   auto s1 = e->Submit(Req(prompt, 12));
@@ -263,7 +271,7 @@ TEST_F(EngineTest, SecondIdenticalLongPromptIsServedFromThePrefixCache) {
   EXPECT_GE(e->Stats().prefix_cached_tokens, 96);
 }
 
-TEST_F(EngineTest, CancellingMidStreamFreesEveryBlock) {
+TEST_P(EngineTest, CancellingMidStreamFreesEveryBlock) {
   auto e = MakeEngine(model_dir_);
   auto s = e->Submit(Req(Prompt(30, 4), 400));
   ASSERT_TRUE(s.ok());
@@ -282,7 +290,7 @@ TEST_F(EngineTest, CancellingMidStreamFreesEveryBlock) {
   EXPECT_EQ(e->Stats().cache_blocks_used, 0);
 }
 
-TEST_F(EngineTest, APassedDeadlineEndsTheRequestAndFreesItsBlocks) {
+TEST_P(EngineTest, APassedDeadlineEndsTheRequestAndFreesItsBlocks) {
   auto e = MakeEngine(model_dir_);
   GenerateRequest r = Req(Prompt(30, 4), 400);
   r.deadline = std::chrono::steady_clock::now() + 30ms;
@@ -295,7 +303,7 @@ TEST_F(EngineTest, APassedDeadlineEndsTheRequestAndFreesItsBlocks) {
   EXPECT_EQ(e->Stats().cache_blocks_used, 0);
 }
 
-TEST_F(EngineTest, MaxTokensEndsWithLength) {
+TEST_P(EngineTest, MaxTokensEndsWithLength) {
   Collected c = RunAlone(model_dir_, Req(Prompt(9, 8), 7));
   EXPECT_EQ(c.tokens.size(), 7u);
   EXPECT_EQ(c.final.finish_reason, FinishReason::kLength);
@@ -305,7 +313,7 @@ TEST_F(EngineTest, MaxTokensEndsWithLength) {
   EXPECT_LE(c.final.timings.first_token_s, c.final.timings.total_s);
 }
 
-TEST_F(EngineTest, EosAndStopTokenIdsEndGenerationAndIgnoreEosDoesNot) {
+TEST_P(EngineTest, EosAndStopTokenIdsEndGenerationAndIgnoreEosDoesNot) {
   const std::vector<int32_t> prompt = Prompt(12, 9);
   const Collected free_run = RunAlone(model_dir_, Req(prompt, 16));
   ASSERT_EQ(free_run.tokens.size(), 16u);
@@ -331,7 +339,7 @@ TEST_F(EngineTest, EosAndStopTokenIdsEndGenerationAndIgnoreEosDoesNot) {
   EXPECT_EQ(stopped.tokens.size(), first + 1);
 }
 
-TEST_F(EngineTest, StopStringsAcrossTokenBoundariesAreMatchedAndNeverEmitted) {
+TEST_P(EngineTest, StopStringsAcrossTokenBoundariesAreMatchedAndNeverEmitted) {
   const std::vector<int32_t> prompt = Prompt(15, 12);
   const Collected free_run = RunAlone(model_dir_, Req(prompt, 40));
   // Find two consecutive non-empty deltas and build a stop string spanning their boundary.
@@ -364,7 +372,60 @@ TEST_F(EngineTest, StopStringsAcrossTokenBoundariesAreMatchedAndNeverEmitted) {
   for (const std::string& d : c.deltas) EXPECT_TRUE(IsValidUtf8(d));
 }
 
-TEST_F(EngineTest, StreamedTextIsValidUtf8AndEqualsTheDecodedTokens) {
+TEST_P(EngineTest, AStopStringThatEndsARequestWhileItsNextStepRunsDropsThatStepAndNothingElse) {
+  if (!Overlapped()) GTEST_SKIP() << "needs the overlapped engine; the Overlapped instance runs it";
+  const std::vector<int32_t> prompt = Prompt(12, 21);
+  const Collected free_run = RunAlone(model_dir_, Req(prompt, 30));
+  // The stop string: a whole delta well inside the run, so it completes at a token past the first.
+  std::string stop;
+  for (size_t i = 4; i < free_run.deltas.size() && stop.empty(); ++i) {
+    if (free_run.deltas[i].size() >= 2) stop = free_run.deltas[i];
+  }
+  ASSERT_FALSE(stop.empty()) << "no delta of two bytes or more in: " << free_run.text;
+  const size_t earliest = free_run.text.find(stop);
+  GenerateRequest a = Req(prompt, 30);
+  a.stopping.stop = {stop};
+  const GenerateRequest b = Req(Prompt(20, 22), 30, 0.9f, 3);
+  const Collected b_alone = RunAlone(model_dir_, b);
+
+  auto m = LoadModel(model_dir_);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto cpu = CpuBackend::Create(m->config, m->weights, {2});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  auto deferred = std::make_unique<gsa::testing::DeferredBackend>(std::move(*cpu));
+  const gsa::testing::DeferredBackend* backend = deferred.get();
+  EngineOptions o;
+  o.block_size = 8;
+  o.max_cache_tokens = 4096;
+  auto e = Engine::Create(std::move(deferred), m->tokenizer, o);
+  ASSERT_TRUE(e.ok()) << e.status();
+
+  // Alone: one step per token (the prompt fits one chunk), and one more, launched before the
+  // stop string was seen, whose result was dropped.
+  auto sa = (*e)->Submit(a);
+  ASSERT_TRUE(sa.ok()) << sa.status();
+  const Collected ca = Drain(**sa);
+  EXPECT_EQ(ca.final.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(ca.text, free_run.text.substr(0, earliest)) << "stop string " << stop;
+  for (int i = 0; i < 100 && (*e)->Stats().running != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(backend->launches(), ca.final.usage.completion_tokens + 1);
+
+  // Beside another request: the same text, and the other request's output is untouched.
+  auto sa2 = (*e)->Submit(a);
+  auto sb = (*e)->Submit(b);
+  ASSERT_TRUE(sa2.ok() && sb.ok());
+  const Collected ca2 = Drain(**sa2);
+  const Collected cb = Drain(**sb);
+  EXPECT_EQ(ca2.text, ca.text);
+  EXPECT_EQ(ca2.final.finish_reason, FinishReason::kStop);
+  ExpectSameGeneration(cb, b_alone, "the request beside the stopped one");
+  for (int i = 0; i < 100 && (*e)->Stats().cache_blocks_used != 0; ++i) std::this_thread::sleep_for(10ms);
+  const EngineStats st = (*e)->Stats();
+  EXPECT_EQ(st.cache_blocks_used, 0) << "blocks leaked";
+  EXPECT_GT(st.overlapped_seconds, 0.0) << "no host work overlapped a launched step";
+}
+
+TEST_P(EngineTest, StreamedTextIsValidUtf8AndEqualsTheDecodedTokens) {
   auto m = LoadModel(model_dir_);
   ASSERT_TRUE(m.ok());
   for (uint32_t seed : {1u, 2u, 3u}) {
@@ -380,7 +441,7 @@ TEST_F(EngineTest, StreamedTextIsValidUtf8AndEqualsTheDecodedTokens) {
   }
 }
 
-TEST_F(EngineTest, RefusesRequestsThatCanNeverRunWithClearErrors) {
+TEST_P(EngineTest, RefusesRequestsThatCanNeverRunWithClearErrors) {
   EngineOptions o;
   o.max_model_len = 100;
   o.max_cache_tokens = 8 * 10;
@@ -406,7 +467,7 @@ TEST_F(EngineTest, RefusesRequestsThatCanNeverRunWithClearErrors) {
   EXPECT_EQ(Drain(**ok).final.finish_reason, FinishReason::kLength);
 }
 
-TEST_F(EngineTest, AVocabularyPaddedPastTheTokenizerNeverSamplesAnIdWithoutAPiece) {
+TEST_P(EngineTest, AVocabularyPaddedPastTheTokenizerNeverSamplesAnIdWithoutAPiece) {
   // 512 logits, 320 tokenizer pieces (as Qwen's 151936 for 151643): ids 320-511 have no text.
   auto tok = LoadModel(model_dir_);
   ASSERT_TRUE(tok.ok());
@@ -454,7 +515,7 @@ TEST_F(EngineTest, AVocabularyPaddedPastTheTokenizerNeverSamplesAnIdWithoutAPiec
   EXPECT_THAT(bad_stop.status().message(), HasSubstr("512"));
 }
 
-TEST_F(EngineTest, FullQueueRefusesWithResourceExhaustedAndServesTheRest) {
+TEST_P(EngineTest, FullQueueRefusesWithResourceExhaustedAndServesTheRest) {
   EngineOptions o;
   o.max_queue = 1;
   o.max_num_seqs = 1;
@@ -475,7 +536,7 @@ TEST_F(EngineTest, FullQueueRefusesWithResourceExhaustedAndServesTheRest) {
   for (auto& s : accepted) EXPECT_EQ(Drain(*s).final.finish_reason, FinishReason::kLength);
 }
 
-TEST_F(EngineTest, PromptLogprobsMatchTheGoldenLogSoftmax) {
+TEST_P(EngineTest, PromptLogprobsMatchTheGoldenLogSoftmax) {
   const std::string dir = gsa::testing::GoldenDir("gsa-tiny");
   auto golden = SafetensorsFile::Open(dir + "/golden.safetensors");
   ASSERT_TRUE(golden.ok());
@@ -529,7 +590,7 @@ void ExpectSameAttentionStats(const AttentionStats& a, const AttentionStats& b, 
   }
 }
 
-TEST_F(EngineTest, AttentionStatsComeOnTheFinalDeltaAndAreTheSameAloneBatchedAndChunked) {
+TEST_P(EngineTest, AttentionStatsComeOnTheFinalDeltaAndAreTheSameAloneBatchedAndChunked) {
   GenerateRequest target = Req(Prompt(37, 1), 12);
   target.attention_stats = true;
   GenerateRequest dense = Req(Prompt(23, 2), 9, 0.8f, 42);
@@ -584,7 +645,7 @@ TEST_F(EngineTest, AttentionStatsComeOnTheFinalDeltaAndAreTheSameAloneBatchedAnd
   ExpectSameAttentionStats(*dense_batched.final.attention_stats, d, "dense request, batched and chunked");
 }
 
-TEST_F(EngineTest, AttentionStatsRequestsComputeTheirWholePromptAndStillFillThePrefixCache) {
+TEST_P(EngineTest, AttentionStatsRequestsComputeTheirWholePromptAndStillFillThePrefixCache) {
   const std::vector<int32_t> prompt = Prompt(101, 78);
   GenerateRequest with_stats = Req(prompt, 4);
   with_stats.attention_stats = true;
@@ -615,7 +676,7 @@ TEST_F(EngineTest, AttentionStatsRequestsComputeTheirWholePromptAndStillFillTheP
   }
 }
 
-TEST_F(EngineTest, PreemptedRequestsRestartTheirAttentionStatsAndCountEveryPositionOnce) {
+TEST_P(EngineTest, PreemptedRequestsRestartTheirAttentionStatsAndCountEveryPositionOnce) {
   std::vector<GenerateRequest> reqs;
   for (int i = 0; i < 8; ++i) {
     reqs.push_back(Req(Prompt(12 + 2 * i, 90 + i), 20, i % 2 ? 0.9f : 0.f, 17 + i));
@@ -637,6 +698,11 @@ TEST_F(EngineTest, PreemptedRequestsRestartTheirAttentionStatsAndCountEveryPosit
   EXPECT_GT(st.preemptions, 0) << "the cache was large enough that nothing was preempted";
   EXPECT_EQ(st.cache_blocks_used, 0) << "blocks leaked";
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, EngineTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("Overlapped") : std::string("Synchronous");
+                         });
 
 }  // namespace
 }  // namespace gsa

@@ -139,7 +139,8 @@ scrape() {
 import json, sys, urllib.request
 port, path = sys.argv[1], sys.argv[2]
 want = {"gsa_engine_steps_total": "steps", 'gsa_engine_step_seconds_total{part="backend"}': "backend_s",
-        'gsa_engine_step_seconds_total{part="engine"}': "engine_s"}
+        'gsa_engine_step_seconds_total{part="engine"}': "engine_s",
+        'gsa_engine_step_seconds_total{part="overlapped"}': "overlapped_s"}
 got = {}
 for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % port, timeout=5).read().decode().splitlines():
     parts = line.rsplit(" ", 1)

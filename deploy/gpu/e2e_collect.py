@@ -85,13 +85,17 @@ def summarize_run(out_dir, run):
         s["server_ttft_ms"] = [e.get("ttft_ms") for e in finished]
     s["server_failed"] = sum(1 for e in server if e.get("event") == "request_failed")
     # The engine's step counters around the run (gsa_engine_step_seconds_total): per step, the time
-    # inside the backend and the host's share (scheduling, sampling, detokenizing, streaming).
+    # inside the backend (Launch + Collect), the host work the device waited for (sampling,
+    # scheduling, building the batch), and the host work done while a step ran (overlapped:
+    # detokenizing, streaming).
     m0, m1 = load_json(base + ".metrics-before.json"), load_json(base + ".metrics-after.json")
     if m0 and m1 and m1.get("steps", 0) > m0.get("steps", 0):
         n = m1["steps"] - m0["steps"]
         s["engine_steps"] = int(n)
         s["backend_ms_per_step"] = 1000.0 * (m1.get("backend_s", 0) - m0.get("backend_s", 0)) / n
         s["host_ms_per_step"] = 1000.0 * (m1.get("engine_s", 0) - m0.get("engine_s", 0)) / n
+        if "overlapped_s" in m1:
+            s["overlapped_ms_per_step"] = 1000.0 * (m1["overlapped_s"] - m0.get("overlapped_s", 0)) / n
     return s
 
 
@@ -135,6 +139,7 @@ def build(args):
                     "decode_tokens_per_s": 1000.0 / step if step else None,
                     "engine_steps": b1.get("engine_steps"), "backend_ms_per_step": b1.get("backend_ms_per_step"),
                     "host_ms_per_step": b1.get("host_ms_per_step"),
+                    "overlapped_ms_per_step": b1.get("overlapped_ms_per_step"),
                     "how": "one request; TTFT = send to first token; decode step = (e2e - TTFT) / (tokens - 1); "
                            "backend/host ms per step: the server's gsa_engine_step_seconds_total over the run's "
                            "steps (the prefill steps included)",
@@ -162,6 +167,7 @@ def build(args):
                     "prefix_cache_hit": bool(hit),
                     "engine_steps": warm.get("engine_steps"), "backend_ms_per_step": warm.get("backend_ms_per_step"),
                     "host_ms_per_step": warm.get("host_ms_per_step"),
+                    "overlapped_ms_per_step": warm.get("overlapped_ms_per_step"),
                     "fill_ttft_ms_max": stat(fill, "ttft_ms", "max") if fill else None,
                     "how": "%d distinct prompts prefilled first (fill run), then sent again at once: served from the "
                            "prefix cache, they decode together; decode step = mean over the %d requests of "

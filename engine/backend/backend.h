@@ -5,6 +5,7 @@
 // Thread-safety: a Backend is owned and driven by the engine thread only.
 #pragma once
 
+#include <optional>
 #include <string_view>
 
 #include "absl/status/statusor.h"
@@ -30,6 +31,21 @@ class Backend {
   // statistics) into their cache slots and returns the requested outputs. A batch that fails
   // ValidateBatch is refused before anything is written.
   virtual absl::StatusOr<StepOutput> Step(const StepBatch& batch) = 0;
+
+  // The same step in two halves, so the host can work while the device computes (the engine
+  // streams one step's tokens while the next runs). Launch checks the batch as Step does and
+  // enqueues the step, returning once the device has it; Collect waits for that step and returns
+  // what Step would have. One step at a time: Launch, Collect, Launch, … — a second Launch before
+  // Collect, or a Collect with nothing launched, is FailedPrecondition. An error from Launch means
+  // nothing is in flight. While a step is in flight the caller must not hand its cache slots to
+  // other sequences (the device may still write them), and `batch` need not outlive Launch.
+  // The defaults run the whole step inside Launch (a backend with nothing to overlap).
+  virtual absl::Status Launch(const StepBatch& batch);
+  virtual absl::StatusOr<StepOutput> Collect();
+
+ private:
+  // The defaults' result between Launch and Collect.
+  std::optional<StepOutput> launched_;
 };
 
 }  // namespace gsa

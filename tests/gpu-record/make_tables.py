@@ -224,6 +224,7 @@ def e2e_tables(e2e, old):
             model.get("dtype", "?"), info.get("vocab_size", "?"), info.get("k_base", "?")), ""]
         cases = e2e.get("cases", [])
         host = any(isinstance(c.get("host_ms_per_step"), (int, float)) for c in cases)
+        overlap = any(isinstance(c.get("overlapped_ms_per_step"), (int, float)) for c in cases)
         rows = []
         for c in sorted(cases, key=lambda c: (c["context"], c["batch"], c["attention"] != "gsa")):
             note = "" if c.get("ok") else "failed"
@@ -233,10 +234,17 @@ def e2e_tables(e2e, old):
                          if isinstance(c.get("ttft_ms"), (int, float)) else "–",
                          num(c.get("decode_step_ms"), "%.2f"), num(c.get("itl_ms_p50"), "%.2f"),
                          num(c.get("decode_tokens_per_s"), "%.0f")] +
-                        ([num(c.get("host_ms_per_step"), "%.3f")] if host else []) + [note])
+                        ([num(c.get("host_ms_per_step"), "%.3f")] if host else []) +
+                        ([num(c.get("overlapped_ms_per_step"), "%.3f")] if overlap else []) + [note])
         out += [table(["context", "batch", "attention", "TTFT s", "decode step ms", "ITL p50 ms",
-                       "decode tokens/s"] + (["host ms / step"] if host else []) + ["note"], rows), ""]
-        if host:
+                       "decode tokens/s"] + (["host ms / step"] if host else []) +
+                      (["overlapped ms / step"] if overlap else []) + ["note"], rows), ""]
+        if host and overlap:
+            out += ["host ms / step: the server's `gsa_engine_step_seconds_total{part=\"engine\"}` over the run's "
+                    "engine steps: host work the GPU waits for (sampling, scheduling, building and launching the "
+                    "batch). overlapped ms / step: `{part=\"overlapped\"}`, host work done while the next step "
+                    "runs (detokenizing, streaming). The run's prefill steps included.", ""]
+        elif host:
             out += ["host ms / step: the server's `gsa_engine_step_seconds_total{part=\"engine\"}` over the run's "
                     "engine steps (scheduling, batch building, sampling, detokenizing, streaming; the run's "
                     "prefill steps included).", ""]

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -206,6 +207,20 @@ struct CudaBackend::Impl {
   // (kernels' plan/run split): GatheredAttention's, and DecodeSelect's (0: not usable here).
   int32_t attn_resident_blocks = 0;
   int32_t select_resident_blocks = 0;
+  // Page-locked staging for graph-replayed steps: the step's metadata on its way in, the logits
+  // and every row's k_t per layer on their way out (copies that need no host wait).
+  PinnedBuffer<uint8_t> meta_host;
+  PinnedBuffer<float> logits_host;
+  PinnedBuffer<int32_t> k_host;
+  // The launched step (Launch … Collect).
+  struct Launched {
+    StepOutput out;              // complete, except what a graph step still has on the device
+    bool on_device = false;      // a graph step: logits and k_t arrive in logits_host / k_host
+    int64_t plan_rows = 0;       // rows of the padded plan (k_host's row stride)
+    int64_t real_rows = 0;       // the batch's rows
+    std::vector<uint8_t> dense;  // the plan's dense flags (rows not counted in selected_sum)
+  };
+  std::optional<Launched> launched;
 };
 
 CudaBackend::CudaBackend(CreateTag, const ModelConfig& config, const CudaBackendOptions& options)
@@ -1007,18 +1022,24 @@ absl::Status CudaBackend::StepRunner::EnqueueLogits(CudaBackend& b, const StepDe
 namespace {
 
 // Fills `out.selected_sum` from the per-layer k of every row (dense rows are not counted).
+// Per layer, Σ k_t over the real rows that ran sparse: k_all is [n_layers, plan_rows] on the host.
+void SumSelected(const std::vector<uint8_t>& dense, int64_t plan_rows, int64_t real_rows, const int32_t* k_all,
+                 int64_t n_layers, StepOutput& out) {
+  for (int64_t li = 0; li < n_layers; ++li) {
+    int64_t kept = 0;
+    for (int64_t r = 0; r < real_rows; ++r) {
+      if (!dense[static_cast<size_t>(r)]) kept += k_all[static_cast<size_t>(li * plan_rows + r)];
+    }
+    out.selected_sum[static_cast<size_t>(li)] = kept;
+  }
+}
+
 absl::Status CollectSelectedSums(const StepPlan& plan, int64_t real_rows, const int32_t* k_all_dev, int64_t n_layers,
                                  cudaStream_t st, StepOutput& out) {
   std::vector<int32_t> k_all(static_cast<size_t>(plan.rows * n_layers));
   GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(k_all.data(), k_all_dev, k_all.size() * 4, cudaMemcpyDeviceToHost, st));
   GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
-  for (int64_t li = 0; li < n_layers; ++li) {
-    int64_t kept = 0;
-    for (int64_t r = 0; r < real_rows; ++r) {
-      if (!plan.dense[static_cast<size_t>(r)]) kept += k_all[static_cast<size_t>(li * plan.rows + r)];
-    }
-    out.selected_sum[static_cast<size_t>(li)] = kept;
-  }
+  SumSelected(plan.dense, plan.rows, real_rows, k_all.data(), n_layers, out);
   return absl::OkStatus();
 }
 
@@ -1059,6 +1080,26 @@ absl::Status CollectAttentionStats(const StepPlan& plan, const StatsBuffers& sb,
 }  // namespace
 
 absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
+  GSA_RETURN_IF_ERROR(Launch(batch));
+  return Collect();
+}
+
+absl::StatusOr<StepOutput> CudaBackend::Collect() {
+  Impl& im = *impl_;
+  if (!im.launched) return absl::FailedPreconditionError("CudaBackend::Collect with no step in flight; Launch one first");
+  Impl::Launched l = std::move(*im.launched);
+  im.launched.reset();
+  if (l.on_device) {
+    GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+    GSA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(im.stream.get()));
+    std::copy_n(im.logits_host.get(), l.out.logits.size(), l.out.logits.data());
+    SumSelected(l.dense, l.plan_rows, l.real_rows, im.k_host.get(), config_.n_layers, l.out);
+  }
+  return std::move(l.out);
+}
+
+absl::Status CudaBackend::Launch(const StepBatch& batch) {
+  if (impl_->launched) return absl::FailedPreconditionError("CudaBackend::Launch while a step is in flight; Collect it first");
   if (impl_->cache.empty()) return absl::FailedPreconditionError("CudaBackend::Step before AllocateCache");
   GSA_RETURN_IF_ERROR(ValidateBatch(batch, cache_spec_, config_.vocab_size));
   GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
@@ -1096,14 +1137,36 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
       if (bytes.size() > g->meta.bytes()) {
         return absl::InternalError("decode graph metadata outgrew its buffer");
       }
-      GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(g->meta.get(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice, st));
-      GSA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->exec, st));
-      GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.logits.data(), im.ws.logits.get(),
-                                               static_cast<size_t>(n_out * c.vocab_size) * sizeof(float),
-                                               cudaMemcpyDeviceToHost, st));
-      GSA_RETURN_IF_ERROR(CollectSelectedSums(plan, R, im.ws.k_all.get(), c.n_layers, st, out));
-      GSA_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      return out;
+      const size_t n_logits = static_cast<size_t>(n_out * c.vocab_size);
+      const size_t n_k = static_cast<size_t>(plan.rows * c.n_layers);
+      GSA_RETURN_IF_ERROR(im.meta_host.Reserve(bytes.size()));
+      GSA_RETURN_IF_ERROR(im.logits_host.Reserve(n_logits));
+      GSA_RETURN_IF_ERROR(im.k_host.Reserve(n_k));
+      std::copy(bytes.begin(), bytes.end(), im.meta_host.get());
+      // Everything below is asynchronous; if one enqueue fails, wait for the others so nothing
+      // is left in flight (the staging buffers are reused by the next launch).
+      const absl::Status enqueued = [&]() -> absl::Status {
+        GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(g->meta.get(), im.meta_host.get(), bytes.size(), cudaMemcpyHostToDevice, st));
+        GSA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->exec, st));
+        GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(im.logits_host.get(), im.ws.logits.get(), n_logits * sizeof(float),
+                                                 cudaMemcpyDeviceToHost, st));
+        GSA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(im.k_host.get(), im.ws.k_all.get(), n_k * sizeof(int32_t),
+                                                 cudaMemcpyDeviceToHost, st));
+        GSA_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+        return absl::OkStatus();
+      }();
+      if (!enqueued.ok()) {
+        (void)cudaStreamSynchronize(st);
+        return enqueued;
+      }
+      Impl::Launched l;
+      l.out = std::move(out);
+      l.on_device = true;
+      l.plan_rows = plan.rows;
+      l.real_rows = R;
+      l.dense = plan.dense;
+      im.launched = std::move(l);
+      return absl::OkStatus();
     }
   }
 
@@ -1152,7 +1215,11 @@ absl::StatusOr<StepOutput> CudaBackend::Step(const StepBatch& batch) {
     a.value_gate = stats_value_gate[i];
     a.output_gate = stats_output_gate[i];
   }
-  return out;
+  // Eager steps (prefill chunks, statistics, recorded selections) complete here.
+  Impl::Launched l;
+  l.out = std::move(out);
+  im.launched = std::move(l);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {

@@ -100,6 +100,11 @@ class CudaBackend : public Backend {
   absl::Status AllocateCache(int64_t num_blocks, int64_t block_size) override;
   const CacheSpec& cache_spec() const override { return cache_spec_; }
   absl::StatusOr<StepOutput> Step(const StepBatch& batch) override;
+  // Graph-replayed decode steps return from Launch once the graph and the copies of its results
+  // (into page-locked buffers) are enqueued; Collect waits for the stream. Other steps run whole
+  // inside Launch (their per-chunk copies and statistics synchronize on the way).
+  absl::Status Launch(const StepBatch& batch) override;
+  absl::StatusOr<StepOutput> Collect() override;
 
   // The card, for logs and benchmark records ("NVIDIA H200, 132 SMs, 139.8 GiB").
   const std::string& device_description() const { return device_description_; }

@@ -1,4 +1,6 @@
 // DeviceBuffer<T>: one cudaMalloc'ed array of T, freed when the buffer dies (RAII, move-only).
+// PinnedBuffer<T>: the same for page-locked host memory (cudaMallocHost), which copies to and from
+// the device can use asynchronously.
 // Thread-safety: none; owned by one thread (the engine thread, or a test).
 #pragma once
 
@@ -75,6 +77,61 @@ class DeviceBuffer {
  private:
   void Reset() {
     if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+  }
+
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+template <typename T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() { Reset(); }
+  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  // `count` elements (0 gives an empty buffer); ResourceExhausted naming the bytes on failure.
+  static absl::StatusOr<PinnedBuffer> Allocate(size_t count) {
+    PinnedBuffer b;
+    if (count == 0) return b;
+    void* p = nullptr;
+    const cudaError_t err = cudaMallocHost(&p, count * sizeof(T));
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return CudaStatus(err, absl::StrCat("cudaMallocHost of ", count * sizeof(T), " bytes"));
+    }
+    b.ptr_ = static_cast<T*>(p);
+    b.size_ = count;
+    return b;
+  }
+
+  // Makes the buffer hold at least `count` elements (contents lost when it grows).
+  absl::Status Reserve(size_t count) {
+    if (count <= size_) return absl::OkStatus();
+    absl::StatusOr<PinnedBuffer> b = Allocate(count);
+    if (!b.ok()) return b.status();
+    *this = std::move(*b);
+    return absl::OkStatus();
+  }
+
+  T* get() const { return ptr_; }
+  size_t size() const { return size_; }
+
+ private:
+  void Reset() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
     ptr_ = nullptr;
     size_ = 0;
   }
