@@ -71,6 +71,8 @@ struct Plan {
   float* ws_acc = nullptr;  // [num_row_ids, splits, n_heads, d_head]
   float* ws_m = nullptr;    // [num_row_ids, splits, n_heads]  running max (base-2 logits)
   float* ws_l = nullptr;    // [num_row_ids, splits, n_heads]  sum of 2^(s - m)
+  // GatheredAttentionArgs::split_counters when the attention kernel merges (no merge kernel).
+  uint32_t* counters = nullptr;  // [num_row_ids, n_kv_heads]
 };
 
 // Number of list entries of row r: position + 1 for dense rows, else sel_count clamped to
@@ -107,6 +109,67 @@ __device__ __forceinline__ void Bf16x8ToFloat(const uint4& v, float (&f)[8]) {
     f[2 * i] = __uint_as_float(w[i] << 16);
     f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
   }
+}
+
+static_assert(kMaxSplits <= 64, "a warp holds two splits per lane");
+
+// The merge weights of one (listed row, query head), by warp 0 of the block (lane l takes splits l
+// and l + 32): s_w[s] = 2^(m_s − max m) for every split s < splits, and *s_inv = 1 / Σ l_s s_w[s]
+// (0 when nothing was attended). p0 is the head's partial of split 0 (split s: p0 + s · n_heads).
+// Fixed order: both merges (the kernel and the fused one) call it, so they agree bitwise.
+__device__ __forceinline__ void SplitWeights(const Plan& p, int64_t p0, int32_t n_heads, int lane, float* s_w,
+                                             float* s_inv) {
+  const int splits = p.splits;
+  const int s0 = lane, s1 = lane + 32;
+  const int64_t i0 = p0 + static_cast<int64_t>(s0) * n_heads, i1 = p0 + static_cast<int64_t>(s1) * n_heads;
+  const float m0 = s0 < splits ? __ldcg(p.ws_m + i0) : kNegInf;
+  const float l0 = s0 < splits ? __ldcg(p.ws_l + i0) : 0.0f;
+  const float m1 = s1 < splits ? __ldcg(p.ws_m + i1) : kNegInf;
+  const float l1 = s1 < splits ? __ldcg(p.ws_l + i1) : 0.0f;
+  float mx = fmaxf(m0, m1);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  const float mu = (mx == kNegInf) ? 0.0f : mx;
+  const float w0 = exp2f(m0 - mu), w1 = exp2f(m1 - mu);  // 0 for empty / absent splits
+  if (s0 < splits) s_w[s0] = w0;
+  if (s1 < splits) s_w[s1] = w1;
+  float sum = fmaf(l1, w1, l0 * w0);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (lane == 0) *s_inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+}
+
+// Kernel 1's ending with split_counters: the block's partials are written; the last block of the
+// (row, KV head) to get here merges every split of the group's heads (SplitWeights, then each
+// channel summed over splits in split order, as MergeSplitsKernel) and resets the counter.
+__device__ __forceinline__ void MergeIfLast(const GatheredAttentionArgs& a, const Plan& p, int64_t li, int32_t r,
+                                         int32_t kvh) {
+  __shared__ bool s_last;
+  __shared__ float s_w[kMaxSplits];
+  __shared__ float s_inv;
+  __threadfence();  // this thread's partials, visible device-wide before the count
+  __syncthreads();
+  uint32_t* counter = p.counters + li * a.n_kv_heads + kvh;
+  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == static_cast<uint32_t>(p.splits - 1);
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();  // every other split's partials are visible (read below through L2: __ldcg)
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  for (int g = 0; g < p.group; ++g) {
+    const int32_t h = kvh * p.group + g;
+    const int64_t p0 = li * p.splits * a.n_heads + h;
+    if (threadIdx.x < 32) SplitWeights(p, p0, a.n_heads, lane, s_w, &s_inv);
+    __syncthreads();
+    for (int d = static_cast<int>(threadIdx.x); d < a.d_head; d += static_cast<int>(blockDim.x)) {
+      float o = 0.0f;
+      for (int j = 0; j < p.splits; ++j) {
+        o = fmaf(s_w[j], __ldcg(p.ws_acc + (p0 + static_cast<int64_t>(j) * a.n_heads) * a.d_head + d), o);
+      }
+      StoreOut(a, r, h, d, o * s_inv);
+    }
+    __syncthreads();  // s_w, s_inv reused by the next head
+  }
+  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
 }
 
 template <int D, int G>
@@ -329,6 +392,7 @@ __global__ void __launch_bounds__(kThreads) GatheredAttentionKernel(const Gather
       }
     }
   }
+  if (!direct && p.counters != nullptr) MergeIfLast(a, p, li, r, kvh);
 }
 
 // Grid (listed row, query head); blockDim.x = d_head (≥ 32), one thread per channel. Reads every
@@ -336,7 +400,6 @@ __global__ void __launch_bounds__(kThreads) GatheredAttentionKernel(const Gather
 // kMergeBatch partials of the thread's channel are loaded before the weights are known, while warp
 // 0 loads all (m, l) at once.
 constexpr int kMergeBatch = 16;
-static_assert(kMaxSplits <= 64, "warp 0 holds two splits per lane");
 
 __global__ void __launch_bounds__(256) MergeSplitsKernel(const GatheredAttentionArgs a, const Plan p) {
   // Launched as a programmatic dependent of the attention kernel: wait until that grid has
@@ -362,26 +425,7 @@ __global__ void __launch_bounds__(256) MergeSplitsKernel(const GatheredAttention
     v[j] = (has_d && j < splits) ? p.ws_acc[(p0 + static_cast<int64_t>(j) * a.n_heads) * a.d_head + d] : 0.0f;
   }
 
-  if (threadIdx.x < 32) {
-    const int lane = static_cast<int>(threadIdx.x);
-    const int s0 = lane, s1 = lane + 32;
-    const int64_t i0 = p0 + static_cast<int64_t>(s0) * a.n_heads, i1 = p0 + static_cast<int64_t>(s1) * a.n_heads;
-    const float m0 = s0 < splits ? p.ws_m[i0] : kNegInf;
-    const float l0 = s0 < splits ? p.ws_l[i0] : 0.0f;
-    const float m1 = s1 < splits ? p.ws_m[i1] : kNegInf;
-    const float l1 = s1 < splits ? p.ws_l[i1] : 0.0f;
-    float mx = fmaxf(m0, m1);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    const float mu = (mx == kNegInf) ? 0.0f : mx;
-    const float w0 = exp2f(m0 - mu), w1 = exp2f(m1 - mu);  // 0 for empty / absent splits
-    if (s0 < splits) s_w[s0] = w0;
-    if (s1 < splits) s_w[s1] = w1;
-    float sum = fmaf(l1, w1, l0 * w0);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (lane == 0) s_inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-  }
+  if (threadIdx.x < 32) SplitWeights(p, p0, a.n_heads, static_cast<int>(threadIdx.x), s_w, &s_inv);
   __syncthreads();
   if (!has_d) return;  // after the barrier
 
@@ -468,6 +512,7 @@ cudaError_t Launch(const GatheredAttentionArgs& a, int device, cudaStream_t stre
     p.ws_acc = static_cast<float*>(a.workspace);
     p.ws_m = p.ws_acc + partials * a.d_head;
     p.ws_l = p.ws_m + partials;
+    p.counters = a.split_counters;
   }
 
   const dim3 grid(static_cast<unsigned>(a.num_row_ids), static_cast<unsigned>(a.n_kv_heads),
@@ -475,7 +520,7 @@ cudaError_t Launch(const GatheredAttentionArgs& a, int device, cudaStream_t stre
   // A programmatic dependent of the kernel before it (Hopper and later): its launch overlaps that
   // kernel's tail (in decode, the fused selection's last phases); it waits before reading.
   err = LaunchProgrammaticDependent(GatheredAttentionKernel<D, G>, grid, dim3(kThreads), stream, cc_major >= 9, a, p);
-  if (err != cudaSuccess || splits == 1) return err;
+  if (err != cudaSuccess || splits == 1 || p.counters != nullptr) return err;
 
   // The merge kernel is launched as a programmatic dependent (Hopper and later) so that its launch
   // overlaps the attention kernel's tail; it waits for the attention grid before reading.
@@ -542,6 +587,10 @@ cudaError_t GatheredAttention(const GatheredAttentionArgs& a, cudaStream_t strea
   if (a.q == nullptr || a.k_cache == nullptr || a.v_cache == nullptr || a.out == nullptr || a.row_ids == nullptr ||
       a.paged.block_tables == nullptr || a.rows.seq == nullptr || a.rows.position == nullptr ||
       a.rows.dense == nullptr || !Aligned16(a.q) || !Aligned16(a.k_cache) || !Aligned16(a.v_cache)) {
+    return cudaErrorInvalidValue;
+  }
+  if (a.split_counters != nullptr &&
+      a.split_counter_count < static_cast<size_t>(a.num_row_ids) * static_cast<size_t>(a.n_kv_heads)) {
     return cudaErrorInvalidValue;
   }
 

@@ -44,6 +44,14 @@ struct GatheredAttentionArgs {
   // output is written directly), never a wrong result.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Optional, with several splits: one counter per (listed row, KV head), at least
+  // num_row_ids × n_kv_heads of them (split_counter_count), zeroed (cudaMemset 0) once after
+  // allocation; every completed launch leaves them zero. With them, the last block of a (row, KV
+  // head) to finish merges that group's splits itself (the same arithmetic, in the same order, as
+  // the merge kernel: bitwise the same output) and no merge kernel runs. Null: the merge kernel.
+  // Not shared with concurrent launches.
+  uint32_t* split_counters = nullptr;
+  size_t split_counter_count = 0;
   // Blocks of the attention kernel for this d_head and group one multiprocessor holds, from
   // GatheredAttentionResidentBlocks on this device (plan once, launch many); it sets the split
   // count. 0: this launch asks the occupancy calculator itself.

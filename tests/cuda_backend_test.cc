@@ -39,8 +39,9 @@ using Selections = std::vector<std::vector<std::vector<int32_t>>>;  // [layer][r
 std::unique_ptr<CudaBackend> MakeCuda(const LoadedModel& m, int64_t num_blocks, int64_t block_size,
                                       bool dense_prefill_kernel = true, bool cuda_graphs = true,
                                       bool fp8_indexer_keys = false, bool sparse_prefill_tiles = true,
-                                      bool small_rows_linear = true) {
+                                      bool small_rows_linear = true, bool attention_merge_in_kernel = true) {
   CudaBackendOptions o;
+  o.attention_merge_in_kernel = attention_merge_in_kernel;
   o.max_rows = 256;
   o.use_small_rows_linear = small_rows_linear;
   o.use_dense_prefill_kernel = dense_prefill_kernel;
@@ -699,6 +700,81 @@ TEST_P(CudaShapes, GraphDecodeStepsMatchEagerOnes) {
   }
   std::printf("[ %s graphs ] max |logit graph - eager| over 12 decode steps = %.3g\n", GetParam().name, worst);
   EXPECT_LE(worst, 5e-2f);
+}
+
+TEST_P(CudaShapes, MergingSplitsInTheAttentionKernelChangesNoBitAndLaunchCollectMatchStep) {
+  // The sparse attention's splits merged by its last block per (row, KV head) against the merge
+  // kernel: prefill chunks and decode steps (graphs and eager) give bitwise the same logits. And
+  // the step in two halves (Launch, then Collect) is the step: the same bits, one at a time.
+  const int64_t V = model_->config.vocab_size;
+  auto fused_graph = MakeCuda(*model_, 256, 16, true, /*cuda_graphs=*/true);
+  auto kernel_graph = MakeCuda(*model_, 256, 16, true, true, false, true, true, /*attention_merge_in_kernel=*/false);
+  auto fused_eager = MakeCuda(*model_, 256, 16, true, /*cuda_graphs=*/false);
+  auto kernel_eager = MakeCuda(*model_, 256, 16, true, false, false, true, true, /*attention_merge_in_kernel=*/false);
+  ASSERT_NE(fused_graph, nullptr);
+  ASSERT_NE(kernel_eager, nullptr);
+  std::vector<CudaBackend*> backends = {fused_graph.get(), kernel_graph.get(), fused_eager.get(), kernel_eager.get()};
+  std::vector<gsa::testing::BatchBuilder> builders(backends.size(), gsa::testing::BatchBuilder(256, 16));
+  const int kSeqs = 4;
+  std::vector<int64_t> len(kSeqs);
+  std::vector<int32_t> next(kSeqs);
+  auto step_all = [&](const std::vector<gsa::testing::BatchBuilder::Chunk>& chunks, const std::string& what) {
+    std::vector<StepOutput> outs;
+    for (size_t b = 0; b < backends.size(); ++b) {
+      const StepBatch batch = builders[b].Make(chunks);
+      absl::StatusOr<StepOutput> out;
+      if (b == 0) {  // the graph-replayed backend in two halves
+        EXPECT_EQ(backends[b]->Collect().status().code(), absl::StatusCode::kFailedPrecondition);
+        const absl::Status launched = backends[b]->Launch(batch);
+        EXPECT_TRUE(launched.ok()) << launched;
+        EXPECT_EQ(backends[b]->Launch(batch).code(), absl::StatusCode::kFailedPrecondition) << "a second Launch";
+        out = backends[b]->Collect();
+      } else {
+        out = backends[b]->Step(batch);
+      }
+      EXPECT_TRUE(out.ok()) << what << " backend " << b << ": " << out.status();
+      if (!out.ok()) return outs;
+      outs.push_back(std::move(*out));
+    }
+    for (size_t b : {size_t{1}, size_t{3}}) {
+      EXPECT_EQ(outs[b].logits.size(), outs[b - 1].logits.size()) << what;
+      EXPECT_EQ(0, std::memcmp(outs[b].logits.data(), outs[b - 1].logits.data(), outs[b].logits.size() * sizeof(float)))
+          << what << ": the merge kernel and the merge in the attention kernel differ (" << (b == 1 ? "graphs" : "eager")
+          << ")";
+      EXPECT_EQ(outs[b].selected_sum, outs[b - 1].selected_sum) << what;
+    }
+    return outs;
+  };
+  for (int i = 0; i < kSeqs; ++i) {
+    gsa::testing::BatchBuilder::Chunk c;
+    c.id = i;
+    c.tokens = Tokens(300 + 211 * i, 41 + i, V);
+    c.all_logits = false;
+    // Odd sequences dense: their rows attend the whole context, so a step has several splits.
+    c.attention = i % 2 == 1 ? AttentionMode::kDense : AttentionMode::kModelDefault;
+    len[i] = static_cast<int64_t>(c.tokens.size());
+    const std::vector<StepOutput> outs = step_all({c}, "prefill " + std::to_string(i));
+    ASSERT_EQ(outs.size(), backends.size());
+    next[i] = gsa::testing::ArgMax(outs[0].logits.data(), V);
+  }
+  for (int step = 0; step < 6; ++step) {
+    const int n = 1 + step % kSeqs;
+    std::vector<gsa::testing::BatchBuilder::Chunk> chunks;
+    for (int i = 0; i < n; ++i) {
+      gsa::testing::BatchBuilder::Chunk c;
+      c.id = i;
+      c.tokens = {next[i]};
+      c.start = len[i];
+      c.attention = i % 2 == 1 ? AttentionMode::kDense : AttentionMode::kModelDefault;
+      chunks.push_back(c);
+    }
+    const std::vector<StepOutput> outs = step_all(chunks, "decode step " + std::to_string(step));
+    ASSERT_EQ(outs.size(), backends.size());
+    for (int i = 0; i < n; ++i) {
+      next[i] = gsa::testing::ArgMax(outs[0].logits.data() + i * V, V);
+      ++len[i];
+    }
+  }
 }
 
 TEST_P(CudaShapes, SmallRowProductsMatchCublasAndTheCpuInDecodeSteps) {

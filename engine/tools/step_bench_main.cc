@@ -47,6 +47,7 @@ struct Options {
   int warmup = 8;
   bool eager = false;
   bool cublas_only = false;
+  bool merge_kernel = false;
   bool profile = false;
   double gpu_memory_fraction = 0.9;
   std::string json_path;
@@ -77,6 +78,8 @@ void Usage() {
       "  --warmup N               untimed decode steps first (default 8; graph capture happens here)\n"
       "  --eager                  no CUDA graphs (CudaBackendOptions::use_cuda_graphs = false)\n"
       "  --cublas-only            every product through cuBLASLt, none through kernels::SmallLinear\n"
+      "  --merge-kernel           the sparse attention's splits merged by a separate kernel\n"
+      "                           (CudaBackendOptions::attention_merge_in_kernel = false)\n"
       "                           (CudaBackendOptions::use_small_rows_linear = false)\n"
       "  --profile                one more step per case inside cudaProfilerStart/Stop (for ncu)\n"
       "  --gpu-memory-fraction F  share of the GPU this process may use (default 0.9)\n"
@@ -132,6 +135,8 @@ Options ParseArgs(int argc, char** argv) {
       o.eager = true;
     } else if (a == "--cublas-only") {
       o.cublas_only = true;
+    } else if (a == "--merge-kernel") {
+      o.merge_kernel = true;
     } else if (a == "--profile") {
       o.profile = true;
     } else if (a == "--gpu-memory-fraction") {
@@ -194,6 +199,7 @@ int Main(int argc, char** argv) {
   co.max_rows = std::max<int64_t>(kPrefillChunk, max_batch);
   co.use_cuda_graphs = !opt.eager;
   co.use_small_rows_linear = !opt.cublas_only;
+  co.attention_merge_in_kernel = !opt.merge_kernel;
   absl::StatusOr<std::unique_ptr<CudaBackend>> created = CudaBackend::Create(c, model->weights, co);
   Check(created.status(), "CudaBackend::Create");
   CudaBackend& backend = **created;
@@ -317,7 +323,7 @@ int Main(int argc, char** argv) {
         {"model", {{"dir", opt.model_dir}, {"n_layers", c.n_layers}, {"d_model", c.d_model}, {"d_ffn", c.d_ffn},
                    {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"d_head", c.d_head},
                    {"vocab_size", c.vocab_size}, {"k_base", c.k_base}}},
-        {"settings", {{"graphs", !opt.eager}, {"small_rows_linear", !opt.cublas_only}, {"steps", opt.steps}, {"warmup", opt.warmup}, {"block_size", kBlock}}},
+        {"settings", {{"graphs", !opt.eager}, {"small_rows_linear", !opt.cublas_only}, {"attention_merge_in_kernel", !opt.merge_kernel}, {"steps", opt.steps}, {"warmup", opt.warmup}, {"block_size", kBlock}}},
         {"command", [&] {
            std::string cmd;
            for (int i = 0; i < argc; ++i) absl::StrAppend(&cmd, i ? " " : "", argv[i]);

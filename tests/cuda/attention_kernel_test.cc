@@ -321,7 +321,8 @@ enum class Workspace {
 // buffer [rows, n_heads * d_head] comes back. Empty on a failure (already reported).
 std::vector<bf16> Launch(const Problem& p, const DeviceProblem& d, const std::vector<int32_t>& row_ids,
                          Workspace ws = Workspace::kFull, const uint8_t* row_skip = nullptr,
-                         const DeviceBuffer<bf16>* out_in = nullptr, int32_t resident_blocks_per_sm = 0) {
+                         const DeviceBuffer<bf16>* out_in = nullptr, int32_t resident_blocks_per_sm = 0,
+                         const DeviceBuffer<uint32_t>* split_counters = nullptr) {
   const int32_t H = p.shape.n_heads, D = p.shape.d_head;
   DeviceBuffer<int32_t> ids = Upload(row_ids);
   // The output: a fresh poisoned buffer, or `out_in` as it is (what an earlier kernel wrote).
@@ -381,6 +382,10 @@ std::vector<bf16> Launch(const Problem& p, const DeviceProblem& d, const std::ve
   a.workspace = ws_bytes > 0 ? work.get() : nullptr;
   a.workspace_bytes = ws_bytes;
   a.resident_blocks_per_sm = resident_blocks_per_sm;
+  if (split_counters != nullptr) {
+    a.split_counters = split_counters->get();
+    a.split_counter_count = split_counters->size();
+  }
   EXPECT_EQ(kernels::GatheredAttention(a, nullptr), cudaSuccess);
   const cudaError_t sync = cudaDeviceSynchronize();
   EXPECT_EQ(sync, cudaSuccess) << cudaGetErrorString(sync);
@@ -839,6 +844,63 @@ TEST(AttentionKernel, RowSkipLeavesThoseRowsUntouched) {
       if (skip[static_cast<size_t>(r)] == 0) computed.push_back(r);
     }
     if (!out.empty()) ExpectMatches(p, refs, computed, out);  // skipped rows must still be poison
+  }
+}
+
+// With split counters the last block of each (row, KV head) merges the splits: the same bits as
+// the merge kernel, for every head and group size, batch 1 (many splits) and larger, skipped rows
+// untouched, and the counters back at zero after every launch (so the next one is right too).
+TEST(AttentionKernel, MergeInTheAttentionKernelIsBitwiseTheMergeKernel) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = TestSeed();
+  SEED_TRACE(seed);
+  struct Heads {
+    int32_t n_heads, n_kv_heads;
+  };
+  int config = 0;
+  for (int32_t dh : {64, 128, 256}) {
+    for (const Heads hd : {Heads{2, 2}, Heads{16, 8}, Heads{8, 2}, Heads{6, 2}, Heads{8, 1}}) {
+      ++config;
+      SCOPED_TRACE(::testing::Message() << "d_head " << dh << ", " << hd.n_heads << " heads / " << hd.n_kv_heads
+                                        << " KV heads");
+      Spec sp;
+      sp.shape = {hd.n_heads, hd.n_kv_heads, dh, config % 2 == 0 ? 16 : 64};
+      sp.contexts = {9000, 1300};
+      sp.rows = {{0, 8999, false, 2048}, {1, 1299, true},           {0, 4000, false, 37, true},
+                 {0, 8999, true},        {1, 1299, false, 1024},    {1, 0, false, 1}};
+      sp.gate = config % 3 != 0;
+      sp.act = static_cast<GateActivation>(config % 3);
+      const Problem p = Build(sp, seed + static_cast<uint64_t>(config));
+      ASSERT_FALSE(::testing::Test::HasFailure());
+      const DeviceProblem d = UploadProblem(p);
+      ASSERT_FALSE(::testing::Test::HasFailure());
+      ReferenceCache refs(p);
+      auto counters = DeviceBuffer<uint32_t>::Allocate(static_cast<size_t>(p.rows()) * hd.n_kv_heads);
+      ASSERT_TRUE(counters.ok()) << counters.status();
+      ASSERT_EQ(cudaMemset(counters->get(), 0, counters->bytes()), cudaSuccess);
+      const std::vector<uint8_t> skip = {0, 0, 1, 0, 0, 0};
+      DeviceBuffer<uint8_t> skip_d = Upload(skip);
+      for (const std::vector<int32_t>& ids : {std::vector<int32_t>{0}, std::vector<int32_t>{3}, AllRows(p),
+                                             std::vector<int32_t>{4, 0, 2}}) {
+        SCOPED_TRACE(::testing::Message() << ids.size() << " listed rows");
+        const std::vector<bf16> by_kernel = Launch(p, d, ids, Workspace::kFull, skip_d.get());
+        for (int rep = 0; rep < 2; ++rep) {
+          const std::vector<bf16> in_kernel =
+              Launch(p, d, ids, Workspace::kFull, skip_d.get(), nullptr, 0, &*counters);
+          ExpectBitwiseEqual(by_kernel, in_kernel);
+          auto left = counters->ToHost();
+          ASSERT_TRUE(left.ok()) << left.status();
+          EXPECT_EQ(std::count(left->begin(), left->end(), 0u), static_cast<std::ptrdiff_t>(left->size()))
+              << "a split counter was left non-zero";
+        }
+        std::vector<int32_t> computed;
+        for (int32_t r : ids) {
+          if (skip[static_cast<size_t>(r)] == 0) computed.push_back(r);
+        }
+        if (!by_kernel.empty()) ExpectMatches(p, refs, computed, by_kernel);
+      }
+      if (::testing::Test::HasFailure()) return;  // one failing shape is enough output
+    }
   }
 }
 

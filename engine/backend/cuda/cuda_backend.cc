@@ -170,6 +170,7 @@ struct Workspace {
   DeviceBuffer<int32_t> sel;    // [rows, sel_stride]
   DeviceBuffer<float> logits;   // [logit_chunk, vocab]
   DeviceBuffer<uint8_t> attn_ws, topk_ws;
+  DeviceBuffer<uint32_t> attn_counters;  // GatheredAttention's split counters, zeroed when allocated (its contract)
   DeviceBuffer<uint8_t> select_ws;  // kernels::DecodeSelect's, zeroed when allocated (its contract)
   DeviceBuffer<float> scores;   // one score chunk
   DeviceBuffer<uint8_t> sparse_ws;  // kernels::SparsePrefill's (block lists and masks of its tiles)
@@ -278,7 +279,9 @@ absl::Status EnsureWorkspace(const ModelConfig& c, CudaBackend::Impl& im, int64_
     GSA_ASSIGN_OR_RETURN(n.sparse_ws, DeviceBuffer<uint8_t>::Allocate(bytes));
     GSA_ASSIGN_OR_RETURN(n.row_skip, DeviceBuffer<uint8_t>::Allocate(R));
   }
+  GSA_ASSIGN_OR_RETURN(n.attn_counters, DeviceBuffer<uint32_t>::Allocate(R * static_cast<size_t>(c.n_kv_heads)));
   GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(n.select_ws.get(), 0, n.select_ws.bytes(), im.stream.get()));
+  GSA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(n.attn_counters.get(), 0, n.attn_counters.bytes(), im.stream.get()));
   n.meta = std::move(w.meta);
   w = std::move(n);
   return absl::OkStatus();
@@ -928,6 +931,10 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
       ga.max_tokens = plan.gathered_max_tokens;
       ga.workspace = w.attn_ws.get();
       ga.workspace_bytes = w.attn_ws.bytes();
+      if (b.options_.attention_merge_in_kernel) {
+        ga.split_counters = w.attn_counters.get();
+        ga.split_counter_count = w.attn_counters.size();
+      }
       ga.resident_blocks_per_sm = im.attn_resident_blocks;
       GSA_CUDA_RETURN_IF_ERROR(kernels::GatheredAttention(ga, st));
     }

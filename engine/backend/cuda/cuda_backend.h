@@ -70,6 +70,10 @@ struct CudaBackendOptions {
   // indexer reads about half the bytes. Not the reference function: selections differ slightly
   // (README, "fp8 indexer keys", gives the measured overlap and logit differences).
   bool fp8_indexer_keys = false;
+  // The sparse attention's split-k partials are merged by the last block of each (row, KV head)
+  // (kernels::GatheredAttentionArgs::split_counters) instead of a separate merge kernel: one
+  // kernel fewer a layer, the same output bitwise. false: the merge kernel (tests compare).
+  bool attention_merge_in_kernel = true;
 };
 
 struct DecodeGraph;
