@@ -14,13 +14,17 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <set>
+#include <string>
 
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/backend/cuda/cuda_backend.h"
 #include "engine/model/model_loader.h"
 #include "engine/sched/attention_stats.h"
 #include "engine/tools/random_model.h"
+#include "engine/util/status_macros.h"
 #include "tests/testing/batch_builder.h"
 #include "tests/testing/golden.h"
 #include "tests/testing/test_support.h"
@@ -553,6 +557,79 @@ std::vector<int32_t> Tokens(int64_t n, uint32_t seed, int64_t vocab) {
   return t;
 }
 
+// Sequences run in lockstep on several backends, each with its own block layout (BatchBuilder of
+// 256 blocks of 16): Prefill gives sequence i its prompt in one step (last-token logits), Decode
+// one token each to sequences 0 … n − 1, the first backend's greedy choice fed to all. Each step's
+// outputs come back in backend order, each checked to hold its rows' logits; empty when a step
+// failed (reported). `step` runs one backend's step (default: Backend::Step).
+class Lockstep {
+ public:
+  using Chunk = gsa::testing::BatchBuilder::Chunk;
+  using StepFn = std::function<absl::StatusOr<StepOutput>(size_t backend, const StepBatch& batch)>;
+
+  Lockstep(std::vector<Backend*> backends, int64_t vocab, std::function<AttentionMode(int)> attention)
+      : backends_(std::move(backends)),
+        builders_(backends_.size(), gsa::testing::BatchBuilder(256, 16)),
+        vocab_(vocab),
+        attention_(std::move(attention)),
+        step_([this](size_t b, const StepBatch& batch) { return backends_[b]->Step(batch); }) {}
+
+  void set_step(StepFn step) { step_ = std::move(step); }
+
+  std::vector<StepOutput> Prefill(int i, std::vector<int32_t> prompt) {
+    Chunk c;
+    c.id = i;
+    c.tokens = std::move(prompt);
+    c.all_logits = false;
+    c.attention = attention_(i);
+    len_[i] = static_cast<int64_t>(c.tokens.size());
+    std::vector<StepOutput> outs = StepAll({c}, 1, "prefill of sequence " + std::to_string(i));
+    if (!outs.empty()) next_[i] = gsa::testing::ArgMax(outs[0].logits.data(), vocab_);
+    return outs;
+  }
+
+  std::vector<StepOutput> Decode(int n) {
+    std::vector<Chunk> chunks;
+    for (int i = 0; i < n; ++i) {
+      Chunk c;
+      c.id = i;
+      c.tokens = {next_[i]};
+      c.start = len_[i];
+      c.attention = attention_(i);
+      chunks.push_back(c);
+    }
+    std::vector<StepOutput> outs = StepAll(chunks, n, "decode step of " + std::to_string(n) + " rows");
+    if (outs.empty()) return outs;
+    for (int i = 0; i < n; ++i) {
+      next_[i] = gsa::testing::ArgMax(outs[0].logits.data() + i * vocab_, vocab_);
+      ++len_[i];
+    }
+    return outs;
+  }
+
+ private:
+  std::vector<StepOutput> StepAll(const std::vector<Chunk>& chunks, int logits_rows, const std::string& what) {
+    std::vector<StepOutput> outs;
+    for (size_t b = 0; b < backends_.size(); ++b) {
+      absl::StatusOr<StepOutput> out = step_(b, builders_[b].Make(chunks));
+      EXPECT_TRUE(out.ok()) << what << ", backend " << b << ": " << out.status();
+      if (!out.ok()) return {};
+      EXPECT_EQ(out->logits.size(), static_cast<size_t>(logits_rows * vocab_)) << what << ", backend " << b;
+      if (out->logits.size() != static_cast<size_t>(logits_rows * vocab_)) return {};
+      outs.push_back(std::move(*out));
+    }
+    return outs;
+  }
+
+  std::vector<Backend*> backends_;
+  std::vector<gsa::testing::BatchBuilder> builders_;
+  int64_t vocab_;
+  std::function<AttentionMode(int)> attention_;
+  StepFn step_;
+  std::map<int, int64_t> len_;
+  std::map<int, int32_t> next_;
+};
+
 TEST_P(CudaShapes, PromptMatchesCpuReferenceOneShotAndChunked) {
   const std::vector<int32_t> prompt = Tokens(700, 7, model_->config.vocab_size);
   auto cpu = MakeCpu(*model_, 128, 16);
@@ -645,47 +722,17 @@ TEST_P(CudaShapes, GraphDecodeStepsMatchEagerOnes) {
   auto graph1 = MakeCuda(*model_, 256, 16, true, true);
   auto graph2 = MakeCuda(*model_, 256, 16, true, true);
   ASSERT_NE(eager, nullptr);
-  std::vector<gsa::testing::BatchBuilder> builders(3, gsa::testing::BatchBuilder(256, 16));
-  std::vector<Backend*> backends = {eager.get(), graph1.get(), graph2.get()};
+  Lockstep run({eager.get(), graph1.get(), graph2.get()}, V,
+               [](int i) { return i == 3 ? AttentionMode::kDense : AttentionMode::kModelDefault; });
   const int kSeqs = 5;
-  std::vector<int64_t> len(kSeqs);
-  std::vector<int32_t> next(kSeqs);
   // Prefill five prompts of different lengths (eager in every backend), one step each.
-  for (int i = 0; i < kSeqs; ++i) {
-    const std::vector<int32_t> prompt = Tokens(100 + 97 * i, 21 + i, V);
-    len[i] = static_cast<int64_t>(prompt.size());
-    gsa::testing::BatchBuilder::Chunk c;
-    c.id = i;
-    c.tokens = prompt;
-    c.all_logits = false;
-    c.attention = i == 3 ? AttentionMode::kDense : AttentionMode::kModelDefault;
-    for (size_t b = 0; b < backends.size(); ++b) {
-      auto out = backends[b]->Step(builders[b].Make({c}));
-      ASSERT_TRUE(out.ok()) << out.status();
-      if (b == 0) next[i] = gsa::testing::ArgMax(out->logits.data(), V);
-    }
-  }
+  for (int i = 0; i < kSeqs; ++i) ASSERT_FALSE(run.Prefill(i, Tokens(100 + 97 * i, 21 + i, V)).empty());
   float worst = 0.0f;
   for (int step = 0; step < 12; ++step) {
     // Batch sizes 1, 2, 3, 5, …: buckets 1, 2, 4 and 8.
     const int n = std::min(kSeqs, 1 + step / 2 + (step >= 6 ? 2 : 0));
-    std::vector<gsa::testing::BatchBuilder::Chunk> chunks;
-    for (int i = 0; i < n; ++i) {
-      gsa::testing::BatchBuilder::Chunk c;
-      c.id = i;
-      c.tokens = {next[i]};
-      c.start = len[i];
-      c.attention = i == 3 ? AttentionMode::kDense : AttentionMode::kModelDefault;
-      chunks.push_back(c);
-    }
-    std::vector<StepOutput> outs;
-    for (size_t b = 0; b < backends.size(); ++b) {
-      auto out = backends[b]->Step(builders[b].Make(chunks));
-      ASSERT_TRUE(out.ok()) << "step " << step << " backend " << b << ": " << out.status();
-      outs.push_back(std::move(*out));
-    }
-    ASSERT_EQ(outs[0].logits.size(), static_cast<size_t>(n * V));
-    ASSERT_EQ(outs[1].logits.size(), outs[0].logits.size());
+    const std::vector<StepOutput> outs = run.Decode(n);
+    ASSERT_EQ(outs.size(), 3u) << "step " << step;
     EXPECT_EQ(0, std::memcmp(outs[1].logits.data(), outs[2].logits.data(), outs[1].logits.size() * sizeof(float)))
         << "step " << step << ": two graph runs differ";
     if (!GetParam().adaptive) {
@@ -693,10 +740,6 @@ TEST_P(CudaShapes, GraphDecodeStepsMatchEagerOnes) {
     }
     EXPECT_EQ(outs[0].selected_rows, outs[1].selected_rows);
     worst = std::max(worst, MaxAbsDiff(outs[0].logits, outs[1].logits));
-    for (int i = 0; i < n; ++i) {
-      next[i] = gsa::testing::ArgMax(outs[0].logits.data() + i * V, V);
-      ++len[i];
-    }
   }
   std::printf("[ %s graphs ] max |logit graph - eager| over 12 decode steps = %.3g\n", GetParam().name, worst);
   EXPECT_LE(worst, 5e-2f);
@@ -713,68 +756,29 @@ TEST_P(CudaShapes, MergingSplitsInTheAttentionKernelChangesNoBitAndLaunchCollect
   auto kernel_eager = MakeCuda(*model_, 256, 16, true, false, false, true, true, /*attention_merge_in_kernel=*/false);
   ASSERT_NE(fused_graph, nullptr);
   ASSERT_NE(kernel_eager, nullptr);
-  std::vector<CudaBackend*> backends = {fused_graph.get(), kernel_graph.get(), fused_eager.get(), kernel_eager.get()};
-  std::vector<gsa::testing::BatchBuilder> builders(backends.size(), gsa::testing::BatchBuilder(256, 16));
-  const int kSeqs = 4;
-  std::vector<int64_t> len(kSeqs);
-  std::vector<int32_t> next(kSeqs);
-  auto step_all = [&](const std::vector<gsa::testing::BatchBuilder::Chunk>& chunks, const std::string& what) {
-    std::vector<StepOutput> outs;
-    for (size_t b = 0; b < backends.size(); ++b) {
-      const StepBatch batch = builders[b].Make(chunks);
-      absl::StatusOr<StepOutput> out;
-      if (b == 0) {  // the graph-replayed backend in two halves
-        EXPECT_EQ(backends[b]->Collect().status().code(), absl::StatusCode::kFailedPrecondition);
-        const absl::Status launched = backends[b]->Launch(batch);
-        EXPECT_TRUE(launched.ok()) << launched;
-        EXPECT_EQ(backends[b]->Launch(batch).code(), absl::StatusCode::kFailedPrecondition) << "a second Launch";
-        out = backends[b]->Collect();
-      } else {
-        out = backends[b]->Step(batch);
-      }
-      EXPECT_TRUE(out.ok()) << what << " backend " << b << ": " << out.status();
-      if (!out.ok()) return outs;
-      outs.push_back(std::move(*out));
-    }
+  // Odd sequences dense: their rows attend the whole context, so a step has several splits.
+  const std::vector<Backend*> all = {fused_graph.get(), kernel_graph.get(), fused_eager.get(), kernel_eager.get()};
+  Lockstep run(all, V, [](int i) { return i % 2 == 1 ? AttentionMode::kDense : AttentionMode::kModelDefault; });
+  run.set_step([&](size_t b, const StepBatch& batch) -> absl::StatusOr<StepOutput> {
+    if (b != 0) return all[b]->Step(batch);
+    // The graph-replayed backend in two halves.
+    EXPECT_EQ(fused_graph->Collect().status().code(), absl::StatusCode::kFailedPrecondition) << "nothing launched";
+    GSA_RETURN_IF_ERROR(fused_graph->Launch(batch));
+    EXPECT_EQ(fused_graph->Launch(batch).code(), absl::StatusCode::kFailedPrecondition) << "a second Launch";
+    return fused_graph->Collect();
+  });
+  auto expect_same = [](const std::vector<StepOutput>& outs, const std::string& what) {
+    ASSERT_EQ(outs.size(), 4u) << what;
     for (size_t b : {size_t{1}, size_t{3}}) {
-      EXPECT_EQ(outs[b].logits.size(), outs[b - 1].logits.size()) << what;
       EXPECT_EQ(0, std::memcmp(outs[b].logits.data(), outs[b - 1].logits.data(), outs[b].logits.size() * sizeof(float)))
-          << what << ": the merge kernel and the merge in the attention kernel differ (" << (b == 1 ? "graphs" : "eager")
-          << ")";
+          << what << ": the merge kernel and the merge in the attention kernel differ ("
+          << (b == 1 ? "graphs" : "eager") << ")";
       EXPECT_EQ(outs[b].selected_sum, outs[b - 1].selected_sum) << what;
     }
-    return outs;
   };
-  for (int i = 0; i < kSeqs; ++i) {
-    gsa::testing::BatchBuilder::Chunk c;
-    c.id = i;
-    c.tokens = Tokens(300 + 211 * i, 41 + i, V);
-    c.all_logits = false;
-    // Odd sequences dense: their rows attend the whole context, so a step has several splits.
-    c.attention = i % 2 == 1 ? AttentionMode::kDense : AttentionMode::kModelDefault;
-    len[i] = static_cast<int64_t>(c.tokens.size());
-    const std::vector<StepOutput> outs = step_all({c}, "prefill " + std::to_string(i));
-    ASSERT_EQ(outs.size(), backends.size());
-    next[i] = gsa::testing::ArgMax(outs[0].logits.data(), V);
-  }
-  for (int step = 0; step < 6; ++step) {
-    const int n = 1 + step % kSeqs;
-    std::vector<gsa::testing::BatchBuilder::Chunk> chunks;
-    for (int i = 0; i < n; ++i) {
-      gsa::testing::BatchBuilder::Chunk c;
-      c.id = i;
-      c.tokens = {next[i]};
-      c.start = len[i];
-      c.attention = i % 2 == 1 ? AttentionMode::kDense : AttentionMode::kModelDefault;
-      chunks.push_back(c);
-    }
-    const std::vector<StepOutput> outs = step_all(chunks, "decode step " + std::to_string(step));
-    ASSERT_EQ(outs.size(), backends.size());
-    for (int i = 0; i < n; ++i) {
-      next[i] = gsa::testing::ArgMax(outs[0].logits.data() + i * V, V);
-      ++len[i];
-    }
-  }
+  const int kSeqs = 4;
+  for (int i = 0; i < kSeqs; ++i) expect_same(run.Prefill(i, Tokens(300 + 211 * i, 41 + i, V)), "prefill");
+  for (int step = 0; step < 6; ++step) expect_same(run.Decode(1 + step % kSeqs), "decode step " + std::to_string(step));
 }
 
 TEST_P(CudaShapes, SmallRowProductsMatchCublasAndTheCpuInDecodeSteps) {
@@ -789,50 +793,18 @@ TEST_P(CudaShapes, SmallRowProductsMatchCublasAndTheCpuInDecodeSteps) {
   auto cpu = MakeCpu(*model_, 256, 16);
   ASSERT_NE(small_graph, nullptr);
   ASSERT_NE(cublas, nullptr);
-  std::vector<Backend*> backends = {cpu.get(), small_graph.get(), small_eager.get(), cublas.get()};
-  std::vector<gsa::testing::BatchBuilder> builders(backends.size(), gsa::testing::BatchBuilder(256, 16));
+  Lockstep run({cpu.get(), small_graph.get(), small_eager.get(), cublas.get()}, V,
+               [](int) { return AttentionMode::kDense; });
   const int kSeqs = 8;
-  std::vector<int64_t> len(kSeqs);
-  std::vector<int32_t> next(kSeqs);
-  for (int i = 0; i < kSeqs; ++i) {
-    gsa::testing::BatchBuilder::Chunk c;
-    c.id = i;
-    c.tokens = Tokens(40 + 23 * i, 71 + i, V);
-    c.all_logits = false;
-    c.attention = AttentionMode::kDense;
-    len[i] = static_cast<int64_t>(c.tokens.size());
-    for (size_t b = 0; b < backends.size(); ++b) {
-      auto out = backends[b]->Step(builders[b].Make({c}));
-      ASSERT_TRUE(out.ok()) << out.status();
-      if (b == 0) next[i] = gsa::testing::ArgMax(out->logits.data(), V);
-    }
-  }
+  for (int i = 0; i < kSeqs; ++i) ASSERT_FALSE(run.Prefill(i, Tokens(40 + 23 * i, 71 + i, V)).empty());
   float worst_cpu = 0.0f, worst_cublas = 0.0f, worst_eager = 0.0f, scale = 1.0f;
   for (int n = 1; n <= kSeqs; ++n) {
-    std::vector<gsa::testing::BatchBuilder::Chunk> chunks;
-    for (int i = 0; i < n; ++i) {
-      gsa::testing::BatchBuilder::Chunk c;
-      c.id = i;
-      c.tokens = {next[i]};
-      c.start = len[i];
-      c.attention = AttentionMode::kDense;
-      chunks.push_back(c);
-    }
-    std::vector<StepOutput> outs;
-    for (size_t b = 0; b < backends.size(); ++b) {
-      auto out = backends[b]->Step(builders[b].Make(chunks));
-      ASSERT_TRUE(out.ok()) << "rows " << n << " backend " << b << ": " << out.status();
-      ASSERT_EQ(out->logits.size(), static_cast<size_t>(n * V));
-      outs.push_back(std::move(*out));
-    }
+    const std::vector<StepOutput> outs = run.Decode(n);
+    ASSERT_EQ(outs.size(), 4u) << "rows " << n;
     for (float x : outs[0].logits) scale = std::max(scale, std::fabs(x));
     worst_cpu = std::max({worst_cpu, MaxAbsDiff(outs[1].logits, outs[0].logits), MaxAbsDiff(outs[2].logits, outs[0].logits)});
     worst_cublas = std::max(worst_cublas, MaxAbsDiff(outs[1].logits, outs[3].logits));
     worst_eager = std::max(worst_eager, MaxAbsDiff(outs[1].logits, outs[2].logits));
-    for (int i = 0; i < n; ++i) {
-      next[i] = gsa::testing::ArgMax(outs[0].logits.data() + i * V, V);
-      ++len[i];
-    }
   }
   std::printf("[ %s small-row products ] max |logit - cpu| %.3g, - cuBLASLt %.3g, graph - eager %.3g (largest |logit| %.3g)\n",
               GetParam().name, worst_cpu, worst_cublas, worst_eager, scale);

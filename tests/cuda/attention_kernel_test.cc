@@ -476,6 +476,30 @@ void ExpectBitwiseEqual(const std::vector<bf16>& a, const std::vector<bf16>& b) 
   EXPECT_EQ(diff, 0) << "elements differ between two launches of the same batch";
 }
 
+// With split counters the last block of each (row, KV head) merges the splits itself: for each
+// listing, the same bits as the merge kernel (row `skipped` set in row_skip for both), twice on
+// one set of counters, which every launch must leave at zero.
+void ExpectMergeInKernelIsTheMergeKernel(const Problem& p, const DeviceProblem& d,
+                                         const std::vector<std::vector<int32_t>>& listings, int32_t skipped) {
+  auto counters = DeviceBuffer<uint32_t>::Allocate(static_cast<size_t>(p.rows()) * p.shape.n_kv_heads);
+  ASSERT_TRUE(counters.ok()) << counters.status();
+  ASSERT_EQ(cudaMemset(counters->get(), 0, counters->bytes()), cudaSuccess);
+  std::vector<uint8_t> skip(static_cast<size_t>(p.rows()), 0);
+  skip[static_cast<size_t>(skipped)] = 1;
+  DeviceBuffer<uint8_t> skip_d = Upload(skip);
+  for (const std::vector<int32_t>& ids : listings) {
+    SCOPED_TRACE(::testing::Message() << "merge in the kernel, " << ids.size() << " listed rows");
+    const std::vector<bf16> by_kernel = Launch(p, d, ids, Workspace::kFull, skip_d.get());
+    for (int rep = 0; rep < 2; ++rep) {
+      ExpectBitwiseEqual(by_kernel, Launch(p, d, ids, Workspace::kFull, skip_d.get(), nullptr, 0, &*counters));
+      auto left = counters->ToHost();
+      ASSERT_TRUE(left.ok()) << left.status();
+      EXPECT_EQ(std::count(left->begin(), left->end(), 0u), static_cast<std::ptrdiff_t>(left->size()))
+          << "a split counter was left non-zero";
+    }
+  }
+}
+
 // Launches `row_ids` and checks it against the reference; returns the output.
 std::vector<bf16> RunAndCheck(const Problem& p, const DeviceProblem& d, ReferenceCache& refs,
                               const std::vector<int32_t>& row_ids, Workspace ws = Workspace::kFull) {
@@ -544,13 +568,15 @@ TEST(AttentionKernel, DenseRowsAtShortContexts) {
   }
 }
 
+// A head layout: query heads and KV heads.
+struct Heads {
+  int32_t n_heads, n_kv_heads;
+};
+
 TEST(AttentionKernel, EveryHeadSizeAndGroupSize) {
   GSA_REQUIRE_GPU();
   const uint64_t seed = TestSeed();
   SEED_TRACE(seed);
-  struct Heads {
-    int32_t n_heads, n_kv_heads;
-  };
   int config = 0;
   for (int32_t dh : {32, 64, 128, 256}) {
     for (const Heads hd : {Heads{2, 2}, Heads{4, 2}, Heads{8, 2}, Heads{6, 2}, Heads{8, 1}, Heads{5, 1}, Heads{14, 2}}) {
@@ -572,6 +598,7 @@ TEST(AttentionKernel, EveryHeadSizeAndGroupSize) {
       ReferenceCache refs(p);
       RunAndCheck(p, d, refs, AllRows(p));
       RunAndCheck(p, d, refs, {5});  // batch 1
+      ExpectMergeInKernelIsTheMergeKernel(p, d, {AllRows(p), {5}, {0}, {4, 0, 2}}, 2);
       if (::testing::Test::HasFailure()) return;  // one failing shape is enough output
     }
   }
@@ -623,6 +650,7 @@ TEST(AttentionKernel, LongDecodeRowAt128K) {
   // Same batch twice: the same bits.
   ExpectBitwiseEqual(dense1, Launch(p, d, {0}));
   ExpectBitwiseEqual(sparse1, Launch(p, d, {1}));
+  ExpectMergeInKernelIsTheMergeKernel(p, d, {{0}, {1, 0}}, 1);  // the dense row: 64 splits at batch 1
 }
 
 // A step as the engine builds it: a sparse prefill chunk of many short rows, a dense prefill
@@ -665,9 +693,6 @@ TEST(AttentionKernel, Batch64DecodeRows) {
   GSA_REQUIRE_GPU();
   const uint64_t seed = TestSeed();
   SEED_TRACE(seed);
-  struct Heads {
-    int32_t n_heads, n_kv_heads;
-  };
   for (const Heads hd : {Heads{16, 8}, Heads{4, 1}}) {  // 512 blocks at one split; 64 blocks
     SCOPED_TRACE(::testing::Message() << hd.n_heads << " heads / " << hd.n_kv_heads << " KV heads");
     Rng rng(seed ^ static_cast<uint64_t>(hd.n_kv_heads));
@@ -844,63 +869,6 @@ TEST(AttentionKernel, RowSkipLeavesThoseRowsUntouched) {
       if (skip[static_cast<size_t>(r)] == 0) computed.push_back(r);
     }
     if (!out.empty()) ExpectMatches(p, refs, computed, out);  // skipped rows must still be poison
-  }
-}
-
-// With split counters the last block of each (row, KV head) merges the splits: the same bits as
-// the merge kernel, for every head and group size, batch 1 (many splits) and larger, skipped rows
-// untouched, and the counters back at zero after every launch (so the next one is right too).
-TEST(AttentionKernel, MergeInTheAttentionKernelIsBitwiseTheMergeKernel) {
-  GSA_REQUIRE_GPU();
-  const uint64_t seed = TestSeed();
-  SEED_TRACE(seed);
-  struct Heads {
-    int32_t n_heads, n_kv_heads;
-  };
-  int config = 0;
-  for (int32_t dh : {64, 128, 256}) {
-    for (const Heads hd : {Heads{2, 2}, Heads{16, 8}, Heads{8, 2}, Heads{6, 2}, Heads{8, 1}}) {
-      ++config;
-      SCOPED_TRACE(::testing::Message() << "d_head " << dh << ", " << hd.n_heads << " heads / " << hd.n_kv_heads
-                                        << " KV heads");
-      Spec sp;
-      sp.shape = {hd.n_heads, hd.n_kv_heads, dh, config % 2 == 0 ? 16 : 64};
-      sp.contexts = {9000, 1300};
-      sp.rows = {{0, 8999, false, 2048}, {1, 1299, true},           {0, 4000, false, 37, true},
-                 {0, 8999, true},        {1, 1299, false, 1024},    {1, 0, false, 1}};
-      sp.gate = config % 3 != 0;
-      sp.act = static_cast<GateActivation>(config % 3);
-      const Problem p = Build(sp, seed + static_cast<uint64_t>(config));
-      ASSERT_FALSE(::testing::Test::HasFailure());
-      const DeviceProblem d = UploadProblem(p);
-      ASSERT_FALSE(::testing::Test::HasFailure());
-      ReferenceCache refs(p);
-      auto counters = DeviceBuffer<uint32_t>::Allocate(static_cast<size_t>(p.rows()) * hd.n_kv_heads);
-      ASSERT_TRUE(counters.ok()) << counters.status();
-      ASSERT_EQ(cudaMemset(counters->get(), 0, counters->bytes()), cudaSuccess);
-      const std::vector<uint8_t> skip = {0, 0, 1, 0, 0, 0};
-      DeviceBuffer<uint8_t> skip_d = Upload(skip);
-      for (const std::vector<int32_t>& ids : {std::vector<int32_t>{0}, std::vector<int32_t>{3}, AllRows(p),
-                                             std::vector<int32_t>{4, 0, 2}}) {
-        SCOPED_TRACE(::testing::Message() << ids.size() << " listed rows");
-        const std::vector<bf16> by_kernel = Launch(p, d, ids, Workspace::kFull, skip_d.get());
-        for (int rep = 0; rep < 2; ++rep) {
-          const std::vector<bf16> in_kernel =
-              Launch(p, d, ids, Workspace::kFull, skip_d.get(), nullptr, 0, &*counters);
-          ExpectBitwiseEqual(by_kernel, in_kernel);
-          auto left = counters->ToHost();
-          ASSERT_TRUE(left.ok()) << left.status();
-          EXPECT_EQ(std::count(left->begin(), left->end(), 0u), static_cast<std::ptrdiff_t>(left->size()))
-              << "a split counter was left non-zero";
-        }
-        std::vector<int32_t> computed;
-        for (int32_t r : ids) {
-          if (skip[static_cast<size_t>(r)] == 0) computed.push_back(r);
-        }
-        if (!by_kernel.empty()) ExpectMatches(p, refs, computed, by_kernel);
-      }
-      if (::testing::Test::HasFailure()) return;  // one failing shape is enough output
-    }
   }
 }
 
