@@ -411,6 +411,46 @@ TEST(Sampler, GreedyOverOnlyNanAndMinusInfinityTakesTheFirstId) {
   EXPECT_EQ(s.Sample(plus_inf.data(), 4, Greedy(), 0, {}, {}, 0).token, 1);
 }
 
+// Greedy without penalties takes a vectorized two-pass path: on rows of many lengths (vector
+// tails, 152K entries) with NaN, ±inf, ±0 and repeated maxima at random places, it picks exactly
+// the token of the scalar rule (the first index of the largest value, NaN below everything, 0 when
+// nothing is above -inf) — and of the penalty path's argmax, forced with a neutral penalty.
+TEST(Sampler, GreedyFastPathPicksTheScalarRulesTokenOnEveryRow) {
+  Sampler s;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  std::mt19937 rng(20261129);
+  std::normal_distribution<float> normal;
+  auto scalar = [&](const std::vector<float>& v) {
+    int32_t best = 0;
+    float best_v = std::isnan(v[0]) ? -inf : v[0];
+    for (size_t i = 1; i < v.size(); ++i) {
+      if (v[i] > best_v) {
+        best_v = v[i];
+        best = static_cast<int32_t>(i);
+      }
+    }
+    return best;
+  };
+  SamplingParams slow = Greedy();
+  slow.presence_penalty = 1e-30;  // takes the general path; no token was seen, so nothing changes
+  const std::vector<float> specials = {nan, inf, -inf, 0.0f, -0.0f, 7.5f};
+  for (int trial = 0; trial < 400; ++trial) {
+    const size_t n = trial == 0 ? 151936 : 1 + rng() % (trial % 4 == 0 ? 9000 : 70);
+    std::vector<float> v(n);
+    const int mode = trial % 5;  // 0: normal values; 1: few distinct values (ties); 2: mostly NaN/-inf
+    for (float& x : v) {
+      x = mode == 1 ? static_cast<float>(rng() % 4) : mode == 2 ? (rng() % 2 ? nan : -inf) : normal(rng);
+    }
+    const int extra = static_cast<int>(rng() % 4);
+    for (int e = 0; e < extra; ++e) v[rng() % n] = specials[rng() % specials.size()];
+    const int32_t want = scalar(v);
+    const int32_t got = s.Sample(v.data(), static_cast<int64_t>(n), Greedy(), 0, {}, {}, 0).token;
+    ASSERT_EQ(got, want) << "trial " << trial << ", " << n << " logits";
+    ASSERT_EQ(s.Sample(v.data(), static_cast<int64_t>(n), slow, 0, {}, {}, 0).token, want) << "trial " << trial;
+  }
+}
+
 // ---- Penalties ---------------------------------------------------------------------------------
 
 TEST(Sampler, RepetitionPenaltyDividesPositiveLogitsOfSeenTokens) {
