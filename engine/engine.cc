@@ -192,11 +192,7 @@ EngineStats Engine::Stats() const {
 struct Engine::InFlight {
   SchedulerOutput plan;
   std::vector<uint64_t> ids;  // chunk i's request id: the request may finish while the step runs
-  struct Rows {
-    int32_t first_logits = -1;  // index into logits_rows of the chunk's first logits row
-    int32_t num_logits = 0;
-  };
-  std::vector<Rows> rows;  // per chunk
+  std::vector<int32_t> first_logits;  // per chunk: index into logits_rows of its first logits row
   StepBatch batch;
 };
 
@@ -290,7 +286,7 @@ void Engine::LaunchStep(double* backend_s) {
   // logits (the last row of a chunk that samples; every prompt row when prompt logprobs were asked).
   auto f = std::make_unique<InFlight>();
   StepBatch& batch = f->batch;
-  f->rows.resize(plan.chunks.size());
+  f->first_logits.resize(plan.chunks.size());
   f->ids.reserve(plan.chunks.size());
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
     const ScheduledChunk& c = plan.chunks[i];
@@ -305,14 +301,13 @@ void Engine::LaunchStep(double* backend_s) {
     s.attention = r->attention;
     s.attention_stats = r->attention_stats.has_value();
     const bool want_prompt = r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent;
-    f->rows[i].first_logits = static_cast<int32_t>(batch.logits_rows.size());
+    f->first_logits[i] = static_cast<int32_t>(batch.logits_rows.size());
     for (int64_t j = 0; j < c.num_tokens; ++j) {
       const int64_t pos = c.start + j;
       const bool last = j + 1 == c.num_tokens;
       const bool prompt_row = want_prompt && pos + 1 < static_cast<int64_t>(r->prompt.size());
       if (prompt_row || (last && c.samples())) {
         batch.logits_rows.push_back(s.query_start + static_cast<int32_t>(j));
-        ++f->rows[i].num_logits;
       }
       batch.token_ids.push_back(r->TokenAt(pos));
     }
@@ -345,8 +340,9 @@ void Engine::CollectStep(double* backend_s) {
   const StepBatch& batch = f->batch;
   std::vector<ScheduledChunk>& chunks = f->plan.chunks;
 
-  // Chunks whose request finished while the step ran (a stop string, a cancel, a deadline): their
-  // results are dropped.
+  // Chunks whose request finished while the step ran (a stop string, or a detokenizer error, met
+  // while streaming; cancels and deadlines apply only between Collect and Launch): their results
+  // are dropped.
   std::vector<bool> alive(chunks.size());
   for (size_t i = 0; i < chunks.size(); ++i) alive[i] = requests_.count(f->ids[i]) != 0;
   if (!out.ok()) {
@@ -402,7 +398,7 @@ void Engine::CollectStep(double* backend_s) {
     if (!alive[i]) continue;
     const ScheduledChunk& c = chunks[i];
     Request* r = c.request;
-    int32_t li = f->rows[i].first_logits;
+    int32_t li = f->first_logits[i];
     // Prompt logprobs: logits at position p score the prompt token at p + 1.
     if (r->prompt_logprobs >= 0 && !r->prompt_logprobs_sent) {
       if (r->prompt_logprob_entries.empty()) r->prompt_logprob_entries.emplace_back();  // position 0
@@ -455,7 +451,7 @@ void Engine::StreamSampled() {
   items.swap(to_stream_);
   for (Sampled& e : items) {
     auto it = requests_.find(e.id);
-    if (it == requests_.end()) continue;  // finished meanwhile (an error of a later step)
+    if (it == requests_.end()) continue;  // finished since it was sampled
     StreamToken(it->second.get(), std::move(e));
   }
 }

@@ -131,7 +131,7 @@ class Engine {
          const EngineOptions& options, int64_t num_blocks);
 
  private:
-  struct InFlight;  // a launched step: its plan, the batch, each chunk's request id and logits rows
+  struct InFlight;  // a launched step: its plan, the batch, each chunk's request id and first logits row
   // A sampled token not yet streamed, with the finish its id or the length settled (kNone: none).
   struct Sampled {
     uint64_t id = 0;
