@@ -51,8 +51,8 @@ __host__ __device__ constexpr int64_t SplitQueryElems(int32_t n_heads, int32_t d
 // is left (the subtractions are exact).
 template <int D_I>
 __device__ __forceinline__ void StoreSplit(float x, bf16* q, int32_t n_heads, int32_t j, int32_t i) {
-  const int64_t part = QueryPartStride(n_heads, D_I);
-  const int64_t at = j * QueryHeadStride(D_I) + i;
+  const int32_t part = static_cast<int32_t>(QueryPartStride(n_heads, D_I));
+  const int32_t at = j * static_cast<int32_t>(QueryHeadStride(D_I)) + i;
   const bf16 hi = __float2bfloat16_rn(x);
   const float r1 = x - __bfloat162float(hi);  // exact
   const bf16 mid = __float2bfloat16_rn(r1);
@@ -85,11 +85,13 @@ struct KeyShape {
   static constexpr int kGroups = (D_I + 31) / 32;
 };
 
-// The key chunks one lane holds for a tile of 16 candidates: row g (lo) and row g + 8 (hi).
+// The key chunks one lane holds for a tile of 16 candidates, already in the mma's A-operand order:
+// a[p][h] = {a0, a1, a2, a3} of k-step 2p + h (rows g and g + 8 interleaved, see the header). Held
+// this way, every mma can read its four A registers as one aligned quad (see KeyLoads for when the
+// compiler actually gets them there without moves).
 template <int D_I>
 struct KeyFragment {
-  uint4 lo[KeyShape<D_I>::kGroups];
-  uint4 hi[KeyShape<D_I>::kGroups];
+  uint32_t a[KeyShape<D_I>::kGroups][2][4];
 };
 
 // Where the keys are: bf16 rows [num_slots, D_I], or (fp8 != nullptr) e4m3 codes [num_slots, D_I]
@@ -115,9 +117,21 @@ __device__ __forceinline__ uint4 Fp8x8ToBf16x8(uint2 codes) {
   return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
+// How LoadKeys reads bf16 keys (fp8 keys are always read 8 bytes at a time and converted).
+enum class KeyLoads {
+  // One 16-byte load per row chunk, interleaved into the quads by register moves (which the
+  // compiler places at each mma): fewest load instructions, for keys used by one row (decode).
+  kWide,
+  // One 32-bit load per register, each straight into its place in the quads, so no mma needs a
+  // move: for keys that several rows reuse (a prefill chunk's block of rows), where the moves would
+  // repeat for every row (Nsight Compute, a 2048-row chunk at 128K: ~30% of the instructions). The
+  // other words of a row's sectors come from L1.
+  kWords,
+};
+
 // Loads the tile's key chunks (row g: slot_lo, row g + 8: slot_hi) and the two rows' scales (1
 // for bf16 keys); a negative slot reads as a zero key with scale 0 (its score is never stored).
-template <int D_I, bool kFp8>
+template <int D_I, bool kFp8, KeyLoads kLoads = KeyLoads::kWide>
 __device__ __forceinline__ void LoadKeys(const KeySource& src, int64_t slot_lo, int64_t slot_hi, KeyFragment<D_I>* f,
                                          float* scale_lo, float* scale_hi) {
   const int t = threadIdx.x & 3;
@@ -127,18 +141,46 @@ __device__ __forceinline__ void LoadKeys(const KeySource& src, int64_t slot_lo, 
     const int chunk = 4 * p + t;
     const bool ok_lo = slot_lo >= 0 && chunk < KeyShape<D_I>::kChunks;
     const bool ok_hi = slot_hi >= 0 && chunk < KeyShape<D_I>::kChunks;
+    // k-step 2p + h takes words 2h and 2h + 1 of each row's chunk (a0/a1: logical k 2t, 2t + 1;
+    // a2/a3: 2t + 8, 2t + 9).
     if constexpr (kFp8) {
       const uint2* a = reinterpret_cast<const uint2*>(src.fp8 + row_lo * D_I);
       const uint2* c = reinterpret_cast<const uint2*>(src.fp8 + row_hi * D_I);
       const uint2 zero = make_uint2(0u, 0u);
-      f->lo[p] = Fp8x8ToBf16x8(ok_lo ? __ldg(a + chunk) : zero);
-      f->hi[p] = Fp8x8ToBf16x8(ok_hi ? __ldg(c + chunk) : zero);
-    } else {
+      const uint4 lo = Fp8x8ToBf16x8(ok_lo ? __ldg(a + chunk) : zero);
+      const uint4 hi = Fp8x8ToBf16x8(ok_hi ? __ldg(c + chunk) : zero);
+      f->a[p][0][0] = lo.x;
+      f->a[p][0][1] = hi.x;
+      f->a[p][0][2] = lo.y;
+      f->a[p][0][3] = hi.y;
+      f->a[p][1][0] = lo.z;
+      f->a[p][1][1] = hi.z;
+      f->a[p][1][2] = lo.w;
+      f->a[p][1][3] = hi.w;
+    } else if constexpr (kLoads == KeyLoads::kWide) {
       const uint4* a = reinterpret_cast<const uint4*>(src.bf16_keys + row_lo * D_I);
       const uint4* c = reinterpret_cast<const uint4*>(src.bf16_keys + row_hi * D_I);
       const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-      f->lo[p] = ok_lo ? __ldg(a + chunk) : zero;
-      f->hi[p] = ok_hi ? __ldg(c + chunk) : zero;
+      const uint4 lo = ok_lo ? __ldg(a + chunk) : zero;
+      const uint4 hi = ok_hi ? __ldg(c + chunk) : zero;
+      f->a[p][0][0] = lo.x;
+      f->a[p][0][1] = hi.x;
+      f->a[p][0][2] = lo.y;
+      f->a[p][0][3] = hi.y;
+      f->a[p][1][0] = lo.z;
+      f->a[p][1][1] = hi.z;
+      f->a[p][1][2] = lo.w;
+      f->a[p][1][3] = hi.w;
+    } else {
+      const uint32_t* a = reinterpret_cast<const uint32_t*>(src.bf16_keys + row_lo * D_I) + 4 * chunk;
+      const uint32_t* c = reinterpret_cast<const uint32_t*>(src.bf16_keys + row_hi * D_I) + 4 * chunk;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        f->a[p][h][0] = ok_lo ? __ldg(a + 2 * h) : 0u;
+        f->a[p][h][1] = ok_hi ? __ldg(c + 2 * h) : 0u;
+        f->a[p][h][2] = ok_lo ? __ldg(a + 2 * h + 1) : 0u;
+        f->a[p][h][3] = ok_hi ? __ldg(c + 2 * h + 1) : 0u;
+      }
     }
   }
   if constexpr (kFp8) {
@@ -166,8 +208,15 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
 // infinity gives 0). Two SFU operations and two FP instructions, where expf and IEEE division took
 // about forty and a correctly rounded reciprocal a slow-path check and call. Shared by every indexer
 // kernel, so all agree bitwise.
+//
+// e^-z is __expf's own evaluation, 2^(z · -log2 e) on the SFU, but with ex2's flush-to-zero form:
+// __expf (no ftz) wraps ex2 in a range check, a halving and a squaring so that results below 2^-126
+// come out subnormal. Here such an e^-z only ever meets 1 + e^-z, which is exactly 1 either way, so
+// the flush changes no bit of the score and saves three instructions a term.
 __device__ __forceinline__ float IndexerSigmoid(float z) {
-  const float d = 1.0f + __expf(-z);
+  float e;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(z * -1.4426950408889634f));
+  const float d = 1.0f + e;
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
   return r;
@@ -215,11 +264,8 @@ __device__ __forceinline__ void MmaQueryParts(const KeyFragment<D_I> (&f)[N], co
         }
 #pragma unroll
         for (int u = 0; u < N; ++u) {
-          const uint32_t a0 = h == 0 ? f[u].lo[p].x : f[u].lo[p].z;
-          const uint32_t a2 = h == 0 ? f[u].lo[p].y : f[u].lo[p].w;
-          const uint32_t a1 = h == 0 ? f[u].hi[p].x : f[u].hi[p].z;
-          const uint32_t a3 = h == 0 ? f[u].hi[p].y : f[u].hi[p].w;
-          MmaBf16(c[u], a0, a1, a2, a3, b0, b1);
+          const uint32_t(&a)[4] = f[u].a[p][h];
+          MmaBf16(c[u], a[0], a[1], a[2], a[3], b0, b1);
         }
       }
     }

@@ -174,6 +174,28 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
     auto got = scores_buf->ToHost();
     ASSERT_TRUE(got.ok());
 
+    // Every split of the candidates over blocks (1, 2 or 4 passes of 256 per block; the launch
+    // chose one of them above) gives bitwise the same scores.
+    for (int32_t tiles : {1, 2, 4}) {
+      SCOPED_TRACE(::testing::Message() << "tiles per block " << tiles);
+      auto tiles_buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
+      ASSERT_TRUE(tiles_buf.ok());
+      ASSERT_EQ(cudaMemset(tiles_buf->get(), 0xFF, tiles_buf->bytes()), cudaSuccess);
+      kernels::IndexerScoresArgs forced = a;
+      forced.scores = tiles_buf->get();
+      forced.tiles_per_block = tiles;
+      ASSERT_EQ(kernels::IndexerScores(forced, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      auto again = tiles_buf->ToHost();
+      ASSERT_TRUE(again.ok());
+      ASSERT_EQ(std::memcmp(again->data(), got->data(), static_cast<size_t>(total) * sizeof(float)), 0)
+          << "the scores depend on how the candidates are split over blocks";
+    }
+    {
+      kernels::IndexerScoresArgs bad = a;
+      bad.tiles_per_block = 3;
+      EXPECT_EQ(kernels::IndexerScores(bad, nullptr), cudaErrorInvalidValue);
+    }
     // Each row scored alone (its own launch: with ≤ 4 heads the chunk launch scores two rows per
     // mma, a lone row one) gives bitwise the chunk's scores.
     {
