@@ -124,7 +124,7 @@ enum class KeyLoads {
   kWide,
   // One 32-bit load per register, each straight into its place in the quads, so no mma needs a
   // move: for keys that several rows reuse (a prefill chunk's block of rows), where the moves would
-  // repeat for every row (Nsight Compute, a 2048-row chunk at 128K: ~30% of the instructions). The
+  // repeat for every row (Nsight Compute, a 2048-row chunk at 128K: ~30% of the scoring loop's instructions). The
   // other words of a row's sectors come from L1.
   kWords,
 };
