@@ -12,7 +12,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTilesPerWarp = 2;                                // 16-candidate tiles per warp
 constexpr int kCandPerTile = kWarps * kTilesPerWarp * 16;       // 256: one pass of the block's warps
-constexpr int kMaxTilesPerBlock = 4;                            // passes per block, at most
+constexpr int kMaxTilesPerBlock = 8;                            // passes per block, at most
 constexpr int kRowsPerBlock = 16;
 // Fewest blocks a launch should have (about four waves of resident blocks on a 132-SM card): a
 // launch with fewer candidates or rows gives each block fewer passes instead (decode rows: one).
@@ -31,7 +31,7 @@ size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
 // scores them for every row of the group with tensor cores (indexer_math::TileScores); consecutive
 // rows of one sequence (a prefill chunk) reuse the keys, loaded once for the largest position among
 // them, and with ≤ 4 indexer heads two such rows share each mma (indexer_math::TileScoresPair). The
-// per-block work (row metadata, the query split) is spread over 16 rows × 1024 candidates: at 8 × 256
+// per-block work (row metadata, the query split) is spread over 16 rows × up to 2048 candidates: at 8 × 256
 // it took ~40% of the issued instructions of a 2048-row chunk at 128K (Nsight Compute).
 template <int D_I, bool kFp8, bool kRelu>
 __global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKernel(IndexerScoresArgs a, int tiles) {
@@ -200,7 +200,7 @@ cudaError_t IndexerScores(const IndexerScoresArgs& a, cudaStream_t stream) {
   if (a.row_count <= 0 || a.max_candidates <= 0) return cudaSuccess;
   if (!IndexerScoresSupports(a.d_indexer, a.n_indexer_heads) || a.row_count > 65535 ||
       (a.tiles_per_block != 0 && a.tiles_per_block != 1 && a.tiles_per_block != 2 &&
-       a.tiles_per_block != kMaxTilesPerBlock)) {
+       a.tiles_per_block != 4 && a.tiles_per_block != kMaxTilesPerBlock)) {
     return cudaErrorInvalidValue;
   }
   if (a.ki_fp8 != nullptr ? a.ki_scale == nullptr : a.ki_cache == nullptr) return cudaErrorInvalidValue;

@@ -6,7 +6,7 @@
 // Only one chunk of scores ever exists; its size is the caller's choice. The dot products run on
 // tensor cores with each fp32 qI split into three bf16 parts (kernels/indexer_math.cuh): within a few
 // fp32 ulps of an fp32 evaluation, and equal keys always score bitwise equal. A block scores up to
-// 4 × 256 candidates for up to 16 consecutive chunk rows; rows of one sequence reuse the keys it loaded.
+// 8 × 256 candidates for up to 16 consecutive chunk rows; rows of one sequence reuse the keys it loaded.
 #pragma once
 
 #include "kernels/paged.h"
@@ -34,7 +34,7 @@ struct IndexerScoresArgs {
   const int64_t* score_offset = nullptr;  // [row_count]
   int64_t row_begin = 0, row_count = 0;
   int64_t max_candidates = 0;  // host: ≥ position[r] + 1 for every chunk row (grid size)
-  // Passes of 256 candidates each block makes (1, 2 or 4); 0: the launch chooses (more per block
+  // Passes of 256 candidates each block makes (1, 2, 4 or 8); 0: the launch chooses (more per block
   // for big chunks, to spread each block's setup; one for a few decode rows, to fill the GPU). Every
   // choice gives bitwise the same scores; tests force each.
   int32_t tiles_per_block = 0;

@@ -244,10 +244,12 @@ __device__ __forceinline__ void AddHeadColumn(const float (&c)[N][4], int e, con
 
 // c[u] += keys of tile u × this lane's B column over all D_I channels and the three query parts
 // (lo first). qw: the lane's head run in the split query (32-bit words, QueryHeadStride apart per
-// head), part_words apart per part; `live` false feeds a zero column (a head past n_heads).
+// head), part_words apart per part. A lane whose column is a head past n_heads passes head 0's run:
+// that column's sums are never read, and real, finite values there keep the loads unconditional (no
+// zeroing and predication at every k-step).
 template <int D_I, int N>
 __device__ __forceinline__ void MmaQueryParts(const KeyFragment<D_I> (&f)[N], const uint32_t* qw, int32_t part_words,
-                                              bool live, float (&c)[N][4]) {
+                                              float (&c)[N][4]) {
   const int t = threadIdx.x & 3;
 #pragma unroll
   for (int part = kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
@@ -258,7 +260,7 @@ __device__ __forceinline__ void MmaQueryParts(const KeyFragment<D_I> (&f)[N], co
       for (int h = 0; h < 2; ++h) {
         // Channels 8(4p + t) + 4h + {0, 1} and + {2, 3}: words 16p + 4t + 2h and + 1.
         uint32_t b0 = 0u, b1 = 0u;
-        if (live && 4 * p + t < KeyShape<D_I>::kChunks) {
+        if (4 * p + t < KeyShape<D_I>::kChunks) {  // always, unless D_I = 16
           b0 = qp[16 * p + 2 * h];
           b1 = qp[16 * p + 2 * h + 1];
         }
@@ -296,8 +298,8 @@ __device__ __forceinline__ void TileScores(const KeyFragment<D_I> (&f)[N], const
     float c[N][4];
 #pragma unroll
     for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
-    MmaQueryParts<D_I, N>(f, qw + head_b * static_cast<int32_t>(QueryHeadStride(D_I) / 2), part_words,
-                          head_b < n_heads, c);
+    MmaQueryParts<D_I, N>(f, qw + (head_b < n_heads ? head_b : 0) * static_cast<int32_t>(QueryHeadStride(D_I) / 2),
+                          part_words, c);
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int head = nt * 8 + 2 * t + e;
@@ -336,11 +338,11 @@ __device__ __forceinline__ void TileScoresPair(const KeyFragment<D_I> (&f)[N], c
   const int32_t part_words = static_cast<int32_t>(QueryPartStride(n_heads, D_I) / 2);
   const int head_b = g & 3;  // the head whose column this lane feeds, of row g / 4
   const uint32_t* qw = reinterpret_cast<const uint32_t*>(g < 4 ? q0 : q1) +
-                       head_b * static_cast<int32_t>(QueryHeadStride(D_I) / 2);
+                       (head_b < n_heads ? head_b : 0) * static_cast<int32_t>(QueryHeadStride(D_I) / 2);
   float c[N][4];
 #pragma unroll
   for (int u = 0; u < N; ++u) c[u][0] = c[u][1] = c[u][2] = c[u][3] = 0.0f;
-  MmaQueryParts<D_I, N>(f, qw, part_words, head_b < n_heads, c);
+  MmaQueryParts<D_I, N>(f, qw, part_words, c);
   // Column 2t + e is row t / 2's head 2(t % 2) + e.
   const float* w = t < 2 ? w0 : w1;
   const float* b = t < 2 ? b0 : b1;

@@ -174,9 +174,9 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
     auto got = scores_buf->ToHost();
     ASSERT_TRUE(got.ok());
 
-    // Every split of the candidates over blocks (1, 2 or 4 passes of 256 per block; the launch
+    // Every split of the candidates over blocks (1, 2, 4 or 8 passes of 256 per block; the launch
     // chose one of them above) gives bitwise the same scores.
-    for (int32_t tiles : {1, 2, 4}) {
+    for (int32_t tiles : {1, 2, 4, 8}) {
       SCOPED_TRACE(::testing::Message() << "tiles per block " << tiles);
       auto tiles_buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
       ASSERT_TRUE(tiles_buf.ok());
