@@ -143,26 +143,21 @@ __device__ __forceinline__ void LoadKeys(const KeySource& src, int64_t slot_lo, 
     const bool ok_hi = slot_hi >= 0 && chunk < KeyShape<D_I>::kChunks;
     // k-step 2p + h takes words 2h and 2h + 1 of each row's chunk (a0/a1: logical k 2t, 2t + 1;
     // a2/a3: 2t + 8, 2t + 9).
-    if constexpr (kFp8) {
-      const uint2* a = reinterpret_cast<const uint2*>(src.fp8 + row_lo * D_I);
-      const uint2* c = reinterpret_cast<const uint2*>(src.fp8 + row_hi * D_I);
-      const uint2 zero = make_uint2(0u, 0u);
-      const uint4 lo = Fp8x8ToBf16x8(ok_lo ? __ldg(a + chunk) : zero);
-      const uint4 hi = Fp8x8ToBf16x8(ok_hi ? __ldg(c + chunk) : zero);
-      f->a[p][0][0] = lo.x;
-      f->a[p][0][1] = hi.x;
-      f->a[p][0][2] = lo.y;
-      f->a[p][0][3] = hi.y;
-      f->a[p][1][0] = lo.z;
-      f->a[p][1][1] = hi.z;
-      f->a[p][1][2] = lo.w;
-      f->a[p][1][3] = hi.w;
-    } else if constexpr (kLoads == KeyLoads::kWide) {
-      const uint4* a = reinterpret_cast<const uint4*>(src.bf16_keys + row_lo * D_I);
-      const uint4* c = reinterpret_cast<const uint4*>(src.bf16_keys + row_hi * D_I);
-      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-      const uint4 lo = ok_lo ? __ldg(a + chunk) : zero;
-      const uint4 hi = ok_hi ? __ldg(c + chunk) : zero;
+    if constexpr (kFp8 || kLoads == KeyLoads::kWide) {
+      uint4 lo, hi;  // channels 8 chunk … 8 chunk + 7 of rows g and g + 8, as bf16
+      if constexpr (kFp8) {
+        const uint2* a = reinterpret_cast<const uint2*>(src.fp8 + row_lo * D_I);
+        const uint2* c = reinterpret_cast<const uint2*>(src.fp8 + row_hi * D_I);
+        const uint2 zero = make_uint2(0u, 0u);
+        lo = Fp8x8ToBf16x8(ok_lo ? __ldg(a + chunk) : zero);
+        hi = Fp8x8ToBf16x8(ok_hi ? __ldg(c + chunk) : zero);
+      } else {
+        const uint4* a = reinterpret_cast<const uint4*>(src.bf16_keys + row_lo * D_I);
+        const uint4* c = reinterpret_cast<const uint4*>(src.bf16_keys + row_hi * D_I);
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+        lo = ok_lo ? __ldg(a + chunk) : zero;
+        hi = ok_hi ? __ldg(c + chunk) : zero;
+      }
       f->a[p][0][0] = lo.x;
       f->a[p][0][1] = hi.x;
       f->a[p][0][2] = lo.y;

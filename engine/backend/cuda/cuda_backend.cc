@@ -1107,7 +1107,9 @@ absl::StatusOr<StepOutput> CudaBackend::Collect() {
 
 absl::Status CudaBackend::Launch(const StepBatch& batch) {
   if (impl_->launched) return absl::FailedPreconditionError("CudaBackend::Launch while a step is in flight; Collect it first");
-  if (impl_->cache.empty()) return absl::FailedPreconditionError("CudaBackend::Step before AllocateCache");
+  if (impl_->cache.empty()) {
+    return absl::FailedPreconditionError("CudaBackend::Launch (or Step) before AllocateCache: allocate the cache first");
+  }
   GSA_RETURN_IF_ERROR(ValidateBatch(batch, cache_spec_, config_.vocab_size));
   GSA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   Impl& im = *impl_;
