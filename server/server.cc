@@ -136,16 +136,26 @@ absl::StatusOr<std::unique_ptr<GsaServer>> GsaServer::Start(const ServerOptions&
 }
 
 bool GsaServer::Drain(double timeout_s) {
-  // New calls get UNAVAILABLE from the service at once, health turns NOT_SERVING, and Shutdown
-  // closes the listener now (so a load balancer's next connection goes to another replica) while
-  // the calls in flight run on until the deadline, when gRPC cancels what is left.
+  // New calls get UNAVAILABLE from the service at once and health turns NOT_SERVING; the calls in
+  // flight then run to their end on a server that is otherwise untouched, and only when none is
+  // left (or at the deadline) does Shutdown close the listener and the connections, cancelling
+  // what still runs. Shutting down first (GOAWAY while streams still run) let a connection be
+  // reset under a finished stream's last messages when the client had opened another call on it
+  // meanwhile: the request finished on the server and the client saw "Connection reset by peer"
+  // (ServerTest.DrainFinishesInFlightRequestsAndRefusesNewOnes, a few runs in a hundred under load).
   impl_->service->SetDraining();
   impl_->server->GetHealthCheckService()->SetServingStatus(false);
   const auto deadline =
       std::chrono::system_clock::now() +
       std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(timeout_s));
-  impl_->server->Shutdown(deadline);
-  return std::chrono::system_clock::now() < deadline;
+  while (impl_->service->in_flight() > 0 && std::chrono::system_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  const bool finished = impl_->service->in_flight() == 0;
+  // A call that ended just now may still be sending its status: Shutdown waits for that (and, past
+  // the deadline, cancels whatever is left at once).
+  impl_->server->Shutdown(finished ? std::chrono::system_clock::now() + std::chrono::seconds(1) : deadline);
+  return finished;
 }
 
 }  // namespace gsa

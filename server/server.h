@@ -42,8 +42,9 @@ class GsaServer {
   int64_t in_flight() const;
 
   // Stops accepting requests (new ones get UNAVAILABLE, health says NOT_SERVING), waits up to
-  // `timeout_s` for in-flight requests to finish, then shuts the gRPC server down (cancelling any
-  // still running). Returns true if everything in flight finished in time.
+  // `timeout_s` for in-flight requests to finish while the server otherwise runs as before, then
+  // shuts the gRPC server down (the listener and connections; cancelling any call still running).
+  // Returns true if everything in flight finished in time.
   bool Drain(double timeout_s);
 
   struct Impl;

@@ -476,25 +476,34 @@ TEST_F(ServerTest, AttentionStatsComeOnTheFinalMessageOfGenerateAndInComplete) {
 }
 
 TEST_F(ServerTest, DrainFinishesInFlightRequestsAndRefusesNewOnes) {
+  // 500 tokens (~65 ms here) keep the request running well past the moment the drain is seen to
+  // have begun (health NOT_SERVING), when a new call is made; a fixed 20 ms sleep against a
+  // 150-token request used to race the request's end under load.
+  constexpr int kTokens = 500;  // + the 3-token prompt ≤ max_model_len 512
   StreamResult in_flight;
-  std::thread t([&] { in_flight = Stream(Ids({5, 6, 7}, 150)); });
+  std::thread t([&] { in_flight = Stream(Ids({5, 6, 7}, kTokens)); });
   while (server_->in_flight() == 0) std::this_thread::sleep_for(1ms);
   std::thread drain([&] { EXPECT_TRUE(server_->Drain(30)); });
-  std::this_thread::sleep_for(20ms);
-  // While draining: health says NOT_SERVING and new calls are UNAVAILABLE.
+  // While draining: health says NOT_SERVING (the server keeps answering until the calls in flight
+  // are done) and new calls are UNAVAILABLE.
   auto health = grpc::health::v1::Health::NewStub(channel_);
-  grpc::ClientContext hctx;
-  grpc::health::v1::HealthCheckResponse hresp;
-  grpc::Status hs = health->Check(&hctx, grpc::health::v1::HealthCheckRequest(), &hresp);
-  if (hs.ok()) {
-    EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  bool not_serving = false;
+  for (int i = 0; i < 5000 && !not_serving; ++i) {
+    grpc::ClientContext hctx;
+    grpc::health::v1::HealthCheckResponse hresp;
+    const grpc::Status hs = health->Check(&hctx, grpc::health::v1::HealthCheckRequest(), &hresp);
+    not_serving = hs.ok() && hresp.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+    if (!not_serving) std::this_thread::sleep_for(1ms);
   }
+  EXPECT_TRUE(not_serving) << "health never said NOT_SERVING while draining";
   grpc::Status refused = Call(Ids({1, 2}, 2));
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
   t.join();
   drain.join();
+  // The drain shuts the server down only after the stream's last message and status are out: the
+  // client sees the whole stream end cleanly (not a connection reset under its last messages).
   ASSERT_TRUE(in_flight.status.ok()) << in_flight.status.error_message();
-  EXPECT_EQ(in_flight.tokens.size(), 150u);
+  EXPECT_EQ(in_flight.tokens.size(), static_cast<size_t>(kTokens));
 }
 
 }  // namespace
