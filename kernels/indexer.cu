@@ -31,8 +31,8 @@ size_t SmemBytes(int32_t n_heads, int32_t d_indexer) {
 // scores them for every row of the group with tensor cores (indexer_math::TileScores); consecutive
 // rows of one sequence (a prefill chunk) reuse the keys, loaded once for the largest position among
 // them, and with ≤ 4 indexer heads two such rows share each mma (indexer_math::TileScoresPair). The
-// per-block work (row metadata, the query split) is spread over 16 rows × up to 2048 candidates: at 8 × 256
-// it took ~40% of the issued instructions of a 2048-row chunk at 128K (Nsight Compute).
+// per-block work (row metadata, the query split) is spread over 16 rows × up to 2048 candidates:
+// at 8 × 256 it took ~35% of the issued instructions of a 2048-row chunk at 128K (Nsight Compute).
 template <int D_I, bool kFp8, bool kRelu>
 __global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKernel(IndexerScoresArgs a, int tiles) {
   extern __shared__ __align__(16) unsigned char smem[];
