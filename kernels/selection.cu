@@ -842,15 +842,13 @@ __global__ void SelectionCountsKernel(ScoreChunk chunk, RowInfo rows, PagedLayou
 // Grid: row_count × nbr blocks (block b: chunk row b / nbr, part b % nbr), all co-resident
 // (cooperative launch). Part x owns descending indices [x·seg, (x+1)·seg) of its row (the last
 // part also the rest), i.e. a contiguous run of positions, kept in shared memory when it fits.
-// Phases, separated by barriers among the row's blocks (RowBarrier): (A) scores (and the row's
-// sample's), Σx (variance rule), pass-0 histogram, (A') the sampled list (rows of ≥ kSpMinCandidates);
-// (B, variance rule) Σ(x − mean)²; then k_t, and either (sampled-list path) the k_t-th largest of
-// the list, the carries from it and (D) with no further barrier, or radix pass 1 on the eq keys;
-// then either (eq-list path, few keys still tied) the tied keys appended to a per-row list, pass 2,
-// the carries and (D) in every block without another barrier, or (C) radix pass 2, per-part
+// Phases, separated by barriers among the row's blocks (RowBarrier): (A) scores, Σx (variance
+// rule), pass-0 histogram; (B, variance rule) Σ(x − mean)²; then k_t, and radix pass 1 on the eq
+// keys; then either (eq-list path, few keys still tied) the tied keys appended to a per-row list,
+// pass 2, the carries and (D) in every block without another barrier, or (C) radix pass 2, per-part
 // (gt, eq) counts and (D) ordered compaction with the preceding parts' counts as carries. Every
-// block of a row computes the same state from the same data (no "last block"), so no block waits
-// on a particular other block except at the barriers.
+// block of a row computes the same state from the same global histograms (no "last block"), so no
+// block waits on a particular other block except at the barriers.
 
 constexpr int kDsThreads = 512;
 constexpr int64_t kDsMaxRows = 64;
@@ -861,21 +859,11 @@ constexpr int64_t kDsHistWords = kNumPasses * kRadix;
 // Eq keys after two radix passes that a row may collect for its last pass done in every block
 // (the eq list); more take the global third pass.
 constexpr int64_t kDsListCap = 4096;
-// The sampled list (see "Sampled threshold" below): keys of a row at or above the sample's
-// threshold, at most kSpCap of them (held in shared memory by every block of the row).
-constexpr int kSpSamples = kDsThreads;            // one sample key per thread in the selects
-constexpr int64_t kSpCap = 12288;                 // list entries (48 KB of shared memory)
-constexpr int64_t kSpMinCandidates = 16384;       // shorter rows: the radix passes are cheap enough
-constexpr size_t kDsDynamicSmemBytes = (kDsSmemFloats + kSpCap) * 4;  // part scores + sampled list
 // Per-row workspace, bytes: hist [kNumPasses][kRadix] u32 | sum [kDsMaxParts] f64 |
 // sq [kDsMaxParts] f64 | counts [kDsMaxParts][2] u32 | barrier [2] u32 (arrivals, departures) |
-// eq-list length u32 | sampled-list length u32 | eq list [kDsListCap] u32 | sampled list keys
-// [kSpCap] u32 | their parts [kSpCap] u16. Barrier words: RowBarrier.
+// list length u32 (+ pad) | eq list [kDsListCap] u32. Barrier words: RowBarrier.
 constexpr int64_t kDsBarrierOff = kDsHistWords * 4 + kDsMaxParts * (8 + 8 + 8);
-constexpr int64_t kDsSpKeysOff = kDsBarrierOff + 16 + kDsListCap * 4;
-constexpr int64_t kDsSpPartsOff = kDsSpKeysOff + kSpCap * 4;
-constexpr int64_t kDsRowBytes = kDsSpPartsOff + kSpCap * 2;
-static_assert(kDsMaxParts <= 65536, "sampled-list parts are 16-bit");
+constexpr int64_t kDsRowBytes = kDsBarrierOff + 16 + kDsListCap * 4;
 
 // Barrier `index` (0, 1, … in order) of the `count` blocks of one row, all co-resident (the launch
 // is cooperative). bar[0] only grows during a launch: barrier i opens when it reaches
@@ -896,116 +884,12 @@ __device__ __forceinline__ void RowBarrier(uint32_t* bar, uint32_t count, uint32
 }
 
 // After the row's last barrier: the last of its blocks to get here (bar[1] counts them) has seen
-// every block leave every barrier and read the sampled list's length (bar[3]; thread 0 read it
-// before this), so it puts those words back to zero for the next launch.
+// every block leave every barrier, so it puts both words back to zero for the next launch.
 __device__ __forceinline__ void RowBarrierDone(uint32_t* bar, uint32_t count) {
   if (threadIdx.x == 0 && atomicAdd(bar + 1, 1u) == count - 1) {
     bar[0] = 0u;
     bar[1] = 0u;
-    bar[3] = 0u;
   }
-}
-
-// ---- Sampled threshold (fused decode selection) -------------------------------------------------
-// The radix passes over a row split across many blocks cost a barrier among them each (~2–3 µs of
-// waiting and histogram reading apiece at 128K, whatever the batch). Instead, every block of the
-// row also scores the same kSpSamples stratified sample positions, so every block finds the same
-// threshold L, the key of the sample's m-th largest (m well above the kbound·S/n samples expected
-// above the k-th largest score), before the first barrier, and appends its own keys ≥ L, with its
-// part number, to a per-row list. After that one barrier every block holds the whole list (every
-// key ≥ L of the row) and finishes alone: when the list holds at least k_t keys, the k_t-th largest
-// key of the row is the k_t-th largest of the list, and the carries are counts over the list's
-// entries of the parts before this one. A row whose list is too short (ties, an odd sample) or too
-// long takes the radix passes, whose pass-0 histogram was built anyway: the same exact function
-// either way.
-
-// Sample i of a row of n positions (n ≥ 2·kSpSamples: distinct, increasing).
-__device__ __forceinline__ int32_t SamplePosition(int32_t i, int64_t n) {
-  return static_cast<int32_t>(((2 * static_cast<int64_t>(i) + 1) * n) / (2 * kSpSamples));
-}
-
-// Before k_t is known: at most how many positions a row of n keeps under `rule` (the variance
-// rule's factor 0.5 + 1/(1 + T·var/ref) is at most 1.5 for T ≥ 0). Only the list's size depends
-// on it, never the result.
-__device__ __forceinline__ int64_t SampleKBound(const SelectionRule& rule, int64_t n, int64_t sel_stride) {
-  int64_t kb = rule.method == 0 ? rule.k_base : min(rule.k_max, rule.k_base + rule.k_base / 2);
-  return min(min(kb, n), sel_stride);
-}
-
-// The sample rank m whose key becomes the threshold: λ = S·kbound/n samples are expected above the
-// kbound-th largest score, and m = ⌈λ + 4√λ + 2⌉ leaves fewer than kbound keys at or above the
-// m-th largest sample rarely (about 1e-5 at 128K). 0 when the list would not fit: ≈ m·n/S keys
-// must stay well under kSpCap (rows of about 512K positions and more take the radix passes).
-// The same float operations in every block: every block gets the same m.
-__device__ __forceinline__ int32_t SampleRank(int64_t kbound, int64_t n) {
-  if (n < kSpMinCandidates || kbound <= 0) return 0;
-  const float lambda = static_cast<float>(kSpSamples) * static_cast<float>(kbound) / static_cast<float>(n);
-  const float m = ceilf(lambda + 4.0f * __fsqrt_rn(lambda) + 2.0f);
-  if (m >= static_cast<float>(kSpSamples / 4)) return 0;
-  if (m * static_cast<float>(n) / static_cast<float>(kSpSamples) > 0.75f * static_cast<float>(kSpCap)) return 0;
-  return static_cast<int32_t>(m);
-}
-
-// Block minimum and maximum of one key per thread; all threads get both. s_mm: [2][NT/32].
-template <int NT>
-__device__ __forceinline__ void BlockMinMax(uint32_t lo, uint32_t hi, uint32_t (*s_mm)[NT / 32], uint32_t* out_lo,
-                                            uint32_t* out_hi) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  lo = __reduce_min_sync(kFullMask, lo);
-  hi = __reduce_max_sync(kFullMask, hi);
-  if (lane == 0) {
-    s_mm[0][warp] = lo;
-    s_mm[1][warp] = hi;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int w = 0; w < NT / 32; ++w) {
-    lo = min(lo, s_mm[0][w]);
-    hi = max(hi, s_mm[1][w]);
-  }
-  __syncthreads();
-  *out_lo = lo;
-  *out_hi = hi;
-}
-
-// The k-th largest (1 ≤ k ≤ count) of keys[0, count) in shared memory, every key in [lo, hi],
-// resolved to the whole key: mask ~0, prefix = that key, kneed = how many keys equal to it are
-// among the k largest (never stopped early: a partial prefix would also match keys outside the
-// array). Radix passes as AdvanceState; a pass whose digit lo and hi share (with every bit above
-// it) takes that digit without a histogram. Clustered keys would serialize plain shared atomics
-// on a few bins: lanes with the same digit add once (__match_any_sync). All threads call it.
-template <int NT>
-__device__ SelectState SelectKthShared(const uint32_t* keys, int32_t count, int32_t k, uint32_t lo, uint32_t hi,
-                                       int32_t* s_hist, int32_t* s_warp, int32_t* s_result) {
-  SelectState st;
-  st.mask = 0u;
-  st.prefix = 0u;
-  st.kneed = k;
-  st.done = 0;
-  const int lane = threadIdx.x & 31;
-  for (int pass = 0; pass < kNumPasses; ++pass) {
-    const int shift = PassShift(pass);
-    const uint32_t dmask = PassDigitMask(pass);
-    if ((lo >> shift) == (hi >> shift)) {  // uniform: every key has lo's digit here
-      st.prefix |= ((lo >> shift) & dmask) << shift;
-      st.mask |= dmask << shift;
-      continue;
-    }
-    for (int i = threadIdx.x; i < kRadix; i += NT) s_hist[i] = 0;
-    __syncthreads();
-    for (int32_t base = 0; base < count; base += NT) {  // uniform trip count: every lane matches
-      const int32_t i = base + static_cast<int32_t>(threadIdx.x);
-      const uint32_t key = i < count ? keys[i] : 0u;
-      const bool in = i < count && (key & st.mask) == st.prefix;
-      const uint32_t digit = (key >> shift) & dmask;
-      const unsigned peers = __match_any_sync(kFullMask, in ? digit : 0xFFFFFFFFu);
-      if (in && __ffs(peers) - 1 == lane) atomicAdd(&s_hist[digit], __popc(peers));
-    }
-    __syncthreads();
-    st = AdvanceState<NT>(st, pass, s_hist, s_warp, s_result);
-  }
-  st.done = 1;
-  return st;
 }
 
 struct DsArgs {
@@ -1026,11 +910,7 @@ __device__ __forceinline__ double SumParts(const double* vals, int64_t count, do
 
 template <int D_I, bool kFp8>
 __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKernel(DsArgs d) {
-  extern __shared__ float s_sc[];  // [kDsSmemFloats] scores, then [kSpCap] u32: the sampled list
-  uint32_t* s_list = reinterpret_cast<uint32_t*>(s_sc + kDsSmemFloats);
-  __shared__ uint32_t s_smp[kSpSamples];  // the sample's keys
-  __shared__ uint32_t s_mm[2][kDsThreads / 32];
-  __shared__ int32_t s_spn;
+  extern __shared__ float s_sc[];  // [kDsSmemFloats]
   __shared__ __align__(16) bf16 s_q[indexer_math::SplitQueryElems(indexer_math::kMaxHeads, D_I)];
   __shared__ float s_w[indexer_math::kMaxHeads], s_b[indexer_math::kMaxHeads];
   __shared__ int32_t s_hist[kRadix];
@@ -1052,10 +932,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   uint32_t* g_cnt = reinterpret_cast<uint32_t*>(g_sq + kDsMaxParts);
   uint32_t* g_bar = reinterpret_cast<uint32_t*>(wsr + kDsBarrierOff);
   uint32_t* g_list_len = g_bar + 2;
-  uint32_t* g_sp_len = g_bar + 3;  // reset by RowBarrierDone
   uint32_t* g_list = g_bar + 4;
-  uint32_t* g_sp_key = reinterpret_cast<uint32_t*>(wsr + kDsSpKeysOff);
-  uint16_t* g_sp_part = reinterpret_cast<uint16_t*>(wsr + kDsSpPartsOff);
   const uint32_t nbr = static_cast<uint32_t>(d.nbr);
   uint32_t barriers = 0;  // RowBarrier calls so far (the same sequence in every block of the row)
 
@@ -1068,9 +945,6 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   const int64_t je = active ? (part == d.nbr - 1 ? n : min((static_cast<int64_t>(part) + 1) * d.seg, n)) : 0;
   const int64_t pb = n - je, pe = n - jb;
   const bool in_smem = je - jb <= kDsSmemFloats;
-  // Sampled threshold: the sample's rank m (0: this row takes the radix passes). Uniform per row.
-  const int32_t sp_rank = active ? SampleRank(SampleKBound(a.rule, n, a.sel_stride), n) : 0;
-  const int32_t n_smp = sp_rank > 0 ? kSpSamples : 0;
   float* row_scores = ia.scores + (active ? ia.score_offset[cr] : 0);
   // Benchmark timeline (DecodeSelectArgs::marks): thread 0 after the block's threads met.
   const bool timed = a.marks != nullptr;  // uniform
@@ -1095,39 +969,26 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   }
   __syncthreads();
   mark(1);
-  // Runs f(src) with the part's scores: shared memory when they fit, else this launch's global
-  // copy (written by this block in (A), so read through L2).
-  auto with_scores = [&](auto&& f) {
-    if (in_smem) {
-      f(SharedScores{s_sc, pb});
-    } else {
-      f(CoherentScores{row_scores});
-    }
-  };
-
   double sum = 0.0;
   const bool want_sum = a.rule.method == 1;  // Σx feeds only the variance rule
   if (active) {
-    // Each warp scores 32 consecutive candidates per step (two 16-candidate tiles, keys loaded
-    // together); lane 4g stores candidate g of a tile, lane 4g+1 candidate g+8. Candidates
-    // [0, own) are the part's positions pb + c, then [own, own + n_smp) the row's sample. Positions
-    // are 32-bit (RowInfo::position), and a power-of-two block size maps them to slots by shift/mask.
+    // Each warp scores 32 consecutive positions per step (two 16-candidate tiles, keys loaded
+    // together); lane 4g stores candidate g of a tile, lane 4g+1 candidate g+8. Positions are
+    // 32-bit (RowInfo::position), and a power-of-two block size maps them to slots by shift/mask.
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     constexpr int kTiles = 2;
-    const int32_t p_begin = static_cast<int32_t>(pb);
-    const int32_t own = static_cast<int32_t>(pe - pb), cand = own + n_smp;
+    const int32_t p_begin = static_cast<int32_t>(pb), p_end = static_cast<int32_t>(pe);
     const int32_t bs = ia.paged.block_size;
     const int32_t* table = ia.paged.block_tables + static_cast<int64_t>(ia.rows.seq[r]) * ia.paged.max_blocks_per_seq;
     const bool pow2 = (bs & (bs - 1)) == 0;
     const int shift = __ffs(bs) - 1;
     auto slot_of = [&](int32_t c) -> int64_t {
-      if (c >= cand) return -1;
-      const int32_t p = c < own ? p_begin + c : SamplePosition(c - own, n);
-      const int32_t blk = pow2 ? p >> shift : p / bs;
-      return static_cast<int64_t>(table[blk]) * bs + (p - blk * bs);
+      if (c >= p_end) return -1;
+      const int32_t blk = pow2 ? c >> shift : c / bs;
+      return static_cast<int64_t>(table[blk]) * bs + (c - blk * bs);
     };
     const indexer_math::KeySource src{ia.ki_cache, ia.ki_fp8, ia.ki_scale};
-    for (int32_t base = warp * 16 * kTiles; base < cand; base += kDsThreads / 32 * 16 * kTiles) {
+    for (int32_t base = p_begin + warp * 16 * kTiles; base < p_end; base += kDsThreads / 32 * 16 * kTiles) {
       indexer_math::KeyFragment<D_I> keys[kTiles];
       float key_scale[kTiles][2];
 #pragma unroll
@@ -1145,15 +1006,13 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
 #pragma unroll
       for (int u = 0; u < kTiles; ++u) {
         const float2 v2 = vs[u];
-        const int32_t c = base + u * 16 + g + (t == 1 ? 8 : 0);
-        const float v = t == 0 ? v2.x : v2.y;
-        if (t < 2 && c < own) {
-          row_scores[p_begin + c] = v;
-          if (in_smem) s_sc[c] = v;
+        const int32_t p = base + u * 16 + g + (t == 1 ? 8 : 0);
+        if (t < 2 && p < p_end) {
+          const float v = t == 0 ? v2.x : v2.y;
+          row_scores[p] = v;
+          if (in_smem) s_sc[p - pb] = v;
           if (want_sum) sum += static_cast<double>(v);
           atomicAdd(&s_hist[OrderKey(v) >> PassShift(0)], 1);
-        } else if (t < 2 && c < cand) {
-          s_smp[c - own] = OrderKey(v);
         }
       }
     }
@@ -1167,40 +1026,19 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       if (tid == 0) g_sum[part] = total;
     }
   }
-  // (A') The sample's threshold L, and the part's keys ≥ L appended to the row's list.
-  uint32_t sp_lo = 0u;  // L
-  if (sp_rank > 0) {
-    __syncthreads();  // s_hist flushed: the select reuses it
-    uint32_t smin, smax;
-    BlockMinMax<kDsThreads>(s_smp[tid], s_smp[tid], s_mm, &smin, &smax);
-    sp_lo = SelectKthShared<kDsThreads>(s_smp, kSpSamples, sp_rank, smin, smax, s_hist, s_warp, s_result).prefix;
-    int32_t c = 0;
-    with_scores([&](const auto& src) {
-      for (int64_t p = pb + tid; p < pe; p += kDsThreads) c += OrderKey(src(p)) >= sp_lo ? 1 : 0;
-    });
-    int32_t c_total;
-    int32_t at = BlockExclusiveSum<kDsThreads>(c, s_warp, &c_total);
-    if (tid == 0) s_spn = c_total > 0 ? static_cast<int32_t>(atomicAdd(g_sp_len, static_cast<uint32_t>(c_total))) : 0;
-    __syncthreads();
-    at += s_spn;
-    if (c > 0) {
-      with_scores([&](const auto& src) {
-        for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
-          const uint32_t key = OrderKey(src(p));
-          if (key >= sp_lo) {
-            if (at < kSpCap) {  // a longer list is never read
-              g_sp_key[at] = key;
-              g_sp_part[at] = static_cast<uint16_t>(part);
-            }
-            ++at;
-          }
-        }
-      });
-    }
-  }
   mark(3);
   RowBarrier(g_bar, nbr, barriers++);
   mark(4);
+
+  // Runs f(src) with the part's scores: shared memory when they fit, else this launch's global
+  // copy (written by this block in (A), so read through L2).
+  auto with_scores = [&](auto&& f) {
+    if (in_smem) {
+      f(SharedScores{s_sc, pb});
+    } else {
+      f(CoherentScores{row_scores});
+    }
+  };
 
   // (B) The variance rule's statistic: mean from the parts' Σx, then Σ(x − mean)² likewise.
   double var = 0.0;
@@ -1248,50 +1086,9 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   // from the list and the gt counts (two barriers fewer than the global pass 2 and the counts).
   SelectState st = InitState(static_cast<int32_t>(kk), n);
   if (!selecting) st.done = 1;
-  int32_t carry_g = 0, carry_e = 0;
-  // The sampled list: taken when it holds every key the row selects (at least kk keys ≥ L).
-  bool sp_path = false;
-  if (sp_rank > 0 && selecting) {  // uniform per row
-    if (tid == 0) s_spn = static_cast<int32_t>(__ldcg(g_sp_len));
-    __syncthreads();
-    const int32_t count = s_spn;
-    sp_path = count >= kk && count <= kSpCap;
-    if (sp_path) {
-      for (int i = 5; i <= 10; ++i) mark(i);  // the radix phases this path skips
-      // Nothing reads the pass-0 histogram on this path; every flush came before barrier 1.
-      if (part == 0) {
-        for (int i = tid; i < kRadix; i += kDsThreads) g_hist[i] = 0u;
-      }
-      uint32_t hi = 0u;
-      for (int32_t i = tid; i < count; i += kDsThreads) {
-        const uint32_t key = __ldcg(g_sp_key + i);
-        s_list[i] = key;
-        hi = max(hi, key);
-      }
-      uint32_t lo_unused, list_hi;
-      BlockMinMax<kDsThreads>(sp_lo, hi, s_mm, &lo_unused, &list_hi);  // its barriers publish s_list
-      // Every key ≥ L is listed and L is a key of the row (a sample's), so [L, list_hi] bounds them.
-      st = SelectKthShared<kDsThreads>(s_list, count, static_cast<int32_t>(kk), sp_lo, list_hi, s_hist, s_warp,
-                                       s_result);
-      mark(11);
-      // Carries: the listed keys of the parts before this one, above and at the threshold.
-      int32_t cg = 0, ce = 0;
-      for (int32_t i = tid; i < count; i += kDsThreads) {
-        if (static_cast<int32_t>(__ldcg(g_sp_part + i)) < part) {
-          const uint32_t key = s_list[i];
-          cg += key > st.prefix ? 1 : 0;
-          ce += key == st.prefix ? 1 : 0;
-        }
-      }
-      BlockExclusiveSum<kDsThreads>(cg, s_warp, &carry_g);
-      BlockExclusiveSum<kDsThreads>(ce, s_warp, &carry_e);
-      mark(12);
-      mark(13);
-    }
-  }
   bool list_path = false;
   int32_t len = 0;  // the eq list's length on the list path: the pass-1 bucket's count
-  for (int pass = 0; pass < kNumPasses && !sp_path; ++pass) {
+  for (int pass = 0; pass < kNumPasses; ++pass) {
     int32_t bucket = 0;  // keys in the chosen digit bucket (the new eq count)
     if (!st.done) {  // uniform over the row's blocks
       for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = static_cast<int32_t>(__ldcg(g_hist + pass * kRadix + i));
@@ -1321,9 +1118,8 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     mark(7 + 3 * pass);
   }
 
-  if (sp_path) {
-    // st and the carries are final.
-  } else if (list_path) {
+  int32_t carry_g = 0, carry_e = 0;
+  if (list_path) {
     // (C') The part's gt count, and its eq keys appended as (last digit << 10 | part).
     static_assert(kDsMaxParts <= 1024 && PassDigitMask(2) < 1024, "list entries pack digit and part in 20 bits");
     int32_t g = 0, e = 0;
@@ -1416,7 +1212,6 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       OrderedCompact<kDsThreads, kMbItems>(src, n, jb, je, st, carry_g, carry_e, out, static_cast<int32_t>(kk), s_tot);
     });
   }
-  if (a.path != nullptr && part == 0 && tid == 0) a.path[r] = !selecting ? 0 : (sp_path ? 1 : (list_path ? 2 : 3));
   RowBarrierDone(g_bar, nbr);
   mark(14);
 }
@@ -1425,10 +1220,10 @@ template <int D_I, bool kFp8>
 cudaError_t PrepareDecodeSelect(int* per_sm) {
   // Static + dynamic shared memory exceed the 48 KB that needs no opt-in.
   cudaError_t err = cudaFuncSetAttribute(DecodeSelectKernel<D_I, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(kDsDynamicSmemBytes));
+                                         static_cast<int>(kDsSmemFloats * sizeof(float)));
   if (err != cudaSuccess) return err;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, DecodeSelectKernel<D_I, kFp8>, kDsThreads,
-                                                       kDsDynamicSmemBytes);
+                                                       kDsSmemFloats * sizeof(float));
 }
 
 template <int D_I, bool kFp8>
@@ -1462,7 +1257,7 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(rows * nbr));
   cfg.blockDim = dim3(kDsThreads);
-  cfg.dynamicSmemBytes = kDsDynamicSmemBytes;
+  cfg.dynamicSmemBytes = kDsSmemFloats * sizeof(float);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeCooperative;
@@ -1570,10 +1365,9 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
 
 const char* DecodeSelectMarkName(int i) {
   static constexpr const char* kNames[kDecodeSelectMarks] = {
-      "start",          "query loaded",  "scored",          "pass-0 histogram (+ sampled list)", "barrier 1",
+      "start",          "query loaded",  "scored",          "pass-0 histogram", "barrier 1",
       "pass-0 state",   "pass-1 histogram", "barrier 2",    "pass-1 state",     "pass-2 histogram | eq list",
-      "barrier 3",      "pass-2 state | sampled-list select",  "counted | carries",
-      "barrier 4 (radix path without eq list)", "compacted"};
+      "barrier 3",      "pass-2 state",  "counted | carries", "barrier 4 (not on the eq-list path)", "compacted"};
   return i >= 0 && i < kDecodeSelectMarks ? kNames[i] : "?";
 }
 

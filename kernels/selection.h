@@ -84,13 +84,10 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
 // IndexerScores + ScoreStats (variance) + SelectionCounts + TopK of one chunk in ONE cooperative
 // launch, for a few long rows (decode at small batch): each row's candidates are split over many
 // blocks across the whole GPU, every block keeps its slice of scores in shared memory, and the
-// phases meet at barriers among the row's blocks instead of kernel boundaries. Rows of 16K
-// positions and more usually need one barrier (two with the variance rule): every block also
-// scores the same stratified sample of the row, takes a threshold from it and lists its keys at or
-// above it; the whole list then lets every block finish alone. Other rows (shorter, or whose list
-// misses or overflows: ties, odd distributions) take radix passes with a barrier each: 4 with a
-// fixed k (5 with the variance rule), or 3 (4) when the keys still tied after two radix passes
-// number at most a few thousand. Same outputs as the four launches in sequence, whatever the path:
+// phases meet at barriers among the row's blocks instead of kernel boundaries: 4 with a fixed k
+// (5 with the variance rule), or 3 (4) when the keys still tied after two radix passes number at
+// most a few thousand, which every block of the row then finishes locally. Same outputs as the
+// four launches in sequence:
 //  - scores (args.index.scores) bitwise equal (the same arithmetic, kernels/indexer_math.cuh);
 //  - sel and, for the fixed-k rule, k and cumvar bitwise equal;
 //  - the variance rule: var[r] is the same two-pass formula summed in another fixed order (equal
@@ -127,11 +124,6 @@ struct DecodeSelectArgs {
   // multiprocessors) when that is non-null, and the last mark to marks_globaltimer[max blocks + block].
   int64_t* marks = nullptr;
   int64_t* marks_globaltimer = nullptr;
-  // Tests and benchmarks only (null in the engine): how row r found its threshold, path[r] = 0 no
-  // selection (dense row, k_t = 0), 1 the sampled list (one barrier), 2 radix passes finished on
-  // the eq list, 3 all three radix passes over the row (ties, odd distributions). Every path
-  // computes the same exact function; this only says which one ran.
-  int32_t* path = nullptr;
 };
 
 constexpr int kDecodeSelectMarks = 15;

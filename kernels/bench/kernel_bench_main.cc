@@ -801,11 +801,10 @@ void Select(Ctx& ctx, const Rows& rows, const float* scores, const int64_t* offs
 void FusedSelect(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* proj, const float* bias, float* scores,
                  const int64_t* offsets, int64_t max_candidates, int64_t it, float* cumvar, int32_t* k, int32_t* sel,
                  const DevBuf<uint8_t>& ws, const uint8_t* codes = nullptr, const float* scales = nullptr,
-                 int64_t* marks = nullptr, int64_t* marks_ns = nullptr, int32_t* path = nullptr) {
+                 int64_t* marks = nullptr, int64_t* marks_ns = nullptr) {
   kernels::DecodeSelectArgs a;
   a.marks = marks;
   a.marks_globaltimer = marks_ns;
-  a.path = path;
   a.index = IndexArgs(c, rows, proj, bias, scores, offsets, max_candidates, it);
   if (codes != nullptr) {
     const int64_t inst = it % c.ki_instances;
@@ -827,29 +826,21 @@ void FusedSelect(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* p
 // DecodeSelectArgs::marks set, kTimelineRuns times. Per phase (between consecutive marks), the
 // mean over blocks and runs of each block's duration and the mean over runs of the slowest
 // block's, in µs: clock64 cycles scaled by each block's own cycles per globaltimer ns over the
-// whole launch. Also the spread of block start times (launch skew), first start → last end, and
-// how many rows found their threshold which way (DecodeSelectArgs::path, summed over the runs).
+// whole launch. Also the spread of block start times (launch skew) and first start → last end.
 // Printed as a table and returned for the record.
-json FusedSelectTimeline(Ctx& ctx, const std::function<void(int64_t, int64_t*, int64_t*, int32_t*)>& launch,
-                         int64_t rows) {
+json FusedSelectTimeline(Ctx& ctx, const std::function<void(int64_t, int64_t*, int64_t*)>& launch, int64_t rows) {
   constexpr int kTimelineRuns = 20;
   constexpr int kM = kernels::kDecodeSelectMarks;
   const int64_t max_blocks = kernels::DecodeSelectMaxBlocks(rows);
   DevBuf<int64_t> marks(max_blocks * kM, "selection timeline marks"), ns(2 * max_blocks, "selection timeline ns");
-  DevBuf<int32_t> path(rows, "selection paths");
-  int64_t paths[4] = {0, 0, 0, 0};  // DecodeSelectArgs::path values
   std::vector<double> mean_us(kM, 0.0), max_us(kM, 0.0);
   double skew_us = 0, span_us = 0;
   int64_t blocks_seen = 0;
   for (int run = 0; run < kTimelineRuns; ++run) {
     BENCH_CUDA(cudaMemsetAsync(marks.get(), 0, marks.bytes(), ctx.stream));
     BENCH_CUDA(cudaMemsetAsync(ns.get(), 0, ns.bytes(), ctx.stream));
-    launch(run, marks.get(), ns.get(), path.get());
+    launch(run, marks.get(), ns.get());
     BENCH_CUDA(cudaStreamSynchronize(ctx.stream));
-    for (const int32_t p : Download(path.get(), rows)) {
-      if (p < 0 || p > 3) Fatal("internal: the fused selection reported path " + std::to_string(p));
-      ++paths[p];
-    }
     const std::vector<int64_t> m = Download(marks.get(), max_blocks * kM);
     const std::vector<int64_t> t = Download(ns.get(), 2 * max_blocks);
     int64_t first = std::numeric_limits<int64_t>::max(), last_start = 0, last_end = 0, used = 0;
@@ -886,12 +877,7 @@ json FusedSelectTimeline(Ctx& ctx, const std::function<void(int64_t, int64_t*, i
                       {"slowest_block_us", max_us[static_cast<size_t>(i)]}});
   }
   std::printf("    block start skew %.2f µs; first start to last end %.2f µs\n", skew_us, span_us);
-  std::printf("    rows (all runs) by path: sampled list %" PRId64 ", radix + eq list %" PRId64
-              ", three radix passes %" PRId64 ", no selection %" PRId64 "\n",
-              paths[1], paths[2], paths[3], paths[0]);
   return json{{"launches", kTimelineRuns},
-              {"paths", {{"sampled_list", paths[1]}, {"radix_eq_list", paths[2]}, {"radix_three_passes", paths[3]},
-                         {"none", paths[0]}}},
               {"blocks", blocks_seen / kTimelineRuns},
               {"phases", phases},
               {"start_skew_us", skew_us},
@@ -1044,9 +1030,9 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
     r.flops = static_cast<double>(B) * L * kIndexerHeads * kDIndexer * 2;
     r.bound = Bound::kMemory;
     r.note = "DecodeSelect: one cooperative launch";
-    r.extra["timeline"] = FusedSelectTimeline(ctx, [&](int64_t it, int64_t* marks, int64_t* marks_ns, int32_t* path) {
+    r.extra["timeline"] = FusedSelectTimeline(ctx, [&](int64_t it, int64_t* marks, int64_t* marks_ns) {
       FusedSelect(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get() + (it % nsc) * B, L, it,
-                  cumvar.get(), kfused.get(), sel_onelaunch.get(), select_ws, nullptr, nullptr, marks, marks_ns, path);
+                  cumvar.get(), kfused.get(), sel_onelaunch.get(), select_ws, nullptr, nullptr, marks, marks_ns);
     }, B);
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "decode_select_fused", L, B, CheckSelDevice(sel_onelaunch.get(), B, pos));

@@ -3,9 +3,7 @@
 // the CPU oracle by indexer_kernel_test and selection_kernel_test), on fresh random paged indexer
 // keys: a 128K-token row with shorter ones, a dense row, max_candidates above every row's length (the
 // graph-captured step's shape), many rows whose slices spill out of shared memory, all-equal
-// scores (the tie rule alone decides), a few random scores among equal ones, both k rules. Outputs
-// poisoned, every element checked; DecodeSelectArgs::path checked too, so both the sampled list
-// and the radix passes it falls back to are known to have run.
+// scores (the tie rule alone decides), both k rules. Outputs poisoned, every element checked.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -49,14 +47,13 @@ struct Scenario {
   int32_t method = 0;            // 0: fixed k, 1: variance
   bool fp8 = false;              // fp8 indexer keys (random codes and per-slot scales)
   bool zero_odd_rows = false;    // the keys of odd rows' sequences 0: those rows all ties, the others random
-  int64_t random_tail = 0;       // > 0: only each row's last random_tail positions get random keys, the others 0
 };
 
 // The buffers of one run of the selection for a scenario.
 struct Outputs {
   std::vector<float> scores, cumvar;
   std::vector<double> var;
-  std::vector<int32_t> k, sel, path;
+  std::vector<int32_t> k, sel;
 };
 
 class DecodeSelectTest : public ::testing::Test {
@@ -99,11 +96,6 @@ class DecodeSelectTest : public ::testing::Test {
     std::vector<uint8_t> zero_slot(static_cast<size_t>(num_slots), sc.zero_keys ? 1 : 0);
     auto zero_row = [&](int64_t r) { return sc.zero_keys || (sc.zero_odd_rows && r % 2 == 1); };
     for (int64_t r = 0; r < rows; ++r) {
-      if (sc.random_tail > 0) {
-        for (int64_t p = 0; p < sc.lengths[r] - sc.random_tail; ++p) {
-          zero_slot[tables[r * max_blocks + p / kBlockSize] * kBlockSize + p % kBlockSize] = 1;
-        }
-      }
       if (!zero_row(r)) continue;
       for (int64_t b = 0; b < (sc.lengths[r] + kBlockSize - 1) / kBlockSize; ++b) {
         for (int64_t o = 0; o < kBlockSize; ++o) zero_slot[tables[r * max_blocks + b] * kBlockSize + o] = 1;
@@ -236,7 +228,6 @@ class DecodeSelectTest : public ::testing::Test {
       auto cumvar = Upload(cumvar0);
       auto k = Poisoned<int32_t>(static_cast<size_t>(rows));
       auto sel = Poisoned<int32_t>(static_cast<size_t>(rows * kSelStride));
-      auto path = Poisoned<int32_t>(static_cast<size_t>(rows));
       kernels::DecodeSelectArgs a;
       a.index = make_index(scores.get());
       a.rule = rule;
@@ -247,7 +238,6 @@ class DecodeSelectTest : public ::testing::Test {
       a.sel_stride = kSelStride;
       a.workspace = ws->get();
       a.workspace_bytes = ws->bytes();
-      a.path = path.get();
       if (run == 1) {
         ASSERT_EQ(kernels::DecodeSelectPrepare(a.index.d_indexer, a.index.ki_fp8 != nullptr, &a.resident_blocks_per_sm),
                   cudaSuccess);
@@ -260,7 +250,6 @@ class DecodeSelectTest : public ::testing::Test {
       got[run].cumvar = Download(cumvar);
       got[run].k = Download(k);
       got[run].sel = Download(sel);
-      got[run].path = Download(path);
     }
 
     for (int run = 0; run < 2; ++run) {
@@ -290,19 +279,6 @@ class DecodeSelectTest : public ::testing::Test {
         }
         if (zero_row(r) && !dense[r]) {  // all scores equal: the latest k positions, descending
           for (int32_t i = 0; i < g.k[r]; ++i) ASSERT_EQ(g.sel[r * kSelStride + i], pos[r] - i);
-        }
-        // Which way the row went (DecodeSelectArgs::path). All-equal scores, or a few random ones
-        // among them, defeat the sampled list (every key reaches its threshold): the radix passes.
-        // Random rows of 16K positions and more take the sampled list (it misses
-        // with a probability of about 1e-5 a row); shorter ones the radix passes.
-        if (dense[r]) {
-          EXPECT_EQ(g.path[r], 0);
-        } else if (zero_row(r) || sc.random_tail > 0) {
-          EXPECT_TRUE(g.path[r] == 2 || g.path[r] == 3) << g.path[r];
-        } else if (sc.lengths[r] >= 16384) {
-          EXPECT_EQ(g.path[r], 1);
-        } else {
-          EXPECT_TRUE(g.path[r] == 2 || g.path[r] == 3) << g.path[r];
         }
       }
       // Nothing else of cumvar changed.
@@ -357,15 +333,6 @@ TEST_F(DecodeSelectTest, TiedAndRandomRowsInOneLaunch) {
   GSA_REQUIRE_GPU();
   Run({"mixed", {131072, 131072, 40000, 70000, 3000, 9000}, -1, 0, false, 0, false, true});
   Run({"mixed, variance", {70000, 131072, 40000, 5000}, 0, 0, false, 1, false, true});
-}
-
-// Random keys only in the last 3000 positions, the rest all equal: the sample lands almost only on
-// the equal keys, so every key reaches its threshold and the list overflows; the k-th largest is
-// the common score, so the tie rule picks among 128K equal keys.
-TEST_F(DecodeSelectTest, FewRandomKeysAmongEqualOnesOverflowTheSampledList) {
-  GSA_REQUIRE_GPU();
-  Run({"random tail", {131072, 70000, 20000}, -1, 0, false, 0, false, false, 3000});
-  Run({"random tail, variance", {131072, 40000}, -1, 0, false, 1, false, false, 3000});
 }
 
 TEST_F(DecodeSelectTest, Fp8KeysVarianceRule) {
