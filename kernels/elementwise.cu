@@ -31,12 +31,16 @@ __device__ __forceinline__ float BlockSum(float acc) {
 // loads are all in flight at once — a decode step runs this on a handful of rows, where each
 // dependent round trip to memory is the cost. kVec4 == 0: any d, strided loops.
 template <int kVec4>
-__global__ void RmsNormRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ gather,
-                                  const float* __restrict__ w, int64_t d, float eps, bf16* __restrict__ out,
-                                  float* __restrict__ out_f32) {
+// x and gather are not __restrict__: as a programmatic dependent this kernel must not read them
+// through the read-only (non-coherent) path, which may assume they are constant for its lifetime.
+__global__ void RmsNormRowsKernel(const float* x, const int32_t* gather, const float* __restrict__ w, int64_t d,
+                                  float eps, bf16* __restrict__ out, float* __restrict__ out_f32) {
   // The product that reads `out` next (kernels::SmallLinear in decode steps) is a programmatic
   // dependent: let it start streaming its weights while this runs (it waits for `out`).
   PdlLaunchDependents();
+  // Itself launched as a programmatic dependent (its launch overlaps the tail of the kernel that
+  // writes x): nothing is read or written before the kernels before it have finished.
+  PdlWaitForPrerequisites();
   const int64_t r = blockIdx.x;
   const int64_t src_row = gather != nullptr ? gather[r] : r;
   const float* xr = x + src_row * d;
@@ -88,6 +92,9 @@ __host__ __device__ inline int32_t PostProjectionRopeParts(int32_t n_heads, int3
 }
 
 __global__ void PostProjectionKernel(PostProjectionArgs a) {
+  // Launched as a programmatic dependent of the product before it: waits for it (and every
+  // earlier kernel) before reading or writing anything.
+  PdlWaitForPrerequisites();
   extern __shared__ float s_rope[];
   const int64_t r = blockIdx.x;
   const int32_t part = static_cast<int32_t>(blockIdx.y);
@@ -196,14 +203,17 @@ cudaError_t RmsNormRows(const float* x, const int32_t* gather, const float* w, i
   const auto aligned = [](const void* p) { return p == nullptr || Aligned16(p); };  // out_f32 is optional
   const bool vec = d % 4 == 0 && d <= int64_t{kThreads} * 4 * 4 && aligned(x) && aligned(w) && aligned(out) &&
                    aligned(out_f32);
+  // Programmatic dependents (Hopper and later): the launch overlaps the previous kernel's tail.
+  bool pdl = false;
+  if (const cudaError_t err = ProgrammaticLaunchSupported(&pdl); err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>(rows)), block(kThreads);
   if (vec && d <= int64_t{kThreads} * 4 * 2) {
-    RmsNormRowsKernel<2><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out, out_f32);
-  } else if (vec) {
-    RmsNormRowsKernel<4><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out, out_f32);
-  } else {
-    RmsNormRowsKernel<0><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gather, w, d, eps, out, out_f32);
+    return LaunchProgrammaticDependent(RmsNormRowsKernel<2>, grid, block, stream, pdl, x, gather, w, d, eps, out, out_f32);
   }
-  return cudaGetLastError();
+  if (vec) {
+    return LaunchProgrammaticDependent(RmsNormRowsKernel<4>, grid, block, stream, pdl, x, gather, w, d, eps, out, out_f32);
+  }
+  return LaunchProgrammaticDependent(RmsNormRowsKernel<0>, grid, block, stream, pdl, x, gather, w, d, eps, out, out_f32);
 }
 
 cudaError_t PostProjection(const PostProjectionArgs& args, cudaStream_t stream) {
@@ -211,8 +221,10 @@ cudaError_t PostProjection(const PostProjectionArgs& args, cudaStream_t stream) 
   const size_t smem = static_cast<size_t>(args.d_head / 2) * 2 * sizeof(float);
   const dim3 grid(static_cast<unsigned>(args.num_rows),
                   static_cast<unsigned>(PostProjectionRopeParts(args.n_heads, args.n_kv_heads) + 2));
-  PostProjectionKernel<<<grid, kPostProjectionThreads, smem, stream>>>(args);
-  return cudaGetLastError();
+  bool pdl = false;
+  if (const cudaError_t err = ProgrammaticLaunchSupported(&pdl); err != cudaSuccess) return err;
+  return LaunchProgrammaticDependentSmem(PostProjectionKernel, grid, dim3(kPostProjectionThreads), smem, stream, pdl,
+                                         args);
 }
 
 cudaError_t SwiGlu(const float* gu, int64_t rows, int64_t d_ffn, bf16* out, cudaStream_t stream) {

@@ -28,15 +28,26 @@ __device__ __forceinline__ void PdlLaunchDependents() {
 #endif
 }
 
+// Host: whether the current device takes programmatic dependent launches (compute capability ≥ 9).
+// An error asking is returned as is.
+inline cudaError_t ProgrammaticLaunchSupported(bool* supported) {
+  int device = 0, cc_major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
+  *supported = err == cudaSuccess && cc_major >= 9;
+  return err;
+}
+
 // Host: launches `kernel` on `stream` as a programmatic dependent of the work before it when
 // `programmatic` (pass compute capability ≥ 9: Hopper and later), else as an ordinary launch.
+// The first form takes `smem` bytes of dynamic shared memory.
 template <typename... KernelArgs, typename... Args>
-cudaError_t LaunchProgrammaticDependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream,
-                                        bool programmatic, Args&&... args) {
+cudaError_t LaunchProgrammaticDependentSmem(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                                            cudaStream_t stream, bool programmatic, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -44,6 +55,12 @@ cudaError_t LaunchProgrammaticDependent(void (*kernel)(KernelArgs...), dim3 grid
   cfg.attrs = attr;
   cfg.numAttrs = programmatic ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+template <typename... KernelArgs, typename... Args>
+cudaError_t LaunchProgrammaticDependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream,
+                                        bool programmatic, Args&&... args) {
+  return LaunchProgrammaticDependentSmem(kernel, grid, block, 0, stream, programmatic, std::forward<Args>(args)...);
 }
 
 }  // namespace gsa::kernels

@@ -209,21 +209,18 @@ __device__ __forceinline__ void HistogramRange(const Src& scores, int64_t p0, in
 // state. All threads must call it; all get the same result. s_warp: [NT/32]; s_result: [3].
 // Ends with a __syncthreads after s_result is written; s_hist is only read before the first
 // internal barrier, so the caller may overwrite it after return.
+// AdvanceState with the histogram already in registers: c[i] = the count of digit
+// kRadix-1 - (threadIdx.x·B + i), B = kRadix / NT (thread t owns bins in descending digit order,
+// so the exclusive sum over threads is the number of eq keys with a larger digit).
 template <int NT>
-__device__ SelectState AdvanceState(SelectState st, int pass, const int32_t* s_hist, int32_t* s_warp,
-                                    int32_t* s_result) {
+__device__ SelectState AdvanceStateFromCounts(SelectState st, int pass, const int32_t (&c)[kRadix / NT],
+                                              int32_t* s_warp, int32_t* s_result) {
   static_assert(kRadix % NT == 0, "bins per thread");
   constexpr int kBinsPerThread = kRadix / NT;
   const int tid = threadIdx.x;
-  // Thread t owns bins in descending digit order: kRadix-1 - (t*B + i), so the exclusive sum over
-  // threads is the number of eq keys with a larger digit.
-  int32_t c[kBinsPerThread];
   int32_t local = 0;
 #pragma unroll
-  for (int i = 0; i < kBinsPerThread; ++i) {
-    c[i] = s_hist[kRadix - 1 - (tid * kBinsPerThread + i)];
-    local += c[i];
-  }
+  for (int i = 0; i < kBinsPerThread; ++i) local += c[i];
   if (tid == 0) s_result[0] = -1;  // "not found" unless a thread finds the bucket below
   int32_t total;
   int32_t running = BlockExclusiveSum<NT>(local, s_warp, &total);  // barriers order the write above
@@ -253,6 +250,15 @@ __device__ SelectState AdvanceState(SelectState st, int pass, const int32_t* s_h
   st.kneed = kneed - above;
   st.done = (count == st.kneed || pass == kNumPasses - 1) ? 1 : 0;
   return st;
+}
+
+template <int NT>
+__device__ SelectState AdvanceState(SelectState st, int pass, const int32_t* s_hist, int32_t* s_warp,
+                                    int32_t* s_result) {
+  int32_t c[kRadix / NT];
+#pragma unroll
+  for (int i = 0; i < kRadix / NT; ++i) c[i] = s_hist[kRadix - 1 - (static_cast<int>(threadIdx.x) * (kRadix / NT) + i)];
+  return AdvanceStateFromCounts<NT>(st, pass, c, s_warp, s_result);
 }
 
 // Ordered compaction over descending indices [j_begin, j_end) of a row (position = n-1-j), with
@@ -800,17 +806,27 @@ __device__ int64_t SelectedCountDevice(const SelectionRule& rule, int64_t positi
 // What a dense row leaves in the running Σvar at its slot: a quiet NaN, as the CPU writes.
 __device__ __forceinline__ float DenseRowCumvar() { return __uint_as_float(0x7FC00000u); }
 
-// k_t of a selecting row of sequence `seq` at `position` with statistic v (variance rule) or ent
-// (entropy rule): adds v to the running Σvar at position − 1, rounds it to fp32 (*cum, which the
-// caller stores at the row's slot) and uses ref = cum / (position + 1). The previous position's
-// slot was written by an earlier launch or earlier in the caller's own loop, so a plain load sees it.
-__device__ __forceinline__ int64_t RunningSelectedCount(const SelectionRule& rule, const PagedLayout& paged,
-                                                        const float* cumvar, int32_t seq, int64_t position, double v,
-                                                        double ent, float* cum) {
-  const double prev = position > 0 ? static_cast<double>(cumvar[SlotOfPosition(paged, seq, position - 1)]) : 0.0;
+// The running Σvar of sequence `seq` at position − 1 (0 at position 0). That slot was written by
+// an earlier launch or earlier in the caller's own loop, so a plain load sees it.
+__device__ __forceinline__ double PreviousCumvar(const PagedLayout& paged, const float* cumvar, int32_t seq,
+                                                 int64_t position) {
+  return position > 0 ? static_cast<double>(cumvar[SlotOfPosition(paged, seq, position - 1)]) : 0.0;
+}
+
+// k_t of a selecting row at `position` with statistic v (variance rule) or ent (entropy rule), given
+// prev = PreviousCumvar: adds v to it, rounds to fp32 (*cum, which the caller stores at the row's
+// slot) and uses ref = cum / (position + 1).
+__device__ __forceinline__ int64_t SelectedCountAfter(const SelectionRule& rule, double prev, int64_t position,
+                                                      double v, double ent, float* cum) {
   *cum = __double2float_rn(__dadd_rn(prev, v));
   const double ref = __ddiv_rn(static_cast<double>(*cum), static_cast<double>(position + 1));
   return SelectedCountDevice(rule, position, v, ref, ent);
+}
+
+__device__ __forceinline__ int64_t RunningSelectedCount(const SelectionRule& rule, const PagedLayout& paged,
+                                                        const float* cumvar, int32_t seq, int64_t position, double v,
+                                                        double ent, float* cum) {
+  return SelectedCountAfter(rule, PreviousCumvar(paged, cumvar, seq, position), position, v, ent, cum);
 }
 
 __global__ void SelectionCountsKernel(ScoreChunk chunk, RowInfo rows, PagedLayout paged, const int32_t* seq_first_row,
@@ -869,24 +885,35 @@ constexpr int64_t kDsRowBytes = kDsBarrierOff + 16 + kDsListCap * 4;
 // is cooperative). bar[0] only grows during a launch: barrier i opens when it reaches
 // (i + 1) · count, so one atomic per block and no reset between barriers. Orders every global
 // write before it against every read after it, as grid.sync does, but only among the row's blocks
-// (rows never wait for each other, and may take different paths). RowBarrierDone resets it.
+// (rows never wait for each other, and may take different paths). RowBarrierDepart/Reset reset it.
 __device__ __forceinline__ void RowBarrier(uint32_t* bar, uint32_t count, uint32_t index) {
-  __syncthreads();
+  __syncthreads();  // the block's writes happen before thread 0's release below
   if (threadIdx.x == 0) {
-    __threadfence();  // the block's writes before the arrival
-    atomicAdd(bar, 1u);
+    // Arrive with release semantics (the block's writes before it), poll with acquire (every
+    // arrived block's writes after it), gpu scope — as CUTLASS's GenericBarrier, lighter than
+    // a full fence on each side.
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
     const uint32_t target = (index + 1) * count;
-    volatile uint32_t* arrived = bar;
-    while (*arrived < target) __nanosleep(20);
-    __threadfence();
+    uint32_t arrived;
+    while (true) {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(bar) : "memory");
+      if (arrived >= target) break;
+      __nanosleep(20);
+    }
   }
   __syncthreads();
 }
 
-// After the row's last barrier: the last of its blocks to get here (bar[1] counts them) has seen
-// every block leave every barrier, so it puts both words back to zero for the next launch.
-__device__ __forceinline__ void RowBarrierDone(uint32_t* bar, uint32_t count) {
-  if (threadIdx.x == 0 && atomicAdd(bar + 1, 1u) == count - 1) {
+// Right after the row's last barrier: the block counts itself out (bar[1]), and the ticket comes
+// back while the block does its last work. Thread 0's ticket; 0 in other threads.
+__device__ __forceinline__ uint32_t RowBarrierDepart(uint32_t* bar) {
+  return threadIdx.x == 0 ? atomicAdd(bar + 1, 1u) : 0u;
+}
+
+// At the block's end: the block whose ticket was the last has seen every block of the row leave
+// every barrier, so it puts both words back to zero for the next launch.
+__device__ __forceinline__ void RowBarrierReset(uint32_t* bar, uint32_t count, uint32_t ticket) {
+  if (threadIdx.x == 0 && ticket == count - 1) {
     bar[0] = 0u;
     bar[1] = 0u;
   }
@@ -945,6 +972,10 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   const int64_t je = active ? (part == d.nbr - 1 ? n : min((static_cast<int64_t>(part) + 1) * d.seg, n)) : 0;
   const int64_t pb = n - je, pe = n - jb;
   const bool in_smem = je - jb <= kDsSmemFloats;
+  // The running Σvar before this position, for k_t after the barrier(s): loaded now (this launch
+  // writes only the rows' own slots, never a row's previous one) so its chain of dependent loads
+  // (block table, then the value) is not on the path after barrier 1.
+  const double prev_cum = active ? PreviousCumvar(ia.paged, a.cumvar, ia.rows.seq[r], pos) : 0.0;
   float* row_scores = ia.scores + (active ? ia.score_offset[cr] : 0);
   // Benchmark timeline (DecodeSelectArgs::marks): thread 0 after the block's threads met.
   const bool timed = a.marks != nullptr;  // uniform
@@ -1068,7 +1099,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     }
   } else if (active) {
     float cum;
-    const int64_t kt = RunningSelectedCount(a.rule, ia.paged, a.cumvar, ia.rows.seq[r], pos, var, 0.0, &cum);
+    const int64_t kt = SelectedCountAfter(a.rule, prev_cum, pos, var, 0.0, &cum);
     if (part == 0 && tid == 0) {
       a.cumvar[ia.rows.slot[r]] = cum;
       a.k[r] = static_cast<int32_t>(kt);
@@ -1091,9 +1122,13 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   for (int pass = 0; pass < kNumPasses; ++pass) {
     int32_t bucket = 0;  // keys in the chosen digit bucket (the new eq count)
     if (!st.done) {  // uniform over the row's blocks
-      for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = static_cast<int32_t>(__ldcg(g_hist + pass * kRadix + i));
-      __syncthreads();
-      st = AdvanceState<kDsThreads>(st, pass, s_hist, s_warp, s_result);
+      // One 16-byte load a thread (a single L2 round trip): thread t's four bins in descending
+      // digit order are words kRadix-1-4t … kRadix-4-4t, i.e. the (kRadix/4 - 1 - t)-th uint4 reversed.
+      static_assert(kDsThreads * 4 == kRadix, "one uint4 of the histogram per thread");
+      const uint4 w = __ldcg(reinterpret_cast<const uint4*>(g_hist + pass * kRadix) + (kRadix / 4 - 1 - tid));
+      const int32_t c[4] = {static_cast<int32_t>(w.w), static_cast<int32_t>(w.z), static_cast<int32_t>(w.y),
+                            static_cast<int32_t>(w.x)};
+      st = AdvanceStateFromCounts<kDsThreads>(st, pass, c, s_warp, s_result);
       bucket = s_result[2];  // AdvanceState's last barrier made it visible; rewritten only by the next call
     }
     mark(5 + 3 * pass);
@@ -1119,6 +1154,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   }
 
   int32_t carry_g = 0, carry_e = 0;
+  uint32_t ticket = 0;  // RowBarrierDepart's, taken after the row's last barrier on either path
   if (list_path) {
     // (C') The part's gt count, and its eq keys appended as (last digit << 10 | part).
     static_assert(kDsMaxParts <= 1024 && PassDigitMask(2) < 1024, "list entries pack digit and part in 20 bits");
@@ -1152,6 +1188,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     }
     mark(9);
     RowBarrier(g_bar, nbr, barriers++);
+    ticket = RowBarrierDepart(g_bar);  // the row's last barrier
     mark(10);
     // Every histogram read and list append is done (the list holds exactly `len` entries): part 0
     // leaves the histograms and the length zeroed for the next launch (entries are overwritten
@@ -1160,30 +1197,34 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
       if (tid == 0) *g_list_len = 0u;
     }
-    // (D') Pass 2 on the list, in this block.
+    // (D') Pass 2 on the list, in this block. Each thread's first list entry and first preceding
+    // part's gt count load together, before the histogram is cleared: one L2 round trip for the
+    // usual case of at most kDsThreads of each (the loops below take the rest).
+    const uint32_t v0 = tid < len ? __ldcg(g_list + tid) : 0u;
+    int32_t gt1 = tid < part ? static_cast<int32_t>(__ldcg(g_cnt + 2 * tid)) : 0;
     for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
     __syncthreads();
-    for (int32_t i = tid; i < len; i += kDsThreads) atomicAdd(&s_hist[__ldcg(g_list + i) >> 10], 1);
+    if (tid < len) atomicAdd(&s_hist[v0 >> 10], 1);
+    for (int32_t i = tid + kDsThreads; i < len; i += kDsThreads) atomicAdd(&s_hist[__ldcg(g_list + i) >> 10], 1);
     __syncthreads();
     st = AdvanceState<kDsThreads>(st, 2, s_hist, s_warp, s_result);
     mark(11);
-    // Carries: gt and eq (under the final state) of the parts before this one.
+    // Carries: gt and eq (under the final state) of the parts before this one; the list's two
+    // counts (each ≤ kDsListCap) summed as one packed word.
+    static_assert(kDsListCap < (1 << 16), "packed list counts");
     const uint32_t last = st.prefix & PassDigitMask(2);
-    int32_t cg = 0, ce = 0, gt1 = 0;
-    for (int32_t q = tid; q < part; q += kDsThreads) gt1 += static_cast<int32_t>(__ldcg(g_cnt + 2 * q));
-    for (int32_t i = tid; i < len; i += kDsThreads) {
-      const uint32_t v = __ldcg(g_list + i);
-      if (static_cast<int32_t>(v & 1023u) < part) {
-        cg += (v >> 10) > last ? 1 : 0;
-        ce += (v >> 10) == last ? 1 : 0;
-      }
-    }
-    int32_t gt1_total, cg_total, ce_total;
+    int32_t cge = 0;  // gt count | eq count << 16
+    auto tally = [&](uint32_t v) {
+      if (static_cast<int32_t>(v & 1023u) < part) cge += (v >> 10) > last ? 1 : ((v >> 10) == last ? 1 << 16 : 0);
+    };
+    if (tid < len) tally(v0);
+    for (int32_t i = tid + kDsThreads; i < len; i += kDsThreads) tally(__ldcg(g_list + i));
+    for (int32_t q = tid + kDsThreads; q < part; q += kDsThreads) gt1 += static_cast<int32_t>(__ldcg(g_cnt + 2 * q));
+    int32_t gt1_total, cge_total;
     BlockExclusiveSum<kDsThreads>(gt1, s_warp, &gt1_total);
-    BlockExclusiveSum<kDsThreads>(cg, s_warp, &cg_total);
-    BlockExclusiveSum<kDsThreads>(ce, s_warp, &ce_total);
-    carry_g = gt1_total + cg_total;
-    carry_e = ce_total;
+    BlockExclusiveSum<kDsThreads>(cge, s_warp, &cge_total);
+    carry_g = gt1_total + (cge_total & 0xFFFF);
+    carry_e = cge_total >> 16;
     mark(12);
     mark(13);
   } else {
@@ -1198,6 +1239,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     }
     mark(12);
     RowBarrier(g_bar, nbr, barriers++);
+    ticket = RowBarrierDepart(g_bar);  // the row's last barrier
     mark(13);
     // Every histogram read is done: part 0 leaves the row's histograms zeroed for the next launch.
     if (part == 0) {
@@ -1212,7 +1254,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       OrderedCompact<kDsThreads, kMbItems>(src, n, jb, je, st, carry_g, carry_e, out, static_cast<int32_t>(kk), s_tot);
     });
   }
-  RowBarrierDone(g_bar, nbr);
+  RowBarrierReset(g_bar, nbr, ticket);
   mark(14);
 }
 

@@ -31,7 +31,7 @@ constexpr int kMmaUnroll = 4;
 constexpr int kMmaTileRows = 16;
 
 template <int kWarps, SmallLinearEpilogue E>
-__global__ void __launch_bounds__(32 * kWarps) SmallLinearMmaKernel(SmallLinearArgs a) {
+__global__ void __launch_bounds__(32 * kWarps, kWarps == 8 ? 4 : 1) SmallLinearMmaKernel(SmallLinearArgs a) {
   PdlLaunchDependents();  // the next product may stream its weights while this one runs
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   int64_t r_lo, r_hi;  // rows of W at fragment rows g and g + 8 (< 0: none)
@@ -44,23 +44,25 @@ __global__ void __launch_bounds__(32 * kWarps) SmallLinearMmaKernel(SmallLinearA
     r_lo = r0 < a.n ? r0 : -1;
     r_hi = r0 + 8 < a.n ? r0 + 8 : -1;
   }
-  const bf16* w_lo = a.w_bf16 + (r_lo >= 0 ? r_lo : 0) * a.k;
-  const bf16* w_hi = a.w_bf16 + (r_hi >= 0 ? r_hi : 0) * a.k;
+  // Rows as arrays of 16-byte chunks, walked with 32-bit chunk indices (fewer live registers:
+  // with 4 blocks of 8 warps an SM, 64 a thread).
+  const uint4* w_lo = reinterpret_cast<const uint4*>(a.w_bf16 + (r_lo >= 0 ? r_lo : 0) * a.k);
+  const uint4* w_hi = reinterpret_cast<const uint4*>(a.w_bf16 + (r_hi >= 0 ? r_hi : 0) * a.k);
   const bool has_x = g < a.rows;
-  const bf16* xg = a.x_bf16 + (has_x ? g : 0) * a.ldx;
-  const int64_t chunks = a.k / 8;         // 16-byte chunks of a row
-  const int64_t blocks = (chunks + 3) / 4;  // 32-element blocks (the last may be partial)
+  const uint4* xg = reinterpret_cast<const uint4*>(a.x_bf16 + (has_x ? g : 0) * a.ldx);
+  const int32_t chunks = static_cast<int32_t>(a.k / 8);  // 16-byte chunks of a row
+  const int32_t blocks = (chunks + 3) / 4;                // 32-element blocks (the last may be partial)
 
   float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   bool waited = false;
-  for (int64_t kb0 = static_cast<int64_t>(warp) * kMmaUnroll; kb0 < blocks; kb0 += kWarps * kMmaUnroll) {
+  for (int32_t kb0 = warp * kMmaUnroll; kb0 < blocks; kb0 += kWarps * kMmaUnroll) {
     uint4 wl[kMmaUnroll], wh[kMmaUnroll];
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; ++u) {
-      const int64_t ch = (kb0 + u) * 4 + t;
+      const int32_t ch = (kb0 + u) * 4 + t;
       const bool ok = kb0 + u < blocks && ch < chunks;
-      wl[u] = ok && r_lo >= 0 ? LoadStream(w_lo + ch * 8) : make_uint4(0u, 0u, 0u, 0u);
-      wh[u] = ok && r_hi >= 0 ? LoadStream(w_hi + ch * 8) : make_uint4(0u, 0u, 0u, 0u);
+      wl[u] = ok && r_lo >= 0 ? LoadStream(w_lo + ch) : make_uint4(0u, 0u, 0u, 0u);
+      wh[u] = ok && r_hi >= 0 ? LoadStream(w_hi + ch) : make_uint4(0u, 0u, 0u, 0u);
     }
     // Launched as a programmatic dependent: the first weights (which no kernel writes) are in
     // flight before waiting for the kernels that write x and y.
@@ -70,9 +72,9 @@ __global__ void __launch_bounds__(32 * kWarps) SmallLinearMmaKernel(SmallLinearA
     }
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; ++u) {
-      const int64_t ch = (kb0 + u) * 4 + t;
+      const int32_t ch = (kb0 + u) * 4 + t;
       const bool ok = kb0 + u < blocks && ch < chunks;
-      const uint4 xc = ok && has_x ? LoadShared(xg + ch * 8) : make_uint4(0u, 0u, 0u, 0u);
+      const uint4 xc = ok && has_x ? LoadShared(xg + ch) : make_uint4(0u, 0u, 0u, 0u);
       const uint32_t a0[4] = {wl[u].x, wh[u].x, wl[u].y, wh[u].y};
       flash::MmaBf16(c, a0, xc.x, xc.y);
       const uint32_t a1[4] = {wl[u].z, wh[u].z, wl[u].w, wh[u].w};
@@ -286,6 +288,7 @@ const char* SmallLinearUnsupported(const SmallLinearArgs& a) {
   if (a.rows < 1 || a.rows > kSmallLinearMaxRows) return "rows must be 1 … kSmallLinearMaxRows";
   if (a.n < 1 || a.k < 1) return "n and k must be positive";
   if (a.n > int64_t{1} << 35) return "n is too large for one grid";
+  if (a.k > int64_t{1} << 30) return "k is too large (at most 2^30: chunk indices are 32-bit)";
   const int64_t vec = bf ? 8 : 4;
   if (a.k % vec != 0 || a.ldx % vec != 0 || a.ldx < a.k) {
     return "k and ldx must be whole 16-byte chunks (bf16: multiples of 8; fp32: of 4), ldx ≥ k";
