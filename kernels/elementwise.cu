@@ -93,7 +93,9 @@ __host__ __device__ inline int32_t PostProjectionRopeParts(int32_t n_heads, int3
 
 __global__ void PostProjectionKernel(PostProjectionArgs a) {
   // Launched as a programmatic dependent of the product before it: waits for it (and every
-  // earlier kernel) before reading or writing anything.
+  // earlier kernel) before reading or writing anything. The fused selection after it may launch
+  // now (it waits for this kernel before reading).
+  PdlLaunchDependents();
   PdlWaitForPrerequisites();
   extern __shared__ float s_rope[];
   const int64_t r = blockIdx.x;

@@ -30,6 +30,7 @@
 #include <cstdint>
 
 #include "kernels/indexer_math.cuh"
+#include "kernels/pdl.cuh"
 
 namespace gsa::kernels {
 namespace {
@@ -946,6 +947,9 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   __shared__ int32_t s_result[3];
   __shared__ int32_t s_tot[2][2][kDsThreads / 32];
 
+  // A programmatic dependent (Hopper and later): nothing is read or written before the kernels
+  // before it have finished.
+  PdlWaitForPrerequisites();
   const DecodeSelectArgs& a = d.a;
   const IndexerScoresArgs& ia = a.index;
   const int tid = threadIdx.x;
@@ -1301,11 +1305,19 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   cfg.blockDim = dim3(kDsThreads);
   cfg.dynamicSmemBytes = kDsSmemFloats * sizeof(float);
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  // Cooperative (the row barriers need every block resident), and on Hopper and later also a
+  // programmatic dependent of the kernel before it: the launch overlaps that kernel's tail (the
+  // blocks wait at the top of the kernel, before reading anything).
+  int cc_major = 0;
+  err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err != cudaSuccess) return err;
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeCooperative;
   attr[0].val.cooperative = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = cc_major >= 9 ? 2 : 1;
   const cudaError_t launched = cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I, kFp8>, d);
   if (launched == cudaErrorCooperativeLaunchTooLarge) {
     // Fewer blocks fit than the occupancy query said (another context holding SMs): not an error
