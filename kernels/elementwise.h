@@ -20,6 +20,9 @@ cudaError_t EmbedRows(const float* table, const int32_t* ids, int64_t rows, int6
 // y = x[j, :] / sqrt(mean(x[j, :]²) + eps) * w, j = gather ? gather[i] : i; out[i, :] = bf16(y) and,
 // when out_f32 is not null, out_f32[i, :] = y (the indexer's projections read fp32: see cuda_backend.h).
 // x: [*, d] fp32; gather: [rows] or null; w: [d] fp32; out: [rows, d] bf16; out_f32: [rows, d] or null.
+// On Hopper and later launched as a programmatic dependent (kernels/pdl.cuh): the launch overlaps
+// the previous kernel's tail and the kernel waits for it before touching memory; the same holds for
+// PostProjection below.
 cudaError_t RmsNormRows(const float* x, const int32_t* gather, const float* w, int64_t rows, int64_t d,
                         float eps, bf16* out, cudaStream_t stream, float* out_f32 = nullptr);
 
