@@ -270,6 +270,60 @@ TEST(SmallLinearKernel, ReadsWhatTheKernelBeforeItWrote) {
   }
 }
 
+// The residual stream's loop in a decode step: RmsNormRows reads h, which the product before it
+// accumulated into, and is itself a programmatic dependent of that product (it waits at its top);
+// the next product reads RmsNormRows' output. Back-to-back on one stream against the same launches
+// with a synchronize after each: every iteration's normalized rows (fp32 copy) and the final h are
+// bitwise equal. A norm that read h before the accumulation finished would differ.
+TEST(SmallLinearKernel, NormReadsWhatTheAccumulatingProductBeforeItWrote) {
+  GSA_REQUIRE_GPU();
+  const uint64_t seed = gsa::testing::FreshSeed();
+  SCOPED_TRACE(seed);
+  const int64_t rows = 4, d = 2048, iters = 24;
+  const std::vector<float> w = RandomFloats(static_cast<size_t>(d * d), seed, -0.05f, 0.05f);
+  const std::vector<float> norm_w = RandomFloats(static_cast<size_t>(d), seed + 1, 0.5f, 1.5f);
+  const std::vector<float> h0 = RandomFloats(static_cast<size_t>(rows * d), seed + 2, -3, 3);
+  auto d_w = Upload(ToBf16Vec(w));
+  auto d_norm_w = Upload(norm_w);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  auto run = [&](bool sync_between, std::vector<float>* h_end) {
+    auto d_h = Upload(h0);
+    auto d_xn = Poisoned<bf16>(static_cast<size_t>(rows * d));
+    auto d_xn32 = Poisoned<float>(static_cast<size_t>(iters * rows * d));
+    for (int64_t i = 0; i < iters; ++i) {
+      EXPECT_EQ(kernels::RmsNormRows(d_h.get(), nullptr, d_norm_w.get(), rows, d, 1e-5f, d_xn.get(), stream,
+                                     d_xn32.get() + i * rows * d),
+                cudaSuccess);
+      if (sync_between) EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      SmallLinearArgs a;
+      a.x_bf16 = d_xn.get();
+      a.w_bf16 = d_w.get();
+      a.rows = rows;
+      a.k = d;
+      a.n = d;
+      a.ldx = d;
+      a.epilogue = SmallLinearEpilogue::kAccumulate;
+      a.y = d_h.get();
+      a.ldy = d;
+      EXPECT_EQ(kernels::SmallLinear(a, stream), cudaSuccess);
+      if (sync_between) EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    }
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    *h_end = Download(d_h);
+    return Download(d_xn32);
+  };
+  std::vector<float> h_chained, h_separated;
+  const std::vector<float> chained = run(false, &h_chained);
+  const std::vector<float> separated = run(true, &h_separated);
+  cudaStreamDestroy(stream);
+  for (size_t i = 0; i < chained.size(); ++i) {
+    ASSERT_EQ(std::memcmp(&chained[i], &separated[i], 4), 0)
+        << "iteration " << i / (rows * d) << " element " << i % (rows * d) << ": " << chained[i] << " vs " << separated[i];
+  }
+  ASSERT_EQ(std::memcmp(h_chained.data(), h_separated.data(), h_chained.size() * 4), 0);
+}
+
 TEST(SmallLinearKernel, RefusesWhatItCannotRunWithoutWriting) {
   GSA_REQUIRE_GPU();
   auto d_x = Upload(std::vector<bf16>(64 * 9, ToBf16(1.0f)));
@@ -299,6 +353,10 @@ TEST(SmallLinearKernel, RefusesWhatItCannotRunWithoutWriting) {
   add("nine rows", [](SmallLinearArgs& a) { a.rows = 9; });
   add("k not a whole chunk", [](SmallLinearArgs& a) { a.k = 60; });
   add("ldx below k", [](SmallLinearArgs& a) { a.ldx = 56; });
+  add("k past 2^30", [](SmallLinearArgs& a) {  // refused before any pointer is read
+    a.k = (int64_t{1} << 30) + 8;
+    a.ldx = a.k;
+  });
   add("misaligned x", [&](SmallLinearArgs& a) { a.x_bf16 = d_x.get() + 1; });
   add("misaligned W", [&](SmallLinearArgs& a) { a.w_bf16 = d_w.get() + 4; });
   add("both input pairs", [&](SmallLinearArgs& a) {
