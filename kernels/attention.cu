@@ -481,10 +481,11 @@ cudaError_t ResidentBlocksPerSm(int* blocks) {
 // splits, the merge kernel.
 template <int D, int G>
 cudaError_t Launch(const GatheredAttentionArgs& a, int device, cudaStream_t stream) {
-  int sm_count = 0, per_sm = 0, cc_major = 0;
+  int sm_count = 0, per_sm = 0;
+  bool pdl = false;
   cudaError_t err = cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
+  err = ProgrammaticLaunchSupported(device, &pdl);
   if (err != cudaSuccess) return err;
   per_sm = a.resident_blocks_per_sm;
   if (per_sm <= 0) {
@@ -519,14 +520,14 @@ cudaError_t Launch(const GatheredAttentionArgs& a, int device, cudaStream_t stre
                   static_cast<unsigned>(p.splits));
   // A programmatic dependent of the kernel before it (Hopper and later): its launch overlaps that
   // kernel's tail (in decode, the fused selection's last phases); it waits before reading.
-  err = LaunchProgrammaticDependent(GatheredAttentionKernel<D, G>, grid, dim3(kThreads), stream, cc_major >= 9, a, p);
+  err = LaunchProgrammaticDependent(GatheredAttentionKernel<D, G>, grid, dim3(kThreads), stream, pdl, a, p);
   if (err != cudaSuccess || splits == 1 || p.counters != nullptr) return err;
 
   // The merge kernel is launched as a programmatic dependent (Hopper and later) so that its launch
   // overlaps the attention kernel's tail; it waits for the attention grid before reading.
   return LaunchProgrammaticDependent(MergeSplitsKernel,
                                      dim3(static_cast<unsigned>(a.num_row_ids), static_cast<unsigned>(a.n_heads)),
-                                     dim3(static_cast<unsigned>(a.d_head)), stream, cc_major >= 9, a, p);
+                                     dim3(static_cast<unsigned>(a.d_head)), stream, pdl, a, p);
 }
 
 template <int D>

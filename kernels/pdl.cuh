@@ -28,14 +28,21 @@ __device__ __forceinline__ void PdlLaunchDependents() {
 #endif
 }
 
-// Host: whether the current device takes programmatic dependent launches (compute capability ≥ 9).
-// An error asking is returned as is.
-inline cudaError_t ProgrammaticLaunchSupported(bool* supported) {
-  int device = 0, cc_major = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
+// Host: whether `device` takes programmatic dependent launches (compute capability ≥ 9: Hopper and
+// later). The one place that rule lives; an error asking is returned as is (*supported false).
+inline cudaError_t ProgrammaticLaunchSupported(int device, bool* supported) {
+  int cc_major = 0;
+  const cudaError_t err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
   *supported = err == cudaSuccess && cc_major >= 9;
   return err;
+}
+
+// The same for the current device.
+inline cudaError_t ProgrammaticLaunchSupported(bool* supported) {
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  *supported = false;
+  return err == cudaSuccess ? ProgrammaticLaunchSupported(device, supported) : err;
 }
 
 // Host: launches `kernel` on `stream` as a programmatic dependent of the work before it when

@@ -205,14 +205,10 @@ __device__ __forceinline__ void HistogramRange(const Src& scores, int64_t p0, in
   }
 }
 
-// Given the complete histogram of pass p in s_hist (visible to all threads: caller synced after
-// filling it), finds the digit bucket holding the kneed-th largest eq key and returns the refined
-// state. All threads must call it; all get the same result. s_warp: [NT/32]; s_result: [3].
-// Ends with a __syncthreads after s_result is written; s_hist is only read before the first
-// internal barrier, so the caller may overwrite it after return.
-// AdvanceState with the histogram already in registers: c[i] = the count of digit
+// AdvanceState (below) with the histogram already in registers: c[i] = the count of digit
 // kRadix-1 - (threadIdx.x·B + i), B = kRadix / NT (thread t owns bins in descending digit order,
-// so the exclusive sum over threads is the number of eq keys with a larger digit).
+// so the exclusive sum over threads is the number of eq keys with a larger digit). Ends with a
+// __syncthreads after s_result is written.
 template <int NT>
 __device__ SelectState AdvanceStateFromCounts(SelectState st, int pass, const int32_t (&c)[kRadix / NT],
                                               int32_t* s_warp, int32_t* s_result) {
@@ -253,6 +249,11 @@ __device__ SelectState AdvanceStateFromCounts(SelectState st, int pass, const in
   return st;
 }
 
+// Given the complete histogram of pass p in s_hist (visible to all threads: caller synced after
+// filling it), finds the digit bucket holding the kneed-th largest eq key and returns the refined
+// state. All threads must call it; all get the same result. s_warp: [NT/32]; s_result: [3].
+// Ends with a __syncthreads after s_result is written; s_hist is only read before the first
+// internal barrier, so the caller may overwrite it after return.
 template <int NT>
 __device__ SelectState AdvanceState(SelectState st, int pass, const int32_t* s_hist, int32_t* s_warp,
                                     int32_t* s_result) {
@@ -1308,8 +1309,8 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   // Cooperative (the row barriers need every block resident), and on Hopper and later also a
   // programmatic dependent of the kernel before it: the launch overlaps that kernel's tail (the
   // blocks wait at the top of the kernel, before reading anything).
-  int cc_major = 0;
-  err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
+  bool pdl = false;
+  err = ProgrammaticLaunchSupported(device, &pdl);
   if (err != cudaSuccess) return err;
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeCooperative;
@@ -1317,7 +1318,7 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = cc_major >= 9 ? 2 : 1;
+  cfg.numAttrs = pdl ? 2 : 1;
   const cudaError_t launched = cudaLaunchKernelEx(&cfg, DecodeSelectKernel<D_I, kFp8>, d);
   if (launched == cudaErrorCooperativeLaunchTooLarge) {
     // Fewer blocks fit than the occupancy query said (another context holding SMs): not an error

@@ -231,11 +231,10 @@ struct Device {
 };
 
 cudaError_t CurrentDevice(Device* d) {
-  int device = 0, cc_major = 0;
+  int device = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = ProgrammaticLaunchSupported(device, &d->programmatic);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d->sms, cudaDevAttrMultiProcessorCount, device);
-  d->programmatic = cc_major >= 9;
   return err;
 }
 
