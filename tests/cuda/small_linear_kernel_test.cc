@@ -66,6 +66,34 @@ std::vector<bf16> ToBf16Vec(const std::vector<float>& v) {
   return out;
 }
 
+// The bf16 product of x [rows, k] (contiguous) with W [n, k] into y [rows, n] (contiguous).
+SmallLinearArgs Bf16Product(const bf16* x, const bf16* w, int64_t rows, int64_t k, int64_t n, float* y,
+                            SmallLinearEpilogue epilogue = SmallLinearEpilogue::kStore) {
+  SmallLinearArgs a;
+  a.x_bf16 = x;
+  a.w_bf16 = w;
+  a.rows = rows;
+  a.k = k;
+  a.n = n;
+  a.ldx = k;
+  a.epilogue = epilogue;
+  a.y = y;
+  a.ldy = n;
+  return a;
+}
+
+// Outputs of launches chained back to back on one stream against the same launches synchronized
+// one by one: bitwise equal; a mismatch names its iteration (per_iteration elements each).
+void ExpectChainedEqualsSeparated(const std::vector<float>& chained, const std::vector<float>& separated,
+                                  int64_t per_iteration) {
+  ASSERT_EQ(chained.size(), separated.size());
+  for (size_t i = 0; i < chained.size(); ++i) {
+    ASSERT_EQ(std::memcmp(&chained[i], &separated[i], 4), 0)
+        << "iteration " << static_cast<int64_t>(i) / per_iteration << " element "
+        << static_cast<int64_t>(i) % per_iteration << ": " << chained[i] << " vs " << separated[i];
+  }
+}
+
 // Runs one product with kStore or kAccumulate into a [rows, ldy] buffer (ldy = n + 5, so stores
 // past a row's n would land in poisoned padding) and checks every element.
 void CheckLinear(const Problem& p, bool bf, SmallLinearEpilogue epi, uint64_t seed) {
@@ -203,16 +231,7 @@ TEST(SmallLinearKernel, BitwiseRepeatable) {
   std::vector<std::vector<float>> runs;
   for (int rep = 0; rep < 2; ++rep) {
     auto d_y = Poisoned<float>(static_cast<size_t>(4 * 2048));
-    SmallLinearArgs a;
-    a.x_bf16 = d_x.get();
-    a.w_bf16 = d_w.get();
-    a.rows = 4;
-    a.k = 6144;
-    a.n = 2048;
-    a.ldx = 6144;
-    a.y = d_y.get();
-    a.ldy = 2048;
-    ASSERT_EQ(kernels::SmallLinear(a, nullptr), cudaSuccess);
+    ASSERT_EQ(kernels::SmallLinear(Bf16Product(d_x.get(), d_w.get(), 4, 6144, 2048, d_y.get()), nullptr), cudaSuccess);
     runs.push_back(Download(d_y));
   }
   ASSERT_EQ(std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * 4), 0);
@@ -247,16 +266,8 @@ TEST(SmallLinearKernel, ReadsWhatTheKernelBeforeItWrote) {
       if (sync_between) {
         EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
       }
-      SmallLinearArgs a;
-      a.x_bf16 = d_xn.get();
-      a.w_bf16 = d_w.get();
-      a.rows = rows;
-      a.k = d;
-      a.n = n;
-      a.ldx = d;
-      a.y = d_y.get() + i * rows * n;
-      a.ldy = n;
-      EXPECT_EQ(kernels::SmallLinear(a, stream), cudaSuccess);
+      EXPECT_EQ(kernels::SmallLinear(Bf16Product(d_xn.get(), d_w.get(), rows, d, n, d_y.get() + i * rows * n), stream),
+                cudaSuccess);
     }
     EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     return Download(d_y);
@@ -264,10 +275,7 @@ TEST(SmallLinearKernel, ReadsWhatTheKernelBeforeItWrote) {
   const std::vector<float> chained = run(false);
   const std::vector<float> separated = run(true);
   cudaStreamDestroy(stream);
-  for (size_t i = 0; i < chained.size(); ++i) {
-    ASSERT_EQ(std::memcmp(&chained[i], &separated[i], 4), 0)
-        << "iteration " << i / (rows * n) << " element " << i % (rows * n) << ": " << chained[i] << " vs " << separated[i];
-  }
+  ExpectChainedEqualsSeparated(chained, separated, rows * n);
 }
 
 // The residual stream's loop in a decode step: RmsNormRows reads h, which the product before it
@@ -295,19 +303,15 @@ TEST(SmallLinearKernel, NormReadsWhatTheAccumulatingProductBeforeItWrote) {
       EXPECT_EQ(kernels::RmsNormRows(d_h.get(), nullptr, d_norm_w.get(), rows, d, 1e-5f, d_xn.get(), stream,
                                      d_xn32.get() + i * rows * d),
                 cudaSuccess);
-      if (sync_between) EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-      SmallLinearArgs a;
-      a.x_bf16 = d_xn.get();
-      a.w_bf16 = d_w.get();
-      a.rows = rows;
-      a.k = d;
-      a.n = d;
-      a.ldx = d;
-      a.epilogue = SmallLinearEpilogue::kAccumulate;
-      a.y = d_h.get();
-      a.ldy = d;
-      EXPECT_EQ(kernels::SmallLinear(a, stream), cudaSuccess);
-      if (sync_between) EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      if (sync_between) {
+        EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      }
+      EXPECT_EQ(kernels::SmallLinear(
+                    Bf16Product(d_xn.get(), d_w.get(), rows, d, d, d_h.get(), SmallLinearEpilogue::kAccumulate), stream),
+                cudaSuccess);
+      if (sync_between) {
+        EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      }
     }
     EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     *h_end = Download(d_h);
@@ -317,10 +321,7 @@ TEST(SmallLinearKernel, NormReadsWhatTheAccumulatingProductBeforeItWrote) {
   const std::vector<float> chained = run(false, &h_chained);
   const std::vector<float> separated = run(true, &h_separated);
   cudaStreamDestroy(stream);
-  for (size_t i = 0; i < chained.size(); ++i) {
-    ASSERT_EQ(std::memcmp(&chained[i], &separated[i], 4), 0)
-        << "iteration " << i / (rows * d) << " element " << i % (rows * d) << ": " << chained[i] << " vs " << separated[i];
-  }
+  ASSERT_NO_FATAL_FAILURE(ExpectChainedEqualsSeparated(chained, separated, rows * d));
   ASSERT_EQ(std::memcmp(h_chained.data(), h_separated.data(), h_chained.size() * 4), 0);
 }
 
