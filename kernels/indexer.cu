@@ -1,6 +1,7 @@
 #include "kernels/indexer.h"
 
 #include "kernels/indexer_math.cuh"
+#include "kernels/wgmma.cuh"
 
 namespace gsa::kernels {
 namespace {
@@ -181,12 +182,257 @@ cudaError_t LaunchKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// ---- The warpgroup (wgmma) kernel -----------------------------------------------------------------
+//
+// A block of kWgGroups warpgroups takes kWgRows consecutive chunk rows and a range of `tiles` × 256
+// candidates; its warpgroups take turns over the range's tiles of 64 candidates. For each tile a
+// warpgroup holds the 64 candidates' keys in registers (warp w: candidates 16w … 16w + 15, in the
+// mma.sync A layout that LoadKeys builds, which is also wgmma's) and multiplies them with the split
+// queries of all kWgRows rows at once: B = [4 heads × kWgRows rows] columns in shared memory, one
+// matrix per query part, so one m64n128k16 wgmma does what 16 mma.sync of the per-warp kernel do,
+// and the query operand never passes through registers. The k-steps run in the per-warp kernel's
+// order (lo, mid, hi; then channels), with each k-step's channels in the same logical positions
+// (kernels/indexer_math.cuh, "Fragment layout"), and column 4ρ + j is row ρ's head j, so a lane
+// holds exactly what TileScoresPair's lane holds: the same two heads of one row, summed in the same
+// order, then with the neighbouring lane's two. Rows of other sequences in the block (a run
+// boundary) are multiplied too and never stored: each run of same-sequence rows loads its own keys.
+constexpr int kWgGroups = 2;                       // warpgroups a block
+constexpr int kWgThreads = 128 * kWgGroups;
+constexpr int kWgRows = 32;                        // rows a block
+constexpr int kWgHeads = indexer_math::kPairMaxHeads;  // head columns a row (heads past n_heads: zero)
+constexpr int kWgCols = kWgRows * kWgHeads;        // N of the wgmma: 128
+constexpr int kWgCand = 64;                        // candidates a warpgroup tile (M)
+static_assert(kWgCols == 128, "the kernel issues m64n128k16");
+
+// Channels of the B operand, padded to whole 32-channel groups as the key fragments are.
 template <int D_I>
-cudaError_t Launch(const IndexerScoresArgs& a, cudaStream_t stream) {
+constexpr int WgKPad() {
+  return 32 * indexer_math::KeyShape<D_I>::kGroups;
+}
+// B operand bytes of one query part: K-major core matrices (8 columns × 8 channels, 128 bytes),
+// the kWgCols / 8 = 16 column blocks of each 8-channel block side by side.
+template <int D_I>
+constexpr int WgPartBytes() {
+  return WgKPad<D_I>() * kWgCols * 2;
+}
+constexpr uint32_t kWgLbo = (kWgCols / 8) * 128;  // between the two 8-channel halves of a k-step
+constexpr uint32_t kWgSbo = 128;                  // between column blocks
+
+// Where logical position κ of the 16-deep k-steps sits for channel `ch` (< WgKPad): k-step
+// s = 2p + h takes channels 32p + 8t + 4h + {0, 1} as logical 2t, 2t + 1 and + {2, 3} as 2t + 8,
+// 2t + 9 (indexer_math.cuh, the mma.sync fragments' order).
+__device__ __forceinline__ int WgLogicalK(int ch) {
+  const int p = ch >> 5, r = ch & 31, t = r >> 3, h = (r >> 2) & 1, c4 = r & 3;
+  return 16 * (2 * p + h) + (c4 < 2 ? 0 : 8) + 2 * t + (c4 & 1);
+}
+
+__device__ __forceinline__ int WgOperandOffset(int col, int kappa) {  // bytes within a part
+  return ((kappa >> 3) * (kWgCols / 8) + (col >> 3)) * 128 + (col & 7) * 16 + (kappa & 7) * 2;
+}
+
+// Two blocks a multiprocessor where 128 registers a thread suffice (sigmoid, D_I ≤ 64: 117). The
+// relu kernels need ~190 (ptxas, by measure: with the cheap epilogue it schedules more at once) and
+// spilled at 128, so they run one block a multiprocessor.
+template <int D_I, bool kFp8, bool kRelu>
+__global__ void __launch_bounds__(kWgThreads, D_I <= 64 && !kRelu ? 2 : 1) IndexerScoresWgmmaKernel(IndexerScoresArgs a, int tiles) {
+#ifndef GSA_WGMMA_AVAILABLE
+  __trap();  // the launcher runs this kernel only on compute capability 9.0 (the sm_90a code)
+#endif
+  extern __shared__ __align__(16) unsigned char smem[];  // the three B parts: hi, mid, lo
+  __shared__ int32_t s_pos[kWgRows], s_seq[kWgRows];
+  __shared__ int64_t s_off[kWgRows];
+  __shared__ float s_w[kWgRows * kWgHeads], s_b[kWgRows * kWgHeads];
+  __shared__ int32_t s_run_begin[kWgRows], s_run_end[kWgRows], s_run_lim[kWgRows];
+  __shared__ int32_t s_runs;
+  constexpr int kKPad = WgKPad<D_I>();
+  constexpr int kPart = WgPartBytes<D_I>();
+  const int64_t r0 = a.row_begin + static_cast<int64_t>(blockIdx.y) * kWgRows;
+  const int nrows = static_cast<int>(min(static_cast<int64_t>(kWgRows), a.row_begin + a.row_count - r0));
+  const int64_t block_c0 = static_cast<int64_t>(blockIdx.x) * tiles * kCandPerTile;
+  const int nh = a.n_indexer_heads;
+
+  if (threadIdx.x < kWgRows) {
+    const int i = threadIdx.x;
+    int32_t pos = -1, seq = -1;
+    int64_t off = 0;
+    if (i < nrows) {
+      const int64_t r = r0 + i;
+      pos = a.rows.dense[r] ? -1 : a.rows.position[r];
+      seq = a.rows.seq[r];
+      off = a.score_offset[r - a.row_begin];
+    }
+    s_pos[i] = pos < block_c0 ? -1 : pos;  // -1: nothing to score in this block's range
+    s_seq[i] = seq;
+    s_off[i] = off;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {  // runs of consecutive same-sequence rows with something to score
+    int runs = 0;
+    for (int i = 0; i < nrows;) {
+      if (s_pos[i] < 0) {
+        ++i;
+        continue;
+      }
+      int j = i, lim = -1;
+      while (j < nrows && s_seq[j] == s_seq[i]) lim = max(lim, s_pos[j++]);
+      s_run_begin[runs] = i;
+      s_run_end[runs] = j;
+      s_run_lim[runs] = lim;
+      ++runs;
+      i = j;
+    }
+    s_runs = runs;
+  }
+  // The B operand: every (column, channel) of the three parts, zeros for dead rows, heads past
+  // n_heads and padding channels.
+  for (int e = threadIdx.x; e < kWgRows * kWgHeads * kKPad; e += kWgThreads) {
+    const int ch = e % kKPad, col = e / kKPad, row = col / kWgHeads, j = col % kWgHeads;
+    float x = 0.0f;
+    if (row < nrows && j < nh && ch < D_I && s_pos[row] >= 0) {
+      x = __ldg(a.proj + (r0 + row) * a.proj_stride + a.off_qi + j * D_I + ch);
+    }
+    const bf16 hi = __float2bfloat16_rn(x);
+    const float r1 = x - __bfloat162float(hi);
+    const bf16 mid = __float2bfloat16_rn(r1);
+    const bf16 lo = __float2bfloat16_rn(r1 - __bfloat162float(mid));
+    const int off = WgOperandOffset(col, WgLogicalK(ch));
+    *reinterpret_cast<bf16*>(smem + off) = hi;
+    *reinterpret_cast<bf16*>(smem + kPart + off) = mid;
+    *reinterpret_cast<bf16*>(smem + 2 * kPart + off) = lo;
+  }
+  for (int e = threadIdx.x; e < kWgRows * kWgHeads; e += kWgThreads) {
+    const int row = e / kWgHeads, j = e % kWgHeads;
+    const bool live = row < nrows && j < nh && s_pos[row] >= 0;
+    s_w[e] = live ? a.proj[(r0 + row) * a.proj_stride + a.off_wi + j] : 0.0f;
+    s_b[e] = live ? a.bias[j] : 0.0f;
+  }
+  wgmma::FenceProxyAsyncShared();
+  __syncthreads();
+
+  const int wg = threadIdx.x >> 7;
+  const int warp = (threadIdx.x >> 5) & 3;  // within the warpgroup
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const float rs = rsqrtf(static_cast<float>(D_I));
+  const uint64_t desc0 = wgmma::Descriptor(smem, kWgLbo, kWgSbo);
+  const indexer_math::KeySource src{a.ki_cache, a.ki_fp8, a.ki_scale};
+  const int wg_tiles = tiles * (kCandPerTile / kWgCand);
+  const int runs = s_runs;
+  for (int run = 0; run < runs; ++run) {
+    const int i0 = s_run_begin[run], i1 = s_run_end[run];
+    const int32_t lim = s_run_lim[run], seq = s_seq[i0];
+    auto load = [&](int wt, indexer_math::KeyFragment<D_I>* f, float* scale_lo, float* scale_hi) {
+      const int64_t c_lo = block_c0 + static_cast<int64_t>(wt) * kWgCand + 16 * warp + g, c_hi = c_lo + 8;
+      const int64_t slot_lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, c_lo) : -1;
+      const int64_t slot_hi = c_hi <= lim ? SlotOfPosition(a.paged, seq, c_hi) : -1;
+      indexer_math::LoadKeys<D_I, kFp8, indexer_math::KeyLoads::kWide>(src, slot_lo, slot_hi, f, scale_lo, scale_hi);
+    };
+    auto live_tile = [&](int wt) { return wt < wg_tiles && block_c0 + static_cast<int64_t>(wt) * kWgCand <= lim; };
+    int wt = wg;
+    if (!live_tile(wt)) continue;  // uniform over the warpgroup
+    indexer_math::KeyFragment<D_I> keys;
+    float scale[2];
+    load(wt, &keys, &scale[0], &scale[1]);
+#pragma unroll 1  // unrolled, the relu kernels spilled
+    for (; live_tile(wt); wt += kWgGroups) {
+      float acc[64];
+#pragma unroll
+      for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+      wgmma::FenceOperands(acc);
+      wgmma::WgmmaFence();
+#pragma unroll
+      for (int part = indexer_math::kQueryParts - 1; part >= 0; --part) {  // lo, mid, hi
+#pragma unroll
+        for (int p = 0; p < indexer_math::KeyShape<D_I>::kGroups; ++p) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t(&k)[4] = keys.a[p][h];
+            // Start address advances by 16 bytes a unit: part, then k-step s = 2p + h.
+            const uint64_t d = desc0 + static_cast<uint64_t>((part * kPart + (2 * p + h) * 2 * kWgLbo) >> 4);
+            wgmma::MmaM64N128K16(acc, k[0], k[1], k[2], k[3], d);
+          }
+        }
+      }
+      wgmma::WgmmaCommit();
+      wgmma::WgmmaWait<0>();
+      wgmma::FenceOperands(acc);
+
+      // Column 8i + 2t + e is row ρ = 2i + t / 2's head 2(t % 2) + e.
+      const int64_t c_lo = block_c0 + static_cast<int64_t>(wt) * kWgCand + 16 * warp + g;
+      const int64_t c = (t & 1) ? c_lo + 8 : c_lo;
+#pragma unroll
+      for (int i = 0; i < kWgCols / 8; ++i) {
+        const int row = 2 * i + (t >> 1);
+        const int j0 = 2 * (t & 1);
+        const float2 w = *reinterpret_cast<const float2*>(s_w + row * kWgHeads + j0);
+        const float2 b = *reinterpret_cast<const float2*>(s_b + row * kWgHeads + j0);
+        float lo = 0.0f, hi = 0.0f;
+        if (j0 < nh) {
+          lo = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 0], scale[0], rs, w.x, b.x, lo);
+          hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 2], scale[1], rs, w.x, b.x, hi);
+        }
+        if (j0 + 1 < nh) {
+          lo = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 1], scale[0], rs, w.y, b.y, lo);
+          hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 3], scale[1], rs, w.y, b.y, hi);
+        }
+        lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+        hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+        if (row >= i0 && row < i1 && c <= s_pos[row]) a.scores[s_off[row] + c] = (t & 1) ? hi : lo;
+      }
+      // The next tile's keys. Loading them before the epilogue (into a second set of registers,
+      // since the wgmma reads these until it completes) took the kernel past 128 registers; the
+      // other warpgroups on the multiprocessor cover the load instead.
+      if (live_tile(wt + kWgGroups)) load(wt + kWgGroups, &keys, &scale[0], &scale[1]);
+    }
+  }
+}
+
+template <int D_I, bool kFp8, bool kRelu>
+cudaError_t LaunchWgmmaKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
+  const size_t smem = 3 * static_cast<size_t>(WgPartBytes<D_I>());
+  const cudaError_t err = cudaFuncSetAttribute(IndexerScoresWgmmaKernel<D_I, kFp8, kRelu>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const int64_t row_groups = (a.row_count + kWgRows - 1) / kWgRows;
+  const int64_t tile_ranges = (a.max_candidates + kCandPerTile - 1) / kCandPerTile;
+  int tiles = a.tiles_per_block;
+  if (tiles == 0) {
+    tiles = kMaxTilesPerBlock;
+    while (tiles > 1 && (tile_ranges + tiles - 1) / tiles * row_groups < kMinBlocks / 2) tiles /= 2;
+  }
+  const dim3 grid(static_cast<unsigned>((tile_ranges + tiles - 1) / tiles), static_cast<unsigned>(row_groups));
+  IndexerScoresWgmmaKernel<D_I, kFp8, kRelu><<<grid, kWgThreads, smem, stream>>>(a, tiles);
+  return cudaGetLastError();
+}
+
+template <int D_I>
+cudaError_t Launch(const IndexerScoresArgs& a, bool warpgroup, cudaStream_t stream) {
+  if (warpgroup) {
+    if (a.ki_fp8 != nullptr) {
+      return a.relu ? LaunchWgmmaKernel<D_I, true, true>(a, stream) : LaunchWgmmaKernel<D_I, true, false>(a, stream);
+    }
+    return a.relu ? LaunchWgmmaKernel<D_I, false, true>(a, stream) : LaunchWgmmaKernel<D_I, false, false>(a, stream);
+  }
   if (a.ki_fp8 != nullptr) {
     return a.relu ? LaunchKernel<D_I, true, true>(a, stream) : LaunchKernel<D_I, true, false>(a, stream);
   }
   return a.relu ? LaunchKernel<D_I, false, true>(a, stream) : LaunchKernel<D_I, false, false>(a, stream);
+}
+
+// Whether the warpgroup kernel scores this chunk (IndexerScoresArgs::kernel); cudaErrorNotSupported
+// when it is forced where it cannot run.
+cudaError_t UseWarpgroupKernel(const IndexerScoresArgs& a, bool* use) {
+  *use = false;
+  if (a.kernel == IndexerScoresArgs::Kernel::kPerWarp) return cudaSuccess;
+  bool supported = false;
+  const cudaError_t err = wgmma::Supported(&supported);
+  if (err != cudaSuccess) return err;
+  supported = supported && a.n_indexer_heads <= kWgHeads;
+  if (a.kernel == IndexerScoresArgs::Kernel::kWarpgroup) {
+    *use = supported;
+    return supported ? cudaSuccess : cudaErrorNotSupported;
+  }
+  *use = supported && a.sequence_runs > 0 && a.row_count >= 2 * kWgRows && a.row_count >= 16 * a.sequence_runs;
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -204,11 +450,14 @@ cudaError_t IndexerScores(const IndexerScoresArgs& a, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   if (a.ki_fp8 != nullptr ? a.ki_scale == nullptr : a.ki_cache == nullptr) return cudaErrorInvalidValue;
+  bool warpgroup = false;
+  const cudaError_t err = UseWarpgroupKernel(a, &warpgroup);
+  if (err != cudaSuccess) return err;
   switch (a.d_indexer) {
-    case 16: return Launch<16>(a, stream);
-    case 32: return Launch<32>(a, stream);
-    case 64: return Launch<64>(a, stream);
-    default: return Launch<128>(a, stream);
+    case 16: return Launch<16>(a, warpgroup, stream);
+    case 32: return Launch<32>(a, warpgroup, stream);
+    case 64: return Launch<64>(a, warpgroup, stream);
+    default: return Launch<128>(a, warpgroup, stream);
   }
 }
 

@@ -6,7 +6,8 @@
 // Only one chunk of scores ever exists; its size is the caller's choice. The dot products run on
 // tensor cores with each fp32 qI split into three bf16 parts (kernels/indexer_math.cuh): within a few
 // fp32 ulps of an fp32 evaluation, and equal keys always score bitwise equal. A block scores up to
-// 8 × 256 candidates for up to 16 consecutive chunk rows; rows of one sequence reuse the keys it loaded.
+// 8 × 256 candidates for up to 16 (per-warp kernel) or 32 (warpgroup kernel) consecutive chunk rows;
+// rows of one sequence reuse the keys it loaded.
 #pragma once
 
 #include "kernels/paged.h"
@@ -38,6 +39,17 @@ struct IndexerScoresArgs {
   // for big chunks, to spread each block's setup; one for a few decode rows, to fill the GPU). Every
   // choice gives bitwise the same scores; tests force each.
   int32_t tiles_per_block = 0;
+  // Which kernel scores the chunk (both give bitwise the same scores; tests force each):
+  //  - kPerWarp: every warp scores 32 candidates for one or two rows at a time (mma.sync); right
+  //    for decode rows, where each sequence has one row.
+  //  - kWarpgroup: Hopper wgmma (compute capability 9.0, ≤ 4 indexer heads): a warpgroup scores 64
+  //    candidates for 32 consecutive rows with each key it loads, so it pays when the rows come in
+  //    long runs of one sequence (prefill chunks). Forced where it cannot run: cudaErrorNotSupported.
+  //  - kAuto: kWarpgroup where it can run and `sequence_runs` (host: how many runs of consecutive
+  //    same-sequence rows the chunk has; 0 = unknown) says the runs average ≥ 16 rows; else kPerWarp.
+  enum class Kernel : int32_t { kAuto = 0, kPerWarp, kWarpgroup };
+  Kernel kernel = Kernel::kAuto;
+  int64_t sequence_runs = 0;
 };
 
 bool IndexerScoresSupports(int32_t d_indexer, int32_t n_indexer_heads);

@@ -128,6 +128,7 @@ void PrintHelp() {
       "  prefill_dense_full        DensePrefill of the whole causal prompt   FLOPs 2*2*(L^2/2)*16*128\n"
       "  prefill_dense_chunk       DensePrefill of the chunk (2048 queries after L-2048 cached tokens)\n"
       "  prefill_indexer_chunk     IndexerScores of the chunk, causal        FLOPs scores*4*64*2 (fp32 cores)\n"
+      "  prefill_indexer_chunk_per_warp   the same forced onto the per-warp (mma.sync) kernel\n"
       "  prefill_topk_chunk        TopK of the chunk's causal score rows     bytes scores*4\n"
       "  prefill_sparse_random     GatheredAttention of the chunk, 2048 distinct uniform positions <= t per\n"
       "                            row; bytes = gathered K+V, rows*2048*8*128*2*2 (over 100%% of the copy\n"
@@ -562,6 +563,7 @@ void BuildCache(Ctx& ctx, int64_t L, int64_t B, PagedCache* c) {
 // RowInfo of one step's rows, on the device.
 struct Rows {
   int64_t n = 0;
+  int64_t sequence_runs = 0;  // runs of consecutive same-sequence rows (IndexerScoresArgs::sequence_runs)
   std::vector<int32_t> position_host;
   DevBuf<int32_t> seq, position, row_ids;
   DevBuf<int64_t> slot;
@@ -586,6 +588,7 @@ void MakeRows(const PagedCache& c, const std::vector<int32_t>& seq, const std::v
     if (seq[i] < 0 || seq[i] >= c.B || pos[i] < 0 || pos[i] >= c.L) Fatal("internal: row outside the cache");
     slot[i] = c.SlotOf(seq[i], pos[i]);
     ids[i] = static_cast<int32_t>(i);
+    if (i == 0 || seq[i] != seq[i - 1]) ++r->sequence_runs;
   }
   r->seq = Upload(seq, "rows.seq");
   r->position = Upload(pos, "rows.position");
@@ -775,6 +778,7 @@ kernels::IndexerScoresArgs IndexArgs(const PagedCache& c, const Rows& rows, cons
   ia.row_begin = 0;
   ia.row_count = rows.n;
   ia.max_candidates = max_candidates;
+  ia.sequence_runs = rows.sequence_runs;  // as the engine passes it: a prefill chunk takes the wgmma kernel
   return ia;
 }
 
@@ -1350,6 +1354,23 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     r.t = ctx.timer->Run(
         [&](int64_t it) { Index(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, it); }, warm,
         reps, kPrefillBudgetMs);
+    r.flops = chunk_pairs * kIndexerHeads * kDIndexer * 2;
+    r.bytes = b_index;
+    r.bound = Bound::kFp32;
+    r.extra["scores"] = chunk_pairs;
+    AddRecord(ctx, std::move(r));
+  }
+  // 3b. The same with the per-warp (mma.sync) kernel, which the engine uses for decode rows and on
+  // cards without wgmma.
+  {
+    Record r = base("prefill_indexer_chunk_per_warp", C);
+    r.t = ctx.timer->Run(
+        [&](int64_t it) {
+          kernels::IndexerScoresArgs ia = IndexArgs(cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, it);
+          ia.kernel = kernels::IndexerScoresArgs::Kernel::kPerWarp;
+          BENCH_CUDA(kernels::IndexerScores(ia, ctx.stream));
+        },
+        warm, reps, kPrefillBudgetMs);
     r.flops = chunk_pairs * kIndexerHeads * kDIndexer * 2;
     r.bytes = b_index;
     r.bound = Bound::kFp32;

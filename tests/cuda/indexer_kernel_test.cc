@@ -1,7 +1,9 @@
 // kernels/indexer.h against an fp32 CPU reference of MODEL.md's I(t, s) on the same bf16 keys:
 // a 128K-token decode row, causal prefill rows, dense rows skipped, shuffled block tables, every
 // supported d_indexer, both activations; outputs poisoned, every element checked; each row scored
-// alone equals it scored in the chunk, bit for bit (paired and single-row tensor-core paths).
+// alone equals it scored in the chunk, bit for bit (paired and single-row tensor-core paths); the
+// warpgroup (wgmma) kernel passes every check the per-warp kernel does and gives its scores bit for
+// bit.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -35,6 +37,27 @@ struct Case {
 float Fp8Value(uint8_t code) {
   const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3);
   return __half2float(__half(h));
+}
+
+// Whether the warpgroup kernel runs here: compute capability 9.0 and at most 4 indexer heads.
+bool WarpgroupKernelRuns(int32_t n_heads) {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) return false;
+  return major == 9 && minor == 0 && n_heads <= 4;
+}
+
+// Bitwise equality of two score buffers (NaN poison included), naming the first difference.
+void ExpectBitwiseEqual(const std::vector<float>& got, const std::vector<float>& want, const char* what) {
+  ASSERT_EQ(got.size(), want.size());
+  if (std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0) return;
+  size_t i = 0, n = 0;
+  for (size_t j = 0; j < got.size(); ++j) {
+    if (std::memcmp(&got[j], &want[j], sizeof(float)) != 0 && n++ == 0) i = j;
+  }
+  ADD_FAILURE() << what << ": " << n << " of " << got.size() << " differ, first at " << i << ": " << got[i]
+                << " against " << want[i];
 }
 
 TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
@@ -169,86 +192,234 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
     a.row_count = rows;
     a.max_candidates = ctx0;
     ASSERT_TRUE(kernels::IndexerScoresSupports(di, nh));
-    ASSERT_EQ(kernels::IndexerScores(a, nullptr), cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    auto got = scores_buf->ToHost();
-    ASSERT_TRUE(got.ok());
-
-    // Every split of the candidates over blocks (1, 2, 4 or 8 passes of 256 per block; the launch
-    // chose one of them above) gives bitwise the same scores.
-    for (int32_t tiles : {1, 2, 4, 8}) {
-      SCOPED_TRACE(::testing::Message() << "tiles per block " << tiles);
-      auto tiles_buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
-      ASSERT_TRUE(tiles_buf.ok());
-      ASSERT_EQ(cudaMemset(tiles_buf->get(), 0xFF, tiles_buf->bytes()), cudaSuccess);
-      kernels::IndexerScoresArgs forced = a;
-      forced.scores = tiles_buf->get();
-      forced.tiles_per_block = tiles;
-      ASSERT_EQ(kernels::IndexerScores(forced, nullptr), cudaSuccess);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      auto again = tiles_buf->ToHost();
-      ASSERT_TRUE(again.ok());
-      ASSERT_EQ(std::memcmp(again->data(), got->data(), static_cast<size_t>(total) * sizeof(float)), 0)
-          << "the scores depend on how the candidates are split over blocks";
-    }
-    {
-      kernels::IndexerScoresArgs bad = a;
-      bad.tiles_per_block = 3;
-      EXPECT_EQ(kernels::IndexerScores(bad, nullptr), cudaErrorInvalidValue);
-    }
-    // Each row scored alone (its own launch: with ≤ 4 heads the chunk launch scores two rows per
-    // mma, a lone row one) gives bitwise the chunk's scores.
-    {
-      auto alone_buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
-      ASSERT_TRUE(alone_buf.ok());
-      ASSERT_EQ(cudaMemset(alone_buf->get(), 0xFF, alone_buf->bytes()), cudaSuccess);
-      kernels::IndexerScoresArgs one = a;
-      one.scores = alone_buf->get();
-      for (int64_t r = 0; r < rows; ++r) {
-        one.row_begin = r;
-        one.row_count = 1;
-        one.score_offset = d_off.get() + r;
-        one.max_candidates = dense[r] ? 1 : pos[r] + 1;
-        ASSERT_EQ(kernels::IndexerScores(one, nullptr), cudaSuccess);
-      }
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      auto alone = alone_buf->ToHost();
-      ASSERT_TRUE(alone.ok());
-      ASSERT_EQ(std::memcmp(alone->data(), got->data(), static_cast<size_t>(total) * sizeof(float)), 0)
-          << "a row scored alone differs from the same row scored in the chunk";
-    }
-    for (int64_t p : kDupPositions) {
-      uint32_t a, b;
-      std::memcpy(&a, &(*got)[offsets[1] + p], 4);
-      std::memcpy(&b, &(*got)[offsets[1] + 5], 4);
-      ASSERT_EQ(a, b) << "position " << p << " repeats position 5's key";
-    }
-    const float scale = 1.0f / std::sqrt(static_cast<float>(di));
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t span_end = r + 1 < rows ? offsets[r + 1] : total;
-      if (dense[r]) {
-        for (int64_t i = offsets[r]; i < span_end; ++i) ASSERT_TRUE(std::isnan((*got)[i])) << "dense row " << r << " written";
+    std::vector<float> per_warp;  // the per-warp kernel's scores, which the warpgroup kernel must equal
+    for (const auto kernel :
+         {kernels::IndexerScoresArgs::Kernel::kPerWarp, kernels::IndexerScoresArgs::Kernel::kWarpgroup}) {
+      const bool warpgroup = kernel == kernels::IndexerScoresArgs::Kernel::kWarpgroup;
+      SCOPED_TRACE(warpgroup ? "warpgroup kernel" : "per-warp kernel");
+      a.kernel = kernel;
+      ASSERT_EQ(cudaMemset(scores_buf->get(), 0xFF, scores_buf->bytes()), cudaSuccess);
+      if (warpgroup && !WarpgroupKernelRuns(nh)) {
+        EXPECT_EQ(kernels::IndexerScores(a, nullptr), cudaErrorNotSupported) << "forced where it cannot run";
         continue;
       }
-      const float* q = proj.data() + r * stride + off_qi;
-      const float* w = proj.data() + r * stride + off_wi;
-      for (int64_t s = 0; s <= pos[r]; ++s) {
-        const int64_t slot = static_cast<int64_t>(tables[seq[r] * max_blocks + s / bs]) * bs + s % bs;
-        double acc = 0.0;
-        for (int j = 0; j < nh; ++j) {
-          double dot = 0.0;
-          for (int i = 0; i < di; ++i) dot += static_cast<double>(q[j * di + i]) * keys_r[slot * di + i];
-          const double z = dot * scale + bias[j];
-          const double phi = cs.relu ? std::max(z, 0.0) : 1.0 / (1.0 + std::exp(-z));
-          acc += w[j] * phi;
+      ASSERT_EQ(kernels::IndexerScores(a, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      auto got = scores_buf->ToHost();
+      ASSERT_TRUE(got.ok());
+
+      // Every split of the candidates over blocks (1, 2, 4 or 8 passes of 256 per block; the launch
+      // chose one of them above) gives bitwise the same scores.
+      for (int32_t tiles : {1, 2, 4, 8}) {
+        SCOPED_TRACE(::testing::Message() << "tiles per block " << tiles);
+        auto tiles_buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
+        ASSERT_TRUE(tiles_buf.ok());
+        ASSERT_EQ(cudaMemset(tiles_buf->get(), 0xFF, tiles_buf->bytes()), cudaSuccess);
+        kernels::IndexerScoresArgs forced = a;
+        forced.scores = tiles_buf->get();
+        forced.tiles_per_block = tiles;
+        ASSERT_EQ(kernels::IndexerScores(forced, nullptr), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        auto again = tiles_buf->ToHost();
+        ASSERT_TRUE(again.ok());
+        ASSERT_EQ(std::memcmp(again->data(), got->data(), static_cast<size_t>(total) * sizeof(float)), 0)
+            << "the scores depend on how the candidates are split over blocks";
+      }
+      {
+        kernels::IndexerScoresArgs bad = a;
+        bad.tiles_per_block = 3;
+        EXPECT_EQ(kernels::IndexerScores(bad, nullptr), cudaErrorInvalidValue);
+      }
+      // Each row scored alone (its own launch: with ≤ 4 heads the chunk launch scores two rows per
+      // mma, a lone row one) gives bitwise the chunk's scores.
+      {
+        auto alone_buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
+        ASSERT_TRUE(alone_buf.ok());
+        ASSERT_EQ(cudaMemset(alone_buf->get(), 0xFF, alone_buf->bytes()), cudaSuccess);
+        kernels::IndexerScoresArgs one = a;
+        one.scores = alone_buf->get();
+        for (int64_t r = 0; r < rows; ++r) {
+          one.row_begin = r;
+          one.row_count = 1;
+          one.score_offset = d_off.get() + r;
+          one.max_candidates = dense[r] ? 1 : pos[r] + 1;
+          ASSERT_EQ(kernels::IndexerScores(one, nullptr), cudaSuccess);
         }
-        const float g = (*got)[offsets[r] + s];
-        ASSERT_FALSE(std::isnan(g)) << "row " << r << " s " << s << " unwritten";
-        ASSERT_NEAR(g, acc, 2e-5 * (1.0 + std::fabs(acc)) * nh) << "row " << r << " s " << s;
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        auto alone = alone_buf->ToHost();
+        ASSERT_TRUE(alone.ok());
+        ASSERT_EQ(std::memcmp(alone->data(), got->data(), static_cast<size_t>(total) * sizeof(float)), 0)
+            << "a row scored alone differs from the same row scored in the chunk";
       }
-      for (int64_t i = offsets[r] + pos[r] + 1; i < span_end; ++i) {
-        ASSERT_TRUE(std::isnan((*got)[i])) << "row " << r << " wrote past its position";
+      for (int64_t p : kDupPositions) {
+        uint32_t a, b;
+        std::memcpy(&a, &(*got)[offsets[1] + p], 4);
+        std::memcpy(&b, &(*got)[offsets[1] + 5], 4);
+        ASSERT_EQ(a, b) << "position " << p << " repeats position 5's key";
       }
+      const float scale = 1.0f / std::sqrt(static_cast<float>(di));
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t span_end = r + 1 < rows ? offsets[r + 1] : total;
+        if (dense[r]) {
+          for (int64_t i = offsets[r]; i < span_end; ++i) {
+            ASSERT_TRUE(std::isnan((*got)[i])) << "dense row " << r << " written";
+          }
+          continue;
+        }
+        const float* q = proj.data() + r * stride + off_qi;
+        const float* w = proj.data() + r * stride + off_wi;
+        for (int64_t s = 0; s <= pos[r]; ++s) {
+          const int64_t slot = static_cast<int64_t>(tables[seq[r] * max_blocks + s / bs]) * bs + s % bs;
+          double acc = 0.0;
+          for (int j = 0; j < nh; ++j) {
+            double dot = 0.0;
+            for (int i = 0; i < di; ++i) dot += static_cast<double>(q[j * di + i]) * keys_r[slot * di + i];
+            const double z = dot * scale + bias[j];
+            const double phi = cs.relu ? std::max(z, 0.0) : 1.0 / (1.0 + std::exp(-z));
+            acc += w[j] * phi;
+          }
+          const float g = (*got)[offsets[r] + s];
+          ASSERT_FALSE(std::isnan(g)) << "row " << r << " s " << s << " unwritten";
+          ASSERT_NEAR(g, acc, 2e-5 * (1.0 + std::fabs(acc)) * nh) << "row " << r << " s " << s;
+        }
+        for (int64_t i = offsets[r] + pos[r] + 1; i < span_end; ++i) {
+          ASSERT_TRUE(std::isnan((*got)[i])) << "row " << r << " wrote past its position";
+        }
+      }
+      if (!warpgroup) {
+        per_warp = *got;
+      } else {
+        ExpectBitwiseEqual(*got, per_warp, "the warpgroup kernel's scores differ from the per-warp kernel's");
+      }
+    }
+  }
+}
+
+// A prefill chunk at 128K as the engine sends it (kAuto with the chunk's sequence runs, which picks
+// the warpgroup kernel where it runs): 40 rows of a short prompt, a dense row, then 320 rows of a
+// 128K-token prompt, so row groups straddle the runs. Both kernels, every split of the candidates
+// over blocks, bitwise equal (poisoned gaps included); the per-warp kernel is checked against the
+// CPU in the test above.
+TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
+  GSA_REQUIRE_GPU();
+  if (!WarpgroupKernelRuns(4)) GTEST_SKIP() << "the warpgroup (wgmma) kernel needs compute capability 9.0";
+  const uint64_t seed = gsa::testing::FreshSeed();
+  SCOPED_TRACE(seed);
+  for (const bool fp8_relu : {false, true}) {
+    SCOPED_TRACE(fp8_relu ? "fp8 keys, relu" : "bf16 keys, sigmoid");
+    constexpr int32_t bs = 64, di = 64, nh = 4;
+    const int64_t ctx0 = 131072, rows0 = 320, rows1 = 40;
+    const int32_t max_blocks = static_cast<int32_t>(ctx0 / bs);
+    const int64_t num_blocks = 2 * max_blocks;
+    std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::shuffle(perm.begin(), perm.end(), rng);
+    const std::vector<int32_t> tables(perm.begin(), perm.end());  // sequence s: blocks [s·max_blocks, …)
+    const int64_t num_slots = num_blocks * bs;
+    const std::vector<float> keys_f = RandomFloats(static_cast<size_t>(num_slots * di), seed + 1);
+    std::vector<bf16> keys(keys_f.size());
+    for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(keys_f[i]);
+    std::vector<uint8_t> codes(keys.size());
+    std::vector<float> scales(static_cast<size_t>(num_slots));
+    for (int64_t sl = 0; sl < num_slots; ++sl) {
+      float amax = 0.0f;
+      for (int i = 0; i < di; ++i) amax = std::max(amax, std::fabs(keys_f[sl * di + i]));
+      scales[sl] = kernels::Fp8KeyScale(amax);
+      for (int i = 0; i < di; ++i) codes[sl * di + i] = kernels::Fp8KeyCode(keys_f[sl * di + i], scales[sl]);
+    }
+    std::vector<int32_t> seq, pos;
+    std::vector<uint8_t> dense;
+    for (int32_t p = 0; p < rows1; ++p) {
+      seq.push_back(1);
+      pos.push_back(p);
+      dense.push_back(0);
+    }
+    seq.push_back(1);
+    pos.push_back(rows1);
+    dense.push_back(1);
+    for (int64_t i = 0; i < rows0; ++i) {
+      seq.push_back(0);
+      pos.push_back(static_cast<int32_t>(ctx0 - rows0 + i));
+      dense.push_back(0);
+    }
+    const int64_t rows = static_cast<int64_t>(seq.size());
+    const int64_t stride = nh * di + nh, off_qi = 0, off_wi = nh * di;
+    std::vector<float> proj = RandomFloats(static_cast<size_t>(rows * stride), seed + 2, -2, 2);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int j = 0; j < nh; ++j) proj[r * stride + off_wi + j] = 0.5f + 0.5f * std::fabs(proj[r * stride + off_wi + j]);
+    }
+    const std::vector<float> bias = RandomFloats(nh, seed + 3, -0.5, 0.5);
+    std::vector<int64_t> offsets(static_cast<size_t>(rows));
+    int64_t total = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      offsets[r] = total;
+      total += (dense[r] ? 0 : pos[r] + 1) + 3;
+    }
+    auto d_keys = Upload(keys);
+    auto d_codes = Upload(codes);
+    auto d_scales = Upload(scales);
+    auto d_tables = Upload(tables);
+    auto d_seq = Upload(seq);
+    auto d_pos = Upload(pos);
+    auto d_dense = Upload(dense);
+    auto d_proj = Upload(proj);
+    auto d_bias = Upload(bias);
+    auto d_off = Upload(offsets);
+    kernels::IndexerScoresArgs a;
+    a.proj = d_proj.get();
+    a.proj_stride = stride;
+    a.off_qi = off_qi;
+    a.off_wi = off_wi;
+    a.bias = d_bias.get();
+    if (fp8_relu) {
+      a.ki_fp8 = d_codes.get();
+      a.ki_scale = d_scales.get();
+    } else {
+      a.ki_cache = d_keys.get();
+    }
+    a.paged = {d_tables.get(), max_blocks, bs};
+    a.rows.seq = d_seq.get();
+    a.rows.position = d_pos.get();
+    a.rows.dense = d_dense.get();
+    a.n_indexer_heads = nh;
+    a.d_indexer = di;
+    a.relu = fp8_relu;
+    a.score_offset = d_off.get();
+    a.row_begin = 0;
+    a.row_count = rows;
+    a.max_candidates = ctx0;
+    a.sequence_runs = 3;
+    auto run = [&](kernels::IndexerScoresArgs::Kernel kernel, int32_t tiles, std::vector<float>* out) {
+      auto buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
+      ASSERT_TRUE(buf.ok());
+      ASSERT_EQ(cudaMemset(buf->get(), 0xFF, buf->bytes()), cudaSuccess);
+      kernels::IndexerScoresArgs x = a;
+      x.kernel = kernel;
+      x.tiles_per_block = tiles;
+      x.scores = buf->get();
+      ASSERT_EQ(kernels::IndexerScores(x, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      auto host = buf->ToHost();
+      ASSERT_TRUE(host.ok());
+      *out = std::move(*host);
+    };
+    std::vector<float> want, got;
+    run(kernels::IndexerScoresArgs::Kernel::kPerWarp, 0, &want);
+    run(kernels::IndexerScoresArgs::Kernel::kAuto, 0, &got);
+    ExpectBitwiseEqual(got, want, "the chunk's scores (kAuto) differ from the per-warp kernel's");
+    for (int32_t tiles : {1, 8}) {
+      SCOPED_TRACE(::testing::Message() << "warpgroup kernel, tiles per block " << tiles);
+      run(kernels::IndexerScoresArgs::Kernel::kWarpgroup, tiles, &got);
+      ExpectBitwiseEqual(got, want, "the warpgroup kernel's scores differ from the per-warp kernel's");
+    }
+    // Nothing past a row's position and nothing for the dense row (the poison survives).
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t end = r + 1 < rows ? offsets[r + 1] : total;
+      for (int64_t i = offsets[r] + (dense[r] ? 0 : pos[r] + 1); i < end; ++i) {
+        ASSERT_TRUE(std::isnan(want[i])) << "row " << r << " wrote past its position";
+      }
+      if (!dense[r]) ASSERT_FALSE(std::isnan(want[offsets[r] + pos[r]])) << "row " << r << " unwritten";
     }
   }
 }

@@ -493,6 +493,7 @@ struct StepPlan {
   struct Chunk {
     int64_t row_begin = 0, row_count = 0, offset_index = 0, max_candidates = 0;
     bool one_row_per_seq = true;  // no two rows of one sequence (kernels::DecodeSelect's precondition)
+    int64_t sequence_runs = 0;     // runs of consecutive same-sequence rows (kernels::IndexerScoresArgs)
   };
   std::vector<Chunk> chunks;
   std::vector<int64_t> score_offset;    // all chunks' offsets, concatenated
@@ -627,6 +628,9 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
     const size_t si = static_cast<size_t>(p.row_seq[static_cast<size_t>(r)]);
     const int64_t chunk_id = static_cast<int64_t>(p.chunks.size());
     if (seq_chunk[si] == chunk_id) cur.one_row_per_seq = false;
+    if (cur.row_count == 1 || p.row_seq[static_cast<size_t>(r)] != p.row_seq[static_cast<size_t>(r - 1)]) {
+      ++cur.sequence_runs;
+    }
     seq_chunk[si] = chunk_id;
     cur.max_candidates = std::max(cur.max_candidates, cand);
   }
@@ -846,6 +850,7 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
           ia.row_begin = ch.row_begin;
           ia.row_count = ch.row_count;
           ia.max_candidates = ch.max_candidates;
+          ia.sequence_runs = ch.sequence_runs;
           // Decode: the whole selection in one cooperative launch when the device and shape allow
           // (at batch 1 below 8K candidates the separate single-block path measured faster).
           if (ch.one_row_per_seq && rule.method != 2 && (ch.max_candidates >= 8192 || ch.row_count > 1)) {
