@@ -205,6 +205,8 @@ constexpr int kWgCand = 64;                        // candidates a warpgroup til
 static_assert(kWgCols == 128, "the kernel issues m64n128k16");
 
 // Channels of the B operand, padded to whole 32-channel groups as the key fragments are.
+__device__ __forceinline__ void PrefetchL1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
 template <int D_I>
 constexpr int WgKPad() {
   return 32 * indexer_math::KeyShape<D_I>::kGroups;
@@ -230,18 +232,24 @@ __device__ __forceinline__ int WgOperandOffset(int col, int kappa) {  // bytes w
   return ((kappa >> 3) * (kWgCols / 8) + (col >> 3)) * 128 + (col & 7) * 16 + (kappa & 7) * 2;
 }
 
-// Two blocks a multiprocessor where 128 registers a thread suffice (sigmoid, D_I ≤ 64: 117). The
-// relu kernels need ~190 (ptxas, by measure: with the cheap epilogue it schedules more at once) and
-// spilled at 128, so they run one block a multiprocessor.
+// Two blocks (four warpgroups) a multiprocessor at D_I ≤ 64 (128 registers, no spills); one at
+// D_I = 128 (~210 registers: the key fragments double).
 template <int D_I, bool kFp8, bool kRelu>
-__global__ void __launch_bounds__(kWgThreads, D_I <= 64 && !kRelu ? 2 : 1) IndexerScoresWgmmaKernel(IndexerScoresArgs a, int tiles) {
+__global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWgmmaKernel(IndexerScoresArgs a, int tiles) {
 #ifndef GSA_WGMMA_AVAILABLE
   __trap();  // the launcher runs this kernel only on compute capability 9.0 (the sm_90a code)
 #endif
   extern __shared__ __align__(16) unsigned char smem[];  // the three B parts: hi, mid, lo
-  __shared__ int32_t s_pos[kWgRows], s_seq[kWgRows];
-  __shared__ int64_t s_off[kWgRows];
-  __shared__ float s_w[kWgRows * kWgHeads], s_b[kWgRows * kWgHeads];
+  // Per row: where its scores go and its position (-1: nothing to score in this block's range).
+  struct __align__(16) RowOut {
+    float* out;
+    int32_t pos, seq;
+  };
+  __shared__ RowOut s_rows[kWgRows];
+  // Per row and head pair: {w_2p, w_2p+1, b_2p, b_2p+1}, zeros for heads past n_heads and dead
+  // rows. A dead head's column of B is zero too, so its term is w · φ(0) = 0 · φ(0): adding it
+  // changes no bit, and the epilogue needs no branch on n_heads.
+  __shared__ float4 s_wb[kWgRows * kWgHeads / 2];
   __shared__ int32_t s_run_begin[kWgRows], s_run_end[kWgRows], s_run_lim[kWgRows];
   __shared__ int32_t s_runs;
   constexpr int kKPad = WgKPad<D_I>();
@@ -253,28 +261,26 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 && !kRelu ? 2 : 1) Index
 
   if (threadIdx.x < kWgRows) {
     const int i = threadIdx.x;
-    int32_t pos = -1, seq = -1;
-    int64_t off = 0;
+    RowOut ro{a.scores, -1, -1};
     if (i < nrows) {
       const int64_t r = r0 + i;
-      pos = a.rows.dense[r] ? -1 : a.rows.position[r];
-      seq = a.rows.seq[r];
-      off = a.score_offset[r - a.row_begin];
+      const int32_t pos = a.rows.dense[r] ? -1 : a.rows.position[r];
+      ro.pos = pos < block_c0 ? -1 : pos;
+      ro.seq = a.rows.seq[r];
+      ro.out = a.scores + a.score_offset[r - a.row_begin];
     }
-    s_pos[i] = pos < block_c0 ? -1 : pos;  // -1: nothing to score in this block's range
-    s_seq[i] = seq;
-    s_off[i] = off;
+    s_rows[i] = ro;
   }
   __syncthreads();
   if (threadIdx.x == 0) {  // runs of consecutive same-sequence rows with something to score
     int runs = 0;
     for (int i = 0; i < nrows;) {
-      if (s_pos[i] < 0) {
+      if (s_rows[i].pos < 0) {
         ++i;
         continue;
       }
       int j = i, lim = -1;
-      while (j < nrows && s_seq[j] == s_seq[i]) lim = max(lim, s_pos[j++]);
+      while (j < nrows && s_rows[j].seq == s_rows[i].seq) lim = max(lim, s_rows[j++].pos);
       s_run_begin[runs] = i;
       s_run_end[runs] = j;
       s_run_lim[runs] = lim;
@@ -284,27 +290,64 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 && !kRelu ? 2 : 1) Index
     s_runs = runs;
   }
   // The B operand: every (column, channel) of the three parts, zeros for dead rows, heads past
-  // n_heads and padding channels.
-  for (int e = threadIdx.x; e < kWgRows * kWgHeads * kKPad; e += kWgThreads) {
-    const int ch = e % kKPad, col = e / kKPad, row = col / kWgHeads, j = col % kWgHeads;
-    float x = 0.0f;
-    if (row < nrows && j < nh && ch < D_I && s_pos[row] >= 0) {
-      x = __ldg(a.proj + (r0 + row) * a.proj_stride + a.off_qi + j * D_I + ch);
-    }
-    const bf16 hi = __float2bfloat16_rn(x);
-    const float r1 = x - __bfloat162float(hi);
-    const bf16 mid = __float2bfloat16_rn(r1);
-    const bf16 lo = __float2bfloat16_rn(r1 - __bfloat162float(mid));
-    const int off = WgOperandOffset(col, WgLogicalK(ch));
-    *reinterpret_cast<bf16*>(smem + off) = hi;
-    *reinterpret_cast<bf16*>(smem + kPart + off) = mid;
-    *reinterpret_cast<bf16*>(smem + 2 * kPart + off) = lo;
+  // n_heads and padding channels. A thread takes groups of 4 channels 32p + 8t + 4h + {0 … 3}:
+  // logical positions 2t, 2t + 1 and 2t + 8, 2t + 9 of k-step 2p + h, two 4-byte stores a part.
+  // All its loads are issued first.
+  constexpr int kQuadsPerCol = kKPad / 4;
+  constexpr int kQuads = kWgCols * kQuadsPerCol;
+  static_assert(kQuads % kWgThreads == 0, "whole rounds of channel groups");
+  constexpr int kRounds = kQuads / kWgThreads;
+  float x[kRounds][4];
+#pragma unroll
+  for (int k = 0; k < kRounds; ++k) {
+    const int e = static_cast<int>(threadIdx.x) + k * kWgThreads;
+    const int ch = 4 * (e % kQuadsPerCol), col = e / kQuadsPerCol, row = col / kWgHeads, j = col % kWgHeads;
+    const bool live = row < nrows && j < nh && ch < D_I && s_rows[row].pos >= 0;
+    const float* src_q = a.proj + (r0 + row) * a.proj_stride + a.off_qi + j * D_I + ch;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) x[k][c] = live ? __ldg(src_q + c) : 0.0f;
   }
-  for (int e = threadIdx.x; e < kWgRows * kWgHeads; e += kWgThreads) {
-    const int row = e / kWgHeads, j = e % kWgHeads;
-    const bool live = row < nrows && j < nh && s_pos[row] >= 0;
-    s_w[e] = live ? a.proj[(r0 + row) * a.proj_stride + a.off_wi + j] : 0.0f;
-    s_b[e] = live ? a.bias[j] : 0.0f;
+#pragma unroll
+  for (int k = 0; k < kRounds; ++k) {
+    const int e = static_cast<int>(threadIdx.x) + k * kWgThreads;
+    const int ch = 4 * (e % kQuadsPerCol), col = e / kQuadsPerCol;
+    uint32_t parts[3][2];  // [hi, mid, lo][channels 0-1, 2-3] as bf16 pairs
+#pragma unroll
+    for (int c = 0; c < 4; c += 2) {
+      bf16 h2[2], m2[2], l2[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const float v = x[k][c + u];
+        h2[u] = __float2bfloat16_rn(v);
+        const float r1 = v - __bfloat162float(h2[u]);  // exact
+        m2[u] = __float2bfloat16_rn(r1);
+        l2[u] = __float2bfloat16_rn(r1 - __bfloat162float(m2[u]));  // exact difference
+      }
+      parts[0][c / 2] = static_cast<uint32_t>(__bfloat16_as_ushort(h2[0])) | (static_cast<uint32_t>(__bfloat16_as_ushort(h2[1])) << 16);
+      parts[1][c / 2] = static_cast<uint32_t>(__bfloat16_as_ushort(m2[0])) | (static_cast<uint32_t>(__bfloat16_as_ushort(m2[1])) << 16);
+      parts[2][c / 2] = static_cast<uint32_t>(__bfloat16_as_ushort(l2[0])) | (static_cast<uint32_t>(__bfloat16_as_ushort(l2[1])) << 16);
+    }
+    const int kappa = WgLogicalK(ch);  // channels ch, ch + 1; ch + 2, ch + 3 sit 8 positions later
+    const int off0 = WgOperandOffset(col, kappa), off1 = WgOperandOffset(col, kappa + 8);
+#pragma unroll
+    for (int part = 0; part < 3; ++part) {
+      *reinterpret_cast<uint32_t*>(smem + part * kPart + off0) = parts[part][0];
+      *reinterpret_cast<uint32_t*>(smem + part * kPart + off1) = parts[part][1];
+    }
+  }
+  if (threadIdx.x < kWgRows * kWgHeads / 2) {
+    const int row = threadIdx.x / (kWgHeads / 2), j0 = 2 * (threadIdx.x % (kWgHeads / 2));
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (row < nrows && s_rows[row].pos >= 0) {
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        if (j0 + u < nh) {
+          v[u] = a.proj[(r0 + row) * a.proj_stride + a.off_wi + j0 + u];
+          v[2 + u] = a.bias[j0 + u];
+        }
+      }
+    }
+    s_wb[threadIdx.x] = make_float4(v[0], v[1], v[2], v[3]);
   }
   wgmma::FenceProxyAsyncShared();
   __syncthreads();
@@ -319,21 +362,35 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 && !kRelu ? 2 : 1) Index
   const int runs = s_runs;
   for (int run = 0; run < runs; ++run) {
     const int i0 = s_run_begin[run], i1 = s_run_end[run];
-    const int32_t lim = s_run_lim[run], seq = s_seq[i0];
-    auto load = [&](int wt, indexer_math::KeyFragment<D_I>* f, float* scale_lo, float* scale_hi) {
-      const int64_t c_lo = block_c0 + static_cast<int64_t>(wt) * kWgCand + 16 * warp + g, c_hi = c_lo + 8;
-      const int64_t slot_lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, c_lo) : -1;
-      const int64_t slot_hi = c_hi <= lim ? SlotOfPosition(a.paged, seq, c_hi) : -1;
-      indexer_math::LoadKeys<D_I, kFp8, indexer_math::KeyLoads::kWide>(src, slot_lo, slot_hi, f, scale_lo, scale_hi);
+    const int32_t lim = s_run_lim[run], seq = s_rows[i0].seq;
+    // Slots of the lane's two candidates of tile wt (rows g and g + 8 of its warp; -1 past the
+    // run's last position), in 32-bit arithmetic (positions < 2^31): SlotOfPosition's 64-bit
+    // division by the block size was most of the kernel's integer instructions.
+    const uint32_t bs = static_cast<uint32_t>(a.paged.block_size);
+    const int32_t* table = a.paged.block_tables + static_cast<int64_t>(seq) * a.paged.max_blocks_per_seq;
+    auto slots = [&](int wt, int64_t* lo, int64_t* hi) {
+      const uint32_t c_lo = static_cast<uint32_t>(block_c0 + static_cast<int64_t>(wt) * kWgCand) + 16 * warp + g;
+      int64_t out[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const uint32_t cand = c_lo + 8 * u;
+        const uint32_t page = cand / bs;
+        out[u] = static_cast<int32_t>(cand) <= lim ? static_cast<int64_t>(table[page]) * bs + (cand - page * bs) : -1;
+      }
+      *lo = out[0];
+      *hi = out[1];
     };
     auto live_tile = [&](int wt) { return wt < wg_tiles && block_c0 + static_cast<int64_t>(wt) * kWgCand <= lim; };
     int wt = wg;
     if (!live_tile(wt)) continue;  // uniform over the warpgroup
-    indexer_math::KeyFragment<D_I> keys;
-    float scale[2];
-    load(wt, &keys, &scale[0], &scale[1]);
+    int64_t slot_lo, slot_hi;
+    slots(wt, &slot_lo, &slot_hi);
 #pragma unroll 1  // unrolled, the relu kernels spilled
     for (; live_tile(wt); wt += kWgGroups) {
+      indexer_math::KeyFragment<D_I> keys;  // L1 hits after the first tile: prefetched below
+      float scale[2];
+      indexer_math::LoadKeys<D_I, kFp8, indexer_math::KeyLoads::kWide>(src, slot_lo, slot_hi, &keys, &scale[0],
+                                                                       &scale[1]);
       float acc[64];
 #pragma unroll
       for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
@@ -353,35 +410,45 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 && !kRelu ? 2 : 1) Index
         }
       }
       wgmma::WgmmaCommit();
+      // While the tensor cores work: the next tile's slots (their block-table loads wait here)
+      // and its key rows into L1, so that the loads at the top of the next iteration hit L1.
+      const bool more = live_tile(wt + kWgGroups);
+      if (more) {
+        slots(wt + kWgGroups, &slot_lo, &slot_hi);
+        if (t == 0) {
+          const int64_t next[2] = {slot_lo, slot_hi};
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            if (next[u] < 0) continue;
+            if constexpr (kFp8) {
+              PrefetchL1(src.fp8 + next[u] * D_I);
+            } else {
+              PrefetchL1(src.bf16_keys + next[u] * D_I);
+              if constexpr (D_I == 128) PrefetchL1(src.bf16_keys + next[u] * D_I + 64);
+            }
+          }
+        }
+      }
       wgmma::WgmmaWait<0>();
       wgmma::FenceOperands(acc);
 
-      // Column 8i + 2t + e is row ρ = 2i + t / 2's head 2(t % 2) + e.
+      // Column 8i + 2t + e is row ρ = 2i + t / 2's head 2(t % 2) + e: the lane holds what
+      // TileScoresPair's lane holds, and sums it the same way.
       const int64_t c_lo = block_c0 + static_cast<int64_t>(wt) * kWgCand + 16 * warp + g;
       const int64_t c = (t & 1) ? c_lo + 8 : c_lo;
 #pragma unroll
       for (int i = 0; i < kWgCols / 8; ++i) {
         const int row = 2 * i + (t >> 1);
-        const int j0 = 2 * (t & 1);
-        const float2 w = *reinterpret_cast<const float2*>(s_w + row * kWgHeads + j0);
-        const float2 b = *reinterpret_cast<const float2*>(s_b + row * kWgHeads + j0);
-        float lo = 0.0f, hi = 0.0f;
-        if (j0 < nh) {
-          lo = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 0], scale[0], rs, w.x, b.x, lo);
-          hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 2], scale[1], rs, w.x, b.x, hi);
-        }
-        if (j0 + 1 < nh) {
-          lo = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 1], scale[0], rs, w.y, b.y, lo);
-          hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 3], scale[1], rs, w.y, b.y, hi);
-        }
+        const float4 wb = s_wb[row * (kWgHeads / 2) + (t & 1)];
+        const RowOut ro = s_rows[row];
+        float lo = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 0], scale[0], rs, wb.x, wb.z, 0.0f);
+        float hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 2], scale[1], rs, wb.x, wb.z, 0.0f);
+        lo = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 1], scale[0], rs, wb.y, wb.w, lo);
+        hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 3], scale[1], rs, wb.y, wb.w, hi);
         lo += __shfl_xor_sync(0xffffffffu, lo, 1);
         hi += __shfl_xor_sync(0xffffffffu, hi, 1);
-        if (row >= i0 && row < i1 && c <= s_pos[row]) a.scores[s_off[row] + c] = (t & 1) ? hi : lo;
+        if (row >= i0 && row < i1 && c <= ro.pos) ro.out[c] = (t & 1) ? hi : lo;
       }
-      // The next tile's keys. Loading them before the epilogue (into a second set of registers,
-      // since the wgmma reads these until it completes) took the kernel past 128 registers; the
-      // other warpgroups on the multiprocessor cover the load instead.
-      if (live_tile(wt + kWgGroups)) load(wt + kWgGroups, &keys, &scale[0], &scale[1]);
     }
   }
 }
