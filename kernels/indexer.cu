@@ -447,7 +447,10 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
         hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 3], scale[1], rs, wb.y, wb.w, hi);
         lo += __shfl_xor_sync(0xffffffffu, lo, 1);
         hi += __shfl_xor_sync(0xffffffffu, hi, 1);
-        if (row >= i0 && row < i1 && c <= ro.pos) ro.out[c] = (t & 1) ? hi : lo;
+        // A global store the compiler knows to be global: through the generic pointer it had to
+        // assume each store might alias the shared-memory loads of the next column, and ran the
+        // columns one after another.
+        if (row >= i0 && row < i1 && c <= ro.pos) __stcg(ro.out + c, (t & 1) ? hi : lo);
       }
     }
   }
