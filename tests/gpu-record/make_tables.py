@@ -133,6 +133,13 @@ def kernel_tables(kb):
             r = by.get((case, L, 1))
             return num(r["time_us"] / 1000, "%.2f") if r else "–"
 
+        def indexer():
+            # The engine's kernel (wgmma on this card), the per-warp mma.sync kernel in parentheses.
+            txt = ms("prefill_indexer_chunk")
+            if by.get(("prefill_indexer_chunk_per_warp", L, 1)):
+                txt += " (%s)" % ms("prefill_indexer_chunk_per_warp")
+            return txt
+
         def sparse(pattern):
             # The engine's path (union tiles where they pay) with every row gathered on its own in
             # parentheses; then how many tiles took the union path and their mean union.
@@ -154,7 +161,7 @@ def kernel_tables(kb):
                      if chunk else "–",
                      num(gsa["time_us"] / 1000, "%.2f") if gsa else "–",
                      num(gsa.get("dense_over_gsa"), "%.2f×") if gsa else "–",
-                     ms("prefill_indexer_chunk"), ms("prefill_topk_chunk"), sparse("random"), sparse("clustered")])
+                     indexer(), ms("prefill_topk_chunk"), sparse("random"), sparse("clustered")])
     if rows:
         out += ["Prefill (B = 1; chunk = the prompt's last 2048 rows; GSA = indexer + top-k + sparse attention on the "
                 "top-k of random-weight scores, near-random positions). Its parts, each timed alone: the indexer's "
@@ -163,9 +170,10 @@ def kernel_tables(kb):
                 "positions in the chunk). Sparse attention is the engine's path (kernels/sparse_prefill.h: tiles of "
                 "128 rows load the union of their selections once where the cost rule says it pays, the other rows "
                 "are gathered one by one), in parentheses every row gathered on its own; then the tiles that took "
-                "the union path and their mean union in keys:", "",
+                "the union path and their mean union in keys. The indexer is the engine's kernel for prefill chunks "
+                "(Hopper wgmma), in parentheses the per-warp mma.sync kernel it replaced there:", "",
                 table(["L", "dense, whole prompt ms", "dense, chunk ms", "GSA, chunk ms", "dense / GSA (chunk)",
-                       "indexer ms", "top-k ms", "sparse, random ms", "sparse, clustered ms"], rows), ""]
+                       "indexer ms (per-warp)", "top-k ms", "sparse, random ms", "sparse, clustered ms"], rows), ""]
     return out
 
 
