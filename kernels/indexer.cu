@@ -162,6 +162,24 @@ __global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKern
   }
 }
 
+// Grid of a launch: (candidate ranges of `tiles` × kCandPerTile, groups of `rows_per_block` rows),
+// with `tiles` as the caller forced it, or else the most passes a block (at most kMaxTilesPerBlock)
+// that still leave `min_blocks` blocks.
+struct LaunchShape {
+  dim3 grid;
+  int tiles;
+};
+LaunchShape ChooseShape(const IndexerScoresArgs& a, int rows_per_block, int64_t min_blocks) {
+  const int64_t row_groups = (a.row_count + rows_per_block - 1) / rows_per_block;
+  const int64_t tile_ranges = (a.max_candidates + kCandPerTile - 1) / kCandPerTile;
+  int tiles = a.tiles_per_block;
+  if (tiles == 0) {
+    tiles = kMaxTilesPerBlock;
+    while (tiles > 1 && (tile_ranges + tiles - 1) / tiles * row_groups < min_blocks) tiles /= 2;
+  }
+  return {dim3(static_cast<unsigned>((tile_ranges + tiles - 1) / tiles), static_cast<unsigned>(row_groups)), tiles};
+}
+
 template <int D_I, bool kFp8, bool kRelu>
 cudaError_t LaunchKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
   const size_t smem = SmemBytes(a.n_indexer_heads, D_I);
@@ -170,15 +188,8 @@ cudaError_t LaunchKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  const int64_t row_groups = (a.row_count + kRowsPerBlock - 1) / kRowsPerBlock;
-  const int64_t tile_ranges = (a.max_candidates + kCandPerTile - 1) / kCandPerTile;
-  int tiles = a.tiles_per_block;
-  if (tiles == 0) {
-    tiles = kMaxTilesPerBlock;
-    while (tiles > 1 && (tile_ranges + tiles - 1) / tiles * row_groups < kMinBlocks) tiles /= 2;
-  }
-  const dim3 grid(static_cast<unsigned>((tile_ranges + tiles - 1) / tiles), static_cast<unsigned>(row_groups));
-  IndexerScoresKernel<D_I, kFp8, kRelu><<<grid, kThreads, smem, stream>>>(a, tiles);
+  const LaunchShape shape = ChooseShape(a, kRowsPerBlock, kMinBlocks);
+  IndexerScoresKernel<D_I, kFp8, kRelu><<<shape.grid, kThreads, smem, stream>>>(a, shape.tiles);
   return cudaGetLastError();
 }
 
@@ -462,15 +473,9 @@ cudaError_t LaunchWgmmaKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
   const cudaError_t err = cudaFuncSetAttribute(IndexerScoresWgmmaKernel<D_I, kFp8, kRelu>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  const int64_t row_groups = (a.row_count + kWgRows - 1) / kWgRows;
-  const int64_t tile_ranges = (a.max_candidates + kCandPerTile - 1) / kCandPerTile;
-  int tiles = a.tiles_per_block;
-  if (tiles == 0) {
-    tiles = kMaxTilesPerBlock;
-    while (tiles > 1 && (tile_ranges + tiles - 1) / tiles * row_groups < kMinBlocks / 2) tiles /= 2;
-  }
-  const dim3 grid(static_cast<unsigned>((tile_ranges + tiles - 1) / tiles), static_cast<unsigned>(row_groups));
-  IndexerScoresWgmmaKernel<D_I, kFp8, kRelu><<<grid, kWgThreads, smem, stream>>>(a, tiles);
+  // Two blocks a multiprocessor instead of four: half the blocks make as many waves.
+  const LaunchShape shape = ChooseShape(a, kWgRows, kMinBlocks / 2);
+  IndexerScoresWgmmaKernel<D_I, kFp8, kRelu><<<shape.grid, kWgThreads, smem, stream>>>(a, shape.tiles);
   return cudaGetLastError();
 }
 

@@ -60,6 +60,30 @@ void ExpectBitwiseEqual(const std::vector<float>& got, const std::vector<float>&
                 << " against " << want[i];
 }
 
+// Fused projection rows as the indexer reads them: random qI, and wI (post-sigmoid) in [0.5, 1.5).
+std::vector<float> RandomProj(int64_t rows, int64_t stride, int64_t off_wi, int32_t n_heads, uint64_t seed) {
+  std::vector<float> proj = RandomFloats(static_cast<size_t>(rows * stride), seed, -2, 2);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int j = 0; j < n_heads; ++j) {
+      proj[r * stride + off_wi + j] = 0.5f + 0.5f * std::fabs(proj[r * stride + off_wi + j]);
+    }
+  }
+  return proj;
+}
+
+// Score offsets of rows packed one after another, `gap` floats apart (to catch overruns); *total:
+// the floats the buffer needs.
+std::vector<int64_t> PackedOffsets(const std::vector<int32_t>& pos, const std::vector<uint8_t>& dense, int64_t gap,
+                                   int64_t* total) {
+  std::vector<int64_t> offsets(pos.size());
+  *total = 0;
+  for (size_t r = 0; r < pos.size(); ++r) {
+    offsets[r] = *total;
+    *total += (dense[r] ? 0 : pos[r] + 1) + gap;
+  }
+  return offsets;
+}
+
 TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
   GSA_REQUIRE_GPU();
   const uint64_t seed = gsa::testing::FreshSeed();
@@ -141,18 +165,10 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
     for (int32_t p = 1; p < ctx1; ++p) add(1, p, false);
     const int64_t rows = static_cast<int64_t>(seq.size());
     const int64_t stride = nh * di + nh + 5, off_qi = 2, off_wi = 2 + nh * di;
-    std::vector<float> proj = RandomFloats(static_cast<size_t>(rows * stride), seed + 2, -2, 2);
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int j = 0; j < nh; ++j) proj[r * stride + off_wi + j] = 0.5f + 0.5f * std::fabs(proj[r * stride + off_wi + j]);
-    }
+    const std::vector<float> proj = RandomProj(rows, stride, off_wi, nh, seed + 2);
     const std::vector<float> bias = RandomFloats(static_cast<size_t>(nh), seed + 3, -0.5, 0.5);
-    // Score offsets: rows packed one after another, with a gap of 7 to catch overruns.
-    std::vector<int64_t> offsets(static_cast<size_t>(rows));
     int64_t total = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      offsets[r] = total;
-      total += (dense[r] ? 0 : pos[r] + 1) + 7;
-    }
+    const std::vector<int64_t> offsets = PackedOffsets(pos, dense, 7, &total);
     auto d_keys = Upload(keys);
     auto d_tables = Upload(tables);
     auto d_seq = Upload(seq);
@@ -345,17 +361,10 @@ TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
     }
     const int64_t rows = static_cast<int64_t>(seq.size());
     const int64_t stride = nh * di + nh, off_qi = 0, off_wi = nh * di;
-    std::vector<float> proj = RandomFloats(static_cast<size_t>(rows * stride), seed + 2, -2, 2);
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int j = 0; j < nh; ++j) proj[r * stride + off_wi + j] = 0.5f + 0.5f * std::fabs(proj[r * stride + off_wi + j]);
-    }
+    const std::vector<float> proj = RandomProj(rows, stride, off_wi, nh, seed + 2);
     const std::vector<float> bias = RandomFloats(nh, seed + 3, -0.5, 0.5);
-    std::vector<int64_t> offsets(static_cast<size_t>(rows));
     int64_t total = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      offsets[r] = total;
-      total += (dense[r] ? 0 : pos[r] + 1) + 3;
-    }
+    const std::vector<int64_t> offsets = PackedOffsets(pos, dense, 3, &total);
     auto d_keys = Upload(keys);
     auto d_codes = Upload(codes);
     auto d_scales = Upload(scales);
@@ -419,7 +428,9 @@ TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
       for (int64_t i = offsets[r] + (dense[r] ? 0 : pos[r] + 1); i < end; ++i) {
         ASSERT_TRUE(std::isnan(want[i])) << "row " << r << " wrote past its position";
       }
-      if (!dense[r]) ASSERT_FALSE(std::isnan(want[offsets[r] + pos[r]])) << "row " << r << " unwritten";
+      if (!dense[r]) {
+        ASSERT_FALSE(std::isnan(want[offsets[r] + pos[r]])) << "row " << r << " unwritten";
+      }
     }
   }
 }
