@@ -354,7 +354,8 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
       for (int u = 0; u < 2; ++u) {
         if (j0 + u < nh) {
           v[u] = a.proj[(r0 + row) * a.proj_stride + a.off_wi + j0 + u];
-          v[2 + u] = a.bias[j0 + u];
+          // Sigmoid: b · kNegLog2e, as HeadTerm forms it (indexer_math::SigmoidHeadTerm).
+          v[2 + u] = kRelu ? a.bias[j0 + u] : a.bias[j0 + u] * indexer_math::kNegLog2e;
         }
       }
     }
@@ -367,6 +368,16 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
   const int warp = (threadIdx.x >> 5) & 3;  // within the warpgroup
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const float rs = rsqrtf(static_cast<float>(D_I));
+  const float rs_e = rs * indexer_math::kNegLog2e;
+  // HeadTerm's value, with s_wb's bias already times kNegLog2e for sigmoid (one multiply fewer a
+  // term; bitwise the same, the product being the one HeadTerm forms).
+  auto term = [&](float dot, float key_scale, float w, float b, float sum) {
+    if constexpr (kRelu) {
+      return indexer_math::HeadTerm<true, kFp8>(dot, key_scale, rs, w, b, sum);
+    } else {
+      return indexer_math::SigmoidHeadTerm(kFp8 ? dot * key_scale : dot, rs_e, b, w, sum);
+    }
+  };
   const uint64_t desc0 = wgmma::Descriptor(smem, kWgLbo, kWgSbo);
   const indexer_math::KeySource src{a.ki_cache, a.ki_fp8, a.ki_scale};
   const int wg_tiles = tiles * (kCandPerTile / kWgCand);
@@ -452,10 +463,10 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
         const int row = 2 * i + (t >> 1);
         const float4 wb = s_wb[row * (kWgHeads / 2) + (t & 1)];
         const RowOut ro = s_rows[row];
-        float lo = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 0], scale[0], rs, wb.x, wb.z, 0.0f);
-        float hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 2], scale[1], rs, wb.x, wb.z, 0.0f);
-        lo = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 1], scale[0], rs, wb.y, wb.w, lo);
-        hi = indexer_math::HeadTerm<kRelu, kFp8>(acc[4 * i + 3], scale[1], rs, wb.y, wb.w, hi);
+        float lo = term(acc[4 * i + 0], scale[0], wb.x, wb.z, 0.0f);
+        float hi = term(acc[4 * i + 2], scale[1], wb.x, wb.z, 0.0f);
+        lo = term(acc[4 * i + 1], scale[0], wb.y, wb.w, lo);
+        hi = term(acc[4 * i + 3], scale[1], wb.y, wb.w, hi);
         lo += __shfl_xor_sync(0xffffffffu, lo, 1);
         hi += __shfl_xor_sync(0xffffffffu, hi, 1);
         // A global store the compiler knows to be global: through the generic pointer it had to

@@ -198,31 +198,44 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
 #endif
 }
 
-// φ = sigmoid for the indexer: e^-z from the SFU (__expf: within a few ulp for the |z| the indexer
-// sees) and the SFU's reciprocal (rcp.approx: within 1 ulp; 1 + e^-z ≥ 1 is never subnormal, and
-// infinity gives 0). Two SFU operations and two FP instructions, where expf and IEEE division took
-// about forty and a correctly rounded reciprocal a slow-path check and call. Shared by every indexer
-// kernel, so all agree bitwise.
+// φ = sigmoid for the indexer, from t = -log2(e) · z: e^-z = 2^t from the SFU (within a few ulp for
+// the |z| the indexer sees) and the SFU's reciprocal (rcp.approx: within 1 ulp; 1 + e^-z ≥ 1 is
+// never subnormal, and infinity gives 0). Two SFU operations and one FP add, where expf and IEEE
+// division took about forty instructions and a correctly rounded reciprocal a slow-path check and
+// call. Shared by every indexer kernel, so all agree bitwise.
 //
-// e^-z is __expf's own evaluation, 2^(z · -log2 e) on the SFU, but with ex2's flush-to-zero form:
-// __expf (no ftz) wraps ex2 in a range check, a halving and a squaring so that results below 2^-126
-// come out subnormal. Here such an e^-z only ever meets 1 + e^-z, which is exactly 1 either way, so
-// the flush changes no bit of the score and saves three instructions a term.
-__device__ __forceinline__ float IndexerSigmoid(float z) {
+// ex2 in its flush-to-zero form: __expf (no ftz) wraps ex2 in a range check, a halving and a
+// squaring so that results below 2^-126 come out subnormal. Here such an e^-z only ever meets
+// 1 + e^-z, which is exactly 1 either way, so the flush changes no bit of the score.
+constexpr float kNegLog2e = -1.4426950408889634f;
+__device__ __forceinline__ float IndexerSigmoidOfExponent(float t) {
   float e;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(z * -1.4426950408889634f));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(t));
   const float d = 1.0f + e;
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
   return r;
 }
 
+// One sigmoid head's term w · φ(z) with z = x · rs + b, added to acc, given rs_e = rs · kNegLog2e and
+// b_e = b · kNegLog2e (each one fp32 product, the same wherever it is computed): the exponent
+// t = -log2(e) · z is one FMA, x · rs_e + b_e, instead of an FMA and a multiply a term (the
+// multiply was ~10% of the prefill indexer's epilogue instructions).
+__device__ __forceinline__ float SigmoidHeadTerm(float x, float rs_e, float b_e, float w, float acc) {
+  return fmaf(w, IndexerSigmoidOfExponent(fmaf(x, rs_e, b_e)), acc);
+}
+
 // One head's term w · φ(z) with z = (dot · key scale) · rsqrt(D_I) + b, added to acc. bf16 keys
-// (kScaled false) have scale exactly 1, so skipping the product changes no bit.
+// (kScaled false) have scale exactly 1, so skipping the product changes no bit. For sigmoid, the
+// products with kNegLog2e are loop-invariant where this is called in a loop over candidates.
 template <bool kRelu, bool kScaled>
 __device__ __forceinline__ float HeadTerm(float dot, float key_scale, float rs, float w, float b, float acc) {
-  const float z = (kScaled ? dot * key_scale : dot) * rs + b;
-  return fmaf(w, kRelu ? fmaxf(z, 0.0f) : IndexerSigmoid(z), acc);
+  const float x = kScaled ? dot * key_scale : dot;
+  if constexpr (kRelu) {
+    return fmaf(w, fmaxf(x * rs + b, 0.0f), acc);
+  } else {
+    return SigmoidHeadTerm(x, rs * kNegLog2e, b * kNegLog2e, w, acc);
+  }
 }
 
 // Adds head column e of the mma outputs (c[u][e]: candidate g, c[u][2 + e]: candidate g + 8) to
