@@ -207,6 +207,9 @@ cudaError_t LaunchKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
 // holds exactly what TileScoresPair's lane holds: the same two heads of one row, summed in the same
 // order, then with the neighbouring lane's two. Rows of other sequences in the block (a run
 // boundary) are multiplied too and never stored: each run of same-sequence rows loads its own keys.
+// While a tile's wgmma run, the warpgroup looks up the next tile's slots and prefetches its key rows
+// into L1; the epilogue (two SFU operations per head and score) is what bounds the kernel, and the
+// other warpgroups' products run under it.
 constexpr int kWgGroups = 2;                       // warpgroups a block
 constexpr int kWgThreads = 128 * kWgGroups;
 constexpr int kWgRows = 32;                        // rows a block
@@ -215,9 +218,10 @@ constexpr int kWgCols = kWgRows * kWgHeads;        // N of the wgmma: 128
 constexpr int kWgCand = 64;                        // candidates a warpgroup tile (M)
 static_assert(kWgCols == 128, "the kernel issues m64n128k16");
 
-// Channels of the B operand, padded to whole 32-channel groups as the key fragments are.
+// Brings the 128-byte line at p into L1 (no register is written, nothing waits for it).
 __device__ __forceinline__ void PrefetchL1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 
+// Channels of the B operand, padded to whole 32-channel groups as the key fragments are.
 template <int D_I>
 constexpr int WgKPad() {
   return 32 * indexer_math::KeyShape<D_I>::kGroups;
