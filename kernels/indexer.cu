@@ -327,20 +327,16 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
     const int e = static_cast<int>(threadIdx.x) + k * kWgThreads;
     const int ch = 4 * (e % kQuadsPerCol), col = e / kQuadsPerCol;
     uint32_t parts[3][2];  // [hi, mid, lo][channels 0-1, 2-3] as bf16 pairs
+    auto pair = [](bf16 a, bf16 b) {
+      return static_cast<uint32_t>(__bfloat16_as_ushort(a)) | (static_cast<uint32_t>(__bfloat16_as_ushort(b)) << 16);
+    };
 #pragma unroll
     for (int c = 0; c < 4; c += 2) {
-      bf16 h2[2], m2[2], l2[2];
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const float v = x[k][c + u];
-        h2[u] = __float2bfloat16_rn(v);
-        const float r1 = v - __bfloat162float(h2[u]);  // exact
-        m2[u] = __float2bfloat16_rn(r1);
-        l2[u] = __float2bfloat16_rn(r1 - __bfloat162float(m2[u]));  // exact difference
-      }
-      parts[0][c / 2] = static_cast<uint32_t>(__bfloat16_as_ushort(h2[0])) | (static_cast<uint32_t>(__bfloat16_as_ushort(h2[1])) << 16);
-      parts[1][c / 2] = static_cast<uint32_t>(__bfloat16_as_ushort(m2[0])) | (static_cast<uint32_t>(__bfloat16_as_ushort(m2[1])) << 16);
-      parts[2][c / 2] = static_cast<uint32_t>(__bfloat16_as_ushort(l2[0])) | (static_cast<uint32_t>(__bfloat16_as_ushort(l2[1])) << 16);
+      const indexer_math::SplitParts s0 = indexer_math::SplitQuery(x[k][c]);
+      const indexer_math::SplitParts s1 = indexer_math::SplitQuery(x[k][c + 1]);
+      parts[0][c / 2] = pair(s0.hi, s1.hi);
+      parts[1][c / 2] = pair(s0.mid, s1.mid);
+      parts[2][c / 2] = pair(s0.lo, s1.lo);
     }
     const int kappa = WgLogicalK(ch);  // channels ch, ch + 1; ch + 2, ch + 3 sit 8 positions later
     const int off0 = WgOperandOffset(col, kappa), off1 = WgOperandOffset(col, kappa + 8);

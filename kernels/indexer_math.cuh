@@ -47,19 +47,29 @@ __host__ __device__ constexpr int64_t SplitQueryElems(int32_t n_heads, int32_t d
   return 2 * (words + ((16 - words) % 32 + 32) % 32);
 }
 
-// Element i of head j of one row's split query: x = hi + mid + lo, each the bf16 rounding of what
-// is left (the subtractions are exact).
-template <int D_I>
-__device__ __forceinline__ void StoreSplit(float x, bf16* q, int32_t n_heads, int32_t j, int32_t i) {
-  const int32_t part = static_cast<int32_t>(QueryPartStride(n_heads, D_I));
-  const int32_t at = j * static_cast<int32_t>(QueryHeadStride(D_I)) + i;
+// An fp32 query element as three bf16 parts: x = hi + mid + lo, each the bf16 rounding of what is
+// left (the subtractions are exact). Every indexer kernel splits through this, whatever layout it
+// stores the parts in.
+struct SplitParts {
+  bf16 hi, mid, lo;
+};
+__device__ __forceinline__ SplitParts SplitQuery(float x) {
   const bf16 hi = __float2bfloat16_rn(x);
   const float r1 = x - __bfloat162float(hi);  // exact
   const bf16 mid = __float2bfloat16_rn(r1);
   const float r2 = r1 - __bfloat162float(mid);  // exact
-  q[at] = hi;
-  q[part + at] = mid;
-  q[2 * part + at] = __float2bfloat16_rn(r2);
+  return {hi, mid, __float2bfloat16_rn(r2)};
+}
+
+// Element i of head j of one row's split query (SplitQuery) in the per-warp kernels' layout.
+template <int D_I>
+__device__ __forceinline__ void StoreSplit(float x, bf16* q, int32_t n_heads, int32_t j, int32_t i) {
+  const int32_t part = static_cast<int32_t>(QueryPartStride(n_heads, D_I));
+  const int32_t at = j * static_cast<int32_t>(QueryHeadStride(D_I)) + i;
+  const SplitParts s = SplitQuery(x);
+  q[at] = s.hi;
+  q[part + at] = s.mid;
+  q[2 * part + at] = s.lo;
 }
 
 // Splits proj row `r`'s qI into q (the three parts) and copies wI and the bias into w, b. Every
