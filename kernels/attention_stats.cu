@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kThreads) FirstTokenWeightKernel(const Attenti
     const bool valid = j < n && pos >= 0 && pos <= t;
     float dot = 0.0f;
     if (valid) {
-      const int64_t slot = SlotOfPosition(a.paged, seq, pos);
+      const int64_t slot = SlotOfPosition(a.paged, seq, static_cast<int32_t>(pos));  // 0 ≤ pos ≤ t
       const uint4 raw = *reinterpret_cast<const uint4*>(a.k_cache + slot * kv_dim + static_cast<int64_t>(kvh) * a.d_head +
                                                         part * 8);
       const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};

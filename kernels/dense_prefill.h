@@ -32,9 +32,18 @@ struct DensePrefillArgs {
   float scale = 0.0f;  // > 0, normally 1 / sqrt(d_head); anything else is refused (cudaErrorInvalidValue)
                        // (the kernel takes the row max before scaling)
   bf16* out = nullptr;  // [num_rows, n_heads * d_head]; rows of listed sequences are written
-  // Query rows per CTA. 0 (the default): the launcher picks the biggest of 256, 128 and 64 that
-  // still gives 3/4 of the SMs a CTA (64 when none does). 64, 128 or 256 force one (tests,
-  // tuning; all compute the same function); any other value is refused.
+  // Which kernel computes it (both the same function, to fp32 rounding):
+  //  - kWarpgroup: Hopper wgmma (compute capability 9.0, d_head 128): a CTA of two warpgroups
+  //    computes 128 query rows against 128-key tiles; where it cannot run, forcing it returns
+  //    cudaErrorNotSupported.
+  //  - kMmaSync: the sm_80+ mma.sync kernel (every supported d_head), with `query_tile`'s rows a CTA.
+  //  - kAuto (the default): kWarpgroup where it runs and query_tile is 0, else kMmaSync.
+  enum class Kernel : int32_t { kAuto = 0, kMmaSync, kWarpgroup };
+  Kernel kernel = Kernel::kAuto;
+  // Query rows per CTA of the mma.sync kernel. 0 (the default): the launcher picks the biggest of
+  // 256, 128 and 64 that still gives 3/4 of the SMs a CTA (64 when none does). 64, 128 or 256
+  // force one (tests, tuning; all compute the same function); any other value is refused, and so
+  // is a nonzero one with kWarpgroup.
   int32_t query_tile = 0;
 };
 
@@ -43,7 +52,8 @@ bool DensePrefillSupports(int32_t d_head);
 
 // Launches on `stream` (no synchronization). cudaErrorInvalidValue for an unsupported d_head, bad
 // head counts, null pointers, scale ≤ 0, an unknown query_tile or a grid past 65535 query tiles or
-// sequences; cudaSuccess without a launch when nothing is listed.
+// sequences; cudaErrorNotSupported for kWarpgroup where it cannot run; cudaSuccess without a
+// launch when nothing is listed.
 cudaError_t DensePrefill(const DensePrefillArgs& args, cudaStream_t stream);
 
 }  // namespace gsa::kernels

@@ -143,14 +143,15 @@ __device__ __forceinline__ void QkScores(float (&acc_s)[kMAtoms][kNTiles][4],
   }
 }
 
-// Online softmax over one key tile (scale > 0, so the max commutes with the scaling):
+// Online softmax over one key tile, first part (scale > 0, so the max commutes with the scaling):
 // keep(mi, hf, j, e) says whether key 8j + 2t + e counts for row g + 8·hf of atom mi (a key that
-// does not is set to -inf). Updates the running max (log2 domain), this thread's part of the row
-// sum and rescales O; the probabilities, rounded to bf16, come back as the A fragments of P V.
-template <int kMAtoms, int kNTiles, int kDTiles, class Keep>
-__device__ __forceinline__ void SoftmaxStep(float (&acc_s)[kMAtoms][kNTiles][4], float (&row_max)[kMAtoms][2],
-                                            float (&row_sum)[kMAtoms][2], float (&acc_o)[kMAtoms][kDTiles][4],
-                                            float scale_log2, Keep keep, uint32_t (&p_frag)[kMAtoms][kNTiles / 2][4]) {
+// does not is set to -inf). Updates the running max (log2 domain) and this thread's part of the
+// row sum, turns acc_s into the (fp32) probabilities, and gives each row's alpha, the factor that
+// brings O to the new max (exactly 1 where the max did not move).
+template <int kMAtoms, int kNTiles, class Keep>
+__device__ __forceinline__ void SoftmaxExp(float (&acc_s)[kMAtoms][kNTiles][4], float (&row_max)[kMAtoms][2],
+                                           float (&row_sum)[kMAtoms][2], float scale_log2, Keep keep,
+                                           float (&alpha)[kMAtoms][2]) {
 #pragma unroll
   for (int mi = 0; mi < kMAtoms; ++mi) {
 #pragma unroll
@@ -167,10 +168,11 @@ __device__ __forceinline__ void SoftmaxStep(float (&acc_s)[kMAtoms][kNTiles][4],
       // The 4 lanes of a quad (same g) hold the row's kBlockN values.
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(row_max[mi][hf], mx * scale_log2);  // log2 domain
+      const float m_old = row_max[mi][hf];
+      const float m_new = fmaxf(m_old, mx * scale_log2);  // log2 domain
       // A row with no key yet (m_new = -inf) keeps everything at 0: subtract 0, not -inf.
       const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      const float alpha = Exp2(row_max[mi][hf] - m_use);  // 0 on the first tile (−inf)
+      const float a = m_new == m_old ? 1.0f : Exp2(m_old - m_use);  // 0 on the first tile (−inf)
       row_max[mi][hf] = m_new;
       float sum = 0.0f;
 #pragma unroll
@@ -182,11 +184,29 @@ __device__ __forceinline__ void SoftmaxStep(float (&acc_s)[kMAtoms][kNTiles][4],
           sum += p;
         }
       }
-      row_sum[mi][hf] = row_sum[mi][hf] * alpha + sum;
+      row_sum[mi][hf] = row_sum[mi][hf] * a + sum;
+      alpha[mi][hf] = a;
+    }
+  }
+}
+
+// Second part: O *= alpha per row (skipped where no row of the warp has a new max: multiplying by
+// 1 would change nothing, and at long contexts a row's max rarely moves); the probabilities,
+// rounded to bf16, become the A fragments of P V.
+template <int kMAtoms, int kNTiles, int kDTiles>
+__device__ __forceinline__ void RescaleAndPack(const float (&acc_s)[kMAtoms][kNTiles][4],
+                                               const float (&alpha)[kMAtoms][2], float (&acc_o)[kMAtoms][kDTiles][4],
+                                               uint32_t (&p_frag)[kMAtoms][kNTiles / 2][4]) {
 #pragma unroll
-      for (int j = 0; j < kDTiles; ++j) {
-        acc_o[mi][j][2 * hf] *= alpha;
-        acc_o[mi][j][2 * hf + 1] *= alpha;
+  for (int mi = 0; mi < kMAtoms; ++mi) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      if (__any_sync(0xffffffffu, alpha[mi][hf] != 1.0f)) {
+#pragma unroll
+        for (int j = 0; j < kDTiles; ++j) {
+          acc_o[mi][j][2 * hf] *= alpha[mi][hf];
+          acc_o[mi][j][2 * hf + 1] *= alpha[mi][hf];
+        }
       }
     }
 #pragma unroll
@@ -197,6 +217,16 @@ __device__ __forceinline__ void SoftmaxStep(float (&acc_s)[kMAtoms][kNTiles][4],
       p_frag[mi][kk][3] = PackBf16(acc_s[mi][2 * kk + 1][2], acc_s[mi][2 * kk + 1][3]);
     }
   }
+}
+
+// Both parts, for kernels whose previous P V has completed (mma.sync).
+template <int kMAtoms, int kNTiles, int kDTiles, class Keep>
+__device__ __forceinline__ void SoftmaxStep(float (&acc_s)[kMAtoms][kNTiles][4], float (&row_max)[kMAtoms][2],
+                                            float (&row_sum)[kMAtoms][2], float (&acc_o)[kMAtoms][kDTiles][4],
+                                            float scale_log2, Keep keep, uint32_t (&p_frag)[kMAtoms][kNTiles / 2][4]) {
+  float alpha[kMAtoms][2];
+  SoftmaxExp<kMAtoms, kNTiles>(acc_s, row_max, row_sum, scale_log2, keep, alpha);
+  RescaleAndPack<kMAtoms, kNTiles, kDTiles>(acc_s, alpha, acc_o, p_frag);
 }
 
 // O += P V of one key tile, V at sV_lane (the tile's buffer + VLaneOffset).

@@ -120,8 +120,8 @@ __global__ void __launch_bounds__(kThreads, D_I <= 64 ? 4 : 1) IndexerScoresKern
 #pragma unroll
         for (int u = 0; u < kTilesPerWarp; ++u) {
           const int64_t c_lo = wc0 + u * 16 + g, c_hi = c_lo + 8;
-          const int64_t slot_lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, c_lo) : -1;
-          const int64_t slot_hi = c_hi <= lim ? SlotOfPosition(a.paged, seq, c_hi) : -1;
+          const int64_t slot_lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, static_cast<int32_t>(c_lo)) : -1;
+          const int64_t slot_hi = c_hi <= lim ? SlotOfPosition(a.paged, seq, static_cast<int32_t>(c_hi)) : -1;
           indexer_math::LoadKeys<D_I, kFp8, indexer_math::KeyLoads::kWords>(src, slot_lo, slot_hi, &keys[u],
                                                                                &key_scale[u][0], &key_scale[u][1]);
         }
@@ -386,21 +386,11 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
     const int i0 = s_run_begin[run], i1 = s_run_end[run];
     const int32_t lim = s_run_lim[run], seq = s_rows[i0].seq;
     // Slots of the lane's two candidates of tile wt (rows g and g + 8 of its warp; -1 past the
-    // run's last position), in 32-bit arithmetic (positions < 2^31): SlotOfPosition's 64-bit
-    // division by the block size was most of the kernel's integer instructions.
-    const uint32_t bs = static_cast<uint32_t>(a.paged.block_size);
-    const int32_t* table = a.paged.block_tables + static_cast<int64_t>(seq) * a.paged.max_blocks_per_seq;
+    // run's last position).
     auto slots = [&](int wt, int64_t* lo, int64_t* hi) {
-      const uint32_t c_lo = static_cast<uint32_t>(block_c0 + static_cast<int64_t>(wt) * kWgCand) + 16 * warp + g;
-      int64_t out[2];
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const uint32_t cand = c_lo + 8 * u;
-        const uint32_t page = cand / bs;
-        out[u] = static_cast<int32_t>(cand) <= lim ? static_cast<int64_t>(table[page]) * bs + (cand - page * bs) : -1;
-      }
-      *lo = out[0];
-      *hi = out[1];
+      const int32_t c_lo = static_cast<int32_t>(block_c0 + static_cast<int64_t>(wt) * kWgCand) + 16 * warp + g;
+      *lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, c_lo) : -1;
+      *hi = c_lo + 8 <= lim ? SlotOfPosition(a.paged, seq, c_lo + 8) : -1;
     };
     auto live_tile = [&](int wt) { return wt < wg_tiles && block_c0 + static_cast<int64_t>(wt) * kWgCand <= lim; };
     int wt = wg;

@@ -6,7 +6,8 @@
 //  - "rows" are the new tokens of a step, concatenated sequence by sequence (engine StepBatch);
 //    arrays documented as [num_rows] are indexed by that absolute row number.
 //  - Cache pages (one layer): K and V [num_slots, n_kv_heads, d_head] bf16, indexer keys
-//    [num_slots, d_indexer] bf16, statistics [num_slots] fp32; slot = block * block_size + offset.
+//    [num_slots, d_indexer] bf16, statistics [num_slots] fp32; slot = block * block_size + offset,
+//    num_slots < 2^31 (slots are int32 in the kernels; offsets into the pages are int64).
 //  - All pointers are device pointers unless a comment says "host".
 #pragma once
 
@@ -47,9 +48,22 @@ enum class GateActivation : int32_t {
 };
 
 #ifdef __CUDACC__
-__device__ __forceinline__ int64_t SlotOfPosition(const PagedLayout& p, int32_t seq, int64_t pos) {
-  const int32_t block = p.block_tables[static_cast<int64_t>(seq) * p.max_blocks_per_seq + pos / p.block_size];
-  return static_cast<int64_t>(block) * p.block_size + pos % p.block_size;
+// The slot of position `pos` of sequence `seq`, in 32-bit unsigned arithmetic (a 64-bit division
+// by the block size was most of the integer work of the kernels that look up every key's slot).
+// REQUIRES: 0 ≤ pos < max_blocks_per_seq · block_size; the cache has fewer than 2^31 slots (the
+// CUDA backend refuses to allocate more), so the slot fits an int32.
+// In two halves for kernels that load the block-table entry well ahead of its use (its latency is
+// an L2 round trip): BlockOfPosition loads it, SlotInBlock finishes the slot.
+__device__ __forceinline__ int32_t BlockOfPosition(const PagedLayout& p, int32_t seq, int32_t pos) {
+  const uint32_t page = static_cast<uint32_t>(pos) / static_cast<uint32_t>(p.block_size);
+  return p.block_tables[static_cast<int64_t>(seq) * p.max_blocks_per_seq + page];
+}
+__device__ __forceinline__ int32_t SlotInBlock(const PagedLayout& p, int32_t block, int32_t pos) {
+  const uint32_t bs = static_cast<uint32_t>(p.block_size);
+  return static_cast<int32_t>(static_cast<uint32_t>(block) * bs + static_cast<uint32_t>(pos) % bs);
+}
+__device__ __forceinline__ int32_t SlotOfPosition(const PagedLayout& p, int32_t seq, int32_t pos) {
+  return SlotInBlock(p, BlockOfPosition(p, seq, pos), pos);
 }
 
 __device__ __forceinline__ float SigmoidF(float z) { return 1.0f / (1.0f + expf(-z)); }

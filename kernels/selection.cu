@@ -853,7 +853,7 @@ __device__ __forceinline__ float DenseRowCumvar() { return __uint_as_float(0x7FC
 // an earlier launch or earlier in the caller's own loop, so a plain load sees it.
 __device__ __forceinline__ double PreviousCumvar(const PagedLayout& paged, const float* cumvar, int32_t seq,
                                                  int64_t position) {
-  return position > 0 ? static_cast<double>(cumvar[SlotOfPosition(paged, seq, position - 1)]) : 0.0;
+  return position > 0 ? static_cast<double>(cumvar[SlotOfPosition(paged, seq, static_cast<int32_t>(position - 1))]) : 0.0;
 }
 
 // k_t of a selecting row at `position` with statistic v (variance rule) or ent (entropy rule), given

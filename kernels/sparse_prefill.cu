@@ -403,13 +403,13 @@ __global__ void __launch_bounds__(kAttnThreads) TileAttentionKernel(const Sparse
     CpAsync16(SmemAddr(sQ + m * kStride + cc * 8), src, valid);
   }
 
-  int64_t slots[C::kKvRowsPerThread];  // slot of each of this thread's key rows, -1: not read
+  int32_t slots[C::kKvRowsPerThread];  // slot of each of this thread's key rows, -1: not read
   auto find_slots = [&](int32_t block) {
     const int32_t first = block * kBlk;
 #pragma unroll
     for (int i = 0; i < C::kKvRowsPerThread; ++i) {
       const int32_t s = first + cr + i * C::kRowStep;
-      slots[i] = s <= last_pos ? SlotOfPosition(a.paged, tl.seq, s) : int64_t{-1};
+      slots[i] = s <= last_pos ? SlotOfPosition(a.paged, tl.seq, s) : -1;
     }
   };
   auto issue_kv = [&](const bf16* base, bf16* stage) {
@@ -417,7 +417,7 @@ __global__ void __launch_bounds__(kAttnThreads) TileAttentionKernel(const Sparse
     for (int i = 0; i < C::kKvRowsPerThread; ++i) {
       const int r = cr + i * C::kRowStep;
       const bool valid = slots[i] >= 0;
-      const bf16* src = valid ? base + slots[i] * kv_slot_stride : base;
+      const bf16* src = valid ? base + static_cast<int64_t>(slots[i]) * kv_slot_stride : base;
       CpAsync16(SmemAddr(stage + r * kStride + cc * 8), src, valid);
     }
   };

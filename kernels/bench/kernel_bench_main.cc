@@ -99,6 +99,7 @@ struct Options {
   uint64_t seed = 1;
   bool skip_ceilings = false;
   bool skip_decode = false;
+  int32_t dense_query_tile = 0;  // DensePrefillArgs::query_tile of the prefill_dense cases
   std::string command_line;
 };
 
@@ -127,6 +128,7 @@ void PrintHelp() {
       "Prefill cases, B = 1, for contexts L <= --prefill-max (a chunk = the last 2048 rows of the prompt):\n"
       "  prefill_dense_full        DensePrefill of the whole causal prompt   FLOPs 2*2*(L^2/2)*16*128\n"
       "  prefill_dense_chunk       DensePrefill of the chunk (2048 queries after L-2048 cached tokens)\n"
+      "  prefill_dense_chunk_mma_sync   the same forced onto the mma.sync kernel (Hopper runs wgmma)\n"
       "  prefill_indexer_chunk     IndexerScores of the chunk, causal        FLOPs scores*4*64*2 (fp32 cores)\n"
       "  prefill_indexer_chunk_per_warp   the same forced onto the per-warp (mma.sync) kernel\n"
       "  prefill_topk_chunk        TopK of the chunk's causal score rows     bytes scores*4\n"
@@ -160,6 +162,8 @@ void PrintHelp() {
       "  --seed N            seed of the random data, tables and selections (default 1)\n"
       "  --skip-ceilings     do not measure the ceilings (quick runs; no fractions are reported)\n"
       "  --skip-decode       run no decode case (prefill only: e.g. to point ncu --launch-skip at prefill kernels)\n"
+      "  --dense-query-tile N  query rows per CTA of the prefill_dense cases: 64, 128 or 256 (the mma.sync\n"
+      "                      kernel) or 0 (default: the launcher's choice), to compare configurations\n"
       "  --help              this text\n"
       "\n"
       "Exit status: 0 done; 1 no GPU or a CUDA/cuBLAS error (the message names the call); 2 bad flags;\n"
@@ -251,7 +255,7 @@ Options ParseArgs(int argc, char** argv) {
     }
     static const char* const kKnown[] = {"--contexts", "--batches",     "--reps",   "--warmup", "--ceiling-reps",
                                          "--max-gib",  "--prefill-max", "--json",   "--commit", "--device",
-                                         "--rotate-mib", "--spin-us",   "--seed"};
+                                         "--rotate-mib", "--spin-us",   "--seed",   "--dense-query-tile"};
     if (name == "--skip-ceilings") BadFlag("--skip-ceilings takes no value");
     if (name == "--skip-decode") BadFlag("--skip-decode takes no value");
     bool known = false;
@@ -288,6 +292,12 @@ Options ParseArgs(int argc, char** argv) {
       o.spin_us = IntFlag(name, value, 0, 1000000);
     } else if (name == "--seed") {
       o.seed = static_cast<uint64_t>(IntFlag(name, value, 0, INT64_MAX));
+    } else if (name == "--dense-query-tile") {
+      o.dense_query_tile = static_cast<int32_t>(IntFlag(name, value, 0, 256));
+      if (o.dense_query_tile != 0 && o.dense_query_tile != 64 && o.dense_query_tile != 128 &&
+          o.dense_query_tile != 256) {
+        BadFlag("--dense-query-tile: '" + value + "' is not 0, 64, 128 or 256");
+      }
     }
   }
   if (!o.json_path.empty()) {
@@ -1310,7 +1320,8 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     r.extra["rotation"] = rotation;
     return r;
   };
-  auto dense = [&](int64_t it, int32_t num_query) {
+  auto dense = [&](int64_t it, int32_t num_query,
+                   kernels::DensePrefillArgs::Kernel kernel = kernels::DensePrefillArgs::Kernel::kAuto) {
     kernels::DensePrefillArgs da;
     SetAttentionCommon(da, cache, it, q.get(), gate_z.get(), gate_bias.get(), out.get());
     da.query_start = zero.get();
@@ -1319,6 +1330,8 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     da.seq_ids = zero.get();
     da.num_seq_ids = 1;
     da.max_num_query = num_query;
+    da.query_tile = ctx.opt.dense_query_tile;
+    da.kernel = kernel;
     BENCH_CUDA(kernels::DensePrefill(da, ctx.stream));
   };
   const int reps = ctx.opt.reps, warm = ctx.opt.warmup;
@@ -1346,6 +1359,18 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     dense_chunk_us = r.t.median_us;
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, "prefill_dense_chunk", L, 1, CheckOutput(ctx, out.get(), C * kHeads * kDHead));
+  }
+  // 2b. The same on the mma.sync kernel (what runs where wgmma does not), for comparison.
+  {
+    Record r = base("prefill_dense_chunk_mma_sync", C);
+    r.t = ctx.timer->Run(
+        [&](int64_t it) { dense(it, static_cast<int32_t>(C), kernels::DensePrefillArgs::Kernel::kMmaSync); }, warm,
+        reps, kPrefillBudgetMs);
+    r.flops = chunk_pairs * attn_flop_per_pair;
+    r.bytes = static_cast<double>(C) * 2 * kQBytesPerRow + static_cast<double>(L) * 2 * kKvBytesPerSlot;
+    r.bound = Bound::kBf16Mma;
+    AddRecord(ctx, std::move(r));
+    AddCheck(ctx, "prefill_dense_chunk_mma_sync", L, 1, CheckOutput(ctx, out.get(), C * kHeads * kDHead));
   }
   // 3. Indexer scores of the chunk (causal).
   const double b_index = chunk_pairs * 4 + static_cast<double>(L) * kKiBytesPerSlot;
@@ -1587,6 +1612,7 @@ int Main(int argc, char** argv) {
                               {"seed", ctx.opt.seed},
                               {"skip_ceilings", ctx.opt.skip_ceilings},
                               {"skip_decode", ctx.opt.skip_decode},
+                              {"dense_query_tile", ctx.opt.dense_query_tile},
                               {"prefill_reps_budget_ms", kPrefillBudgetMs}};
   ctx.meta["shapes"] = ShapesJson();
   ctx.meta["method"] =

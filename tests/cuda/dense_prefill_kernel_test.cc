@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "engine/backend/cuda/device_buffer.h"
@@ -109,9 +110,9 @@ class Runner {
  public:
   Runner(Case c, uint64_t seed) : c_(std::move(c)), seed_(seed) { Build(); }
 
-  // Uploads, poisons the output, launches with `query_tile` (DensePrefillArgs::query_tile: 0 lets
-  // the launcher pick), and downloads. Fills `r.failure` on any CUDA error.
-  Result Launch(int32_t query_tile) {
+  // Uploads, poisons the output, launches with `kernel` and `query_tile` (DensePrefillArgs: kAuto
+  // and 0 let the launcher pick), and downloads. Fills `r.failure` on any CUDA error.
+  Result Launch(int32_t query_tile, DensePrefillArgs::Kernel kernel = DensePrefillArgs::Kernel::kAuto) {
     Result r;
     auto fail = [&](const std::string& what, const absl::Status& s) {
       r.failure = what + ": " + std::string(s.message());
@@ -169,6 +170,7 @@ class Runner {
     a.scale = 1.0f / std::sqrt(static_cast<float>(c_.d_head));
     a.out = out->get();
     a.query_tile = query_tile;
+    a.kernel = kernel;
     cudaError_t e = DensePrefill(a, nullptr);
     if (e != cudaSuccess) return fail("launch", CudaStatus(e, "DensePrefill"));
     e = cudaDeviceSynchronize();
@@ -453,15 +455,27 @@ std::string Describe(const Case& c) {
   return os.str();
 }
 
-// Runs one case with a fresh seed and checks it, once with the launcher's own choice of query tile
-// and once with each tile forced (so every kernel configuration sees every case).
+// Whether the warpgroup kernel runs this case here (else forcing it must be refused).
+bool WarpgroupRuns(const Case& c) { return ::gsa::testing::WgmmaKernelsRun() && c.d_head == 128; }
+
+// Runs one case with a fresh seed and checks it, once with the launcher's own choice, once with
+// the mma.sync kernel at each query tile and once with the warpgroup kernel forced (so every
+// kernel configuration sees every case).
 void RunAndCheck(const Case& c) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed << "; " << Describe(c));
   Runner runner(c, seed);
-  for (int32_t tile : {0, 64, 128, 256}) {
-    SCOPED_TRACE(::testing::Message() << "query_tile " << tile);
-    Result r = runner.Launch(tile);
+  using K = DensePrefillArgs::Kernel;
+  const std::pair<int32_t, K> configs[] = {{0, K::kAuto}, {0, K::kMmaSync},   {64, K::kAuto},
+                                           {128, K::kAuto}, {256, K::kAuto}, {0, K::kWarpgroup}};
+  for (const auto& [tile, kernel] : configs) {
+    SCOPED_TRACE(::testing::Message() << "query_tile " << tile << ", kernel " << static_cast<int>(kernel));
+    Result r = runner.Launch(tile, kernel);
+    if (kernel == K::kWarpgroup && !WarpgroupRuns(c)) {
+      EXPECT_NE(r.failure.find("cudaErrorNotSupported"), std::string::npos) << "forced where it cannot run: "
+                                                                            << r.failure;
+      continue;
+    }
     if (!r.failure.empty()) {
       ADD_FAILURE() << r.failure;
       continue;
@@ -509,6 +523,9 @@ TEST(DensePrefillKernelTest, UnknownQueryTileIsRefused) {
     const Result r = runner.Launch(tile);
     EXPECT_NE(r.failure.find("cudaErrorInvalidValue"), std::string::npos) << "query_tile " << tile << ": " << r.failure;
   }
+  // A query tile belongs to the mma.sync kernel: with the warpgroup kernel forced it is refused.
+  const Result r = runner.Launch(128, DensePrefillArgs::Kernel::kWarpgroup);
+  EXPECT_NE(r.failure.find("cudaErrorInvalidValue"), std::string::npos) << r.failure;
 }
 
 TEST(DensePrefillKernelTest, SingleSequencePrefillHead128Gqa2) {
@@ -626,7 +643,7 @@ TEST(DensePrefillKernelTest, Deterministic) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   Runner runner(c, seed);
-  for (int32_t tile : {64, 128, 256}) {
+  for (int32_t tile : {0, 64, 128, 256}) {  // 0: the warpgroup kernel where it runs
     SCOPED_TRACE(::testing::Message() << "query_tile " << tile);
     Result first = runner.Launch(tile);
     ASSERT_TRUE(first.failure.empty()) << first.failure;
@@ -648,6 +665,24 @@ TEST(DensePrefillKernelTest, LongPrefillSampledRows) {
   c.shuffle_blocks = true;
   c.sample_rows = 48;
   RunAndCheck(c);
+}
+
+// A 2048-row prefill chunk at the end of a 128K-token context (the shape of the kernel bench's
+// prefill_dense_chunk), the model's heads; sampled rows against the reference, once with random
+// data (broad attention over 128K keys) and once with the local pattern (a wrong or missing key
+// anywhere in the 128K shows).
+TEST(DensePrefillKernelTest, ChunkAt128KSampledRows) {
+  GSA_REQUIRE_GPU();
+  for (Data data : {Data::kRandom, Data::kLocal}) {
+    SCOPED_TRACE(data == Data::kRandom ? "random data" : "local data");
+    Case c = SingleSequence(128, 16, 8, 131072 - 2048, 2048);
+    c.block_size = 64;
+    c.shuffle_blocks = true;
+    c.gate = true;
+    c.data = data;
+    c.sample_rows = 24;
+    RunAndCheck(c);
+  }
 }
 
 }  // namespace

@@ -40,13 +40,7 @@ float Fp8Value(uint8_t code) {
 }
 
 // Whether the warpgroup kernel runs here: compute capability 9.0 and at most 4 indexer heads.
-bool WarpgroupKernelRuns(int32_t n_heads) {
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) return false;
-  return major == 9 && minor == 0 && n_heads <= 4;
-}
+bool WarpgroupKernelRuns(int32_t n_heads) { return ::gsa::testing::WgmmaKernelsRun() && n_heads <= 4; }
 
 // Bitwise equality of two score buffers (NaN poison included), naming the first difference.
 void ExpectBitwiseEqual(const std::vector<float>& got, const std::vector<float>& want, const char* what) {

@@ -36,6 +36,16 @@ inline std::string GpuUnavailableReason() {
     if (!gsa_gpu_why_.empty()) GTEST_SKIP() << "GPU test skipped: " << gsa_gpu_why_; \
   } while (0)
 
+// Whether the current device runs the kernels built on Hopper's wgmma (compute capability 9.0,
+// the sm_90a code); where not, forcing one of them must return cudaErrorNotSupported.
+inline bool WgmmaKernelsRun() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) return false;
+  return major == 9 && minor == 0;
+}
+
 // Round-to-nearest-even fp32 → bf16 → fp32, as the device's __float2bfloat16 does.
 inline float RoundBf16(float x) {
   uint32_t u;
