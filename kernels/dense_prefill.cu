@@ -55,6 +55,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/device_caps.h"
 #include "kernels/flash_mma.cuh"
 #include "kernels/wgmma.cuh"
 
@@ -635,7 +636,7 @@ cudaError_t DensePrefill(const DensePrefillArgs& a, cudaStream_t stream) {
   if (a.kernel == DensePrefillArgs::Kernel::kWarpgroup && a.query_tile != 0) return cudaErrorInvalidValue;
   if (a.kernel != DensePrefillArgs::Kernel::kMmaSync && a.query_tile == 0) {
     bool supported = false;
-    const cudaError_t err = wgmma::Supported(&supported);
+    const cudaError_t err = OnCurrentDevice(WgmmaSupported, &supported);
     if (err != cudaSuccess) return err;
     supported = supported && a.d_head == wgk::kD;
     if (supported) return LaunchWgmma(a, stream);

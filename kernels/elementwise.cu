@@ -207,7 +207,7 @@ cudaError_t RmsNormRows(const float* x, const int32_t* gather, const float* w, i
                    aligned(out_f32);
   // Programmatic dependents (Hopper and later): the launch overlaps the previous kernel's tail.
   bool pdl = false;
-  if (const cudaError_t err = ProgrammaticLaunchSupported(&pdl); err != cudaSuccess) return err;
+  if (const cudaError_t err = OnCurrentDevice(ProgrammaticLaunchSupported, &pdl); err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(rows)), block(kThreads);
   if (vec && d <= int64_t{kThreads} * 4 * 2) {
     return LaunchProgrammaticDependent(RmsNormRowsKernel<2>, grid, block, stream, pdl, x, gather, w, d, eps, out, out_f32);
@@ -224,7 +224,7 @@ cudaError_t PostProjection(const PostProjectionArgs& args, cudaStream_t stream) 
   const dim3 grid(static_cast<unsigned>(args.num_rows),
                   static_cast<unsigned>(PostProjectionRopeParts(args.n_heads, args.n_kv_heads) + 2));
   bool pdl = false;
-  if (const cudaError_t err = ProgrammaticLaunchSupported(&pdl); err != cudaSuccess) return err;
+  if (const cudaError_t err = OnCurrentDevice(ProgrammaticLaunchSupported, &pdl); err != cudaSuccess) return err;
   return LaunchProgrammaticDependentSmem(PostProjectionKernel, grid, dim3(kPostProjectionThreads), smem, stream, pdl,
                                          args);
 }

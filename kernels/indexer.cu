@@ -1,5 +1,6 @@
 #include "kernels/indexer.h"
 
+#include "kernels/device_caps.h"
 #include "kernels/indexer_math.cuh"
 #include "kernels/wgmma.cuh"
 
@@ -500,7 +501,7 @@ cudaError_t UseWarpgroupKernel(const IndexerScoresArgs& a, bool* use) {
   *use = false;
   if (a.kernel == IndexerScoresArgs::Kernel::kPerWarp) return cudaSuccess;
   bool supported = false;
-  const cudaError_t err = wgmma::Supported(&supported);
+  const cudaError_t err = OnCurrentDevice(WgmmaSupported, &supported);
   if (err != cudaSuccess) return err;
   supported = supported && a.n_indexer_heads <= kWgHeads;
   if (a.kernel == IndexerScoresArgs::Kernel::kWarpgroup) {

@@ -12,6 +12,8 @@
 
 #include <utility>
 
+#include "kernels/device_caps.h"  // ProgrammaticLaunchSupported
+
 namespace gsa::kernels {
 
 // Waits until every prerequisite grid has completed and its memory operations are visible.
@@ -26,23 +28,6 @@ __device__ __forceinline__ void PdlLaunchDependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-}
-
-// Host: whether `device` takes programmatic dependent launches (compute capability ≥ 9: Hopper and
-// later). The one place that rule lives; an error asking is returned as is (*supported false).
-inline cudaError_t ProgrammaticLaunchSupported(int device, bool* supported) {
-  int cc_major = 0;
-  const cudaError_t err = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device);
-  *supported = err == cudaSuccess && cc_major >= 9;
-  return err;
-}
-
-// The same for the current device.
-inline cudaError_t ProgrammaticLaunchSupported(bool* supported) {
-  int device = 0;
-  const cudaError_t err = cudaGetDevice(&device);
-  *supported = false;
-  return err == cudaSuccess ? ProgrammaticLaunchSupported(device, supported) : err;
 }
 
 // Host: launches `kernel` on `stream` as a programmatic dependent of the work before it when

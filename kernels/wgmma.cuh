@@ -1,7 +1,7 @@
 // Hopper warpgroup matrix multiply (wgmma, PTX ISA "Asynchronous Warpgroup Level Matrix
 // Multiply-Accumulate"), the pieces our kernels use. Only the sm_90a build has these instructions:
 // device code is compiled only where GSA_WGMMA_AVAILABLE is set (elsewhere the functions are empty
-// and a kernel built on them must never run), and host code asks Supported() before
+// and a kernel built on them must never run), and host code asks WgmmaSupported() (kernels/device_caps.h) before
 // launching such a kernel. Include only from .cu files.
 //
 // Shapes: D[64 × N] (fp32) += A[64 × 16] (bf16) · B[16 × N] (bf16), issued by the 128 threads of a
@@ -27,25 +27,6 @@
 #endif
 
 namespace gsa::kernels::wgmma {
-
-// Host: whether `device` runs this build's wgmma kernels: compute capability exactly 9.0 (the
-// sm_90a code; other devices get the compute_80 PTX, which has no wgmma). Errors asking are
-// returned as is (*supported false).
-inline cudaError_t Supported(int device, bool* supported) {
-  int major = 0, minor = 0;
-  cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  *supported = err == cudaSuccess && major == 9 && minor == 0;
-  return err;
-}
-
-// The same for the current device.
-inline cudaError_t Supported(bool* supported) {
-  int device = 0;
-  const cudaError_t err = cudaGetDevice(&device);
-  *supported = false;
-  return err == cudaSuccess ? Supported(device, supported) : err;
-}
 
 // Shared-memory layouts a descriptor can name (PTX ISA "Shared Memory Matrix Layout"; the
 // descriptor's bits 62-63).

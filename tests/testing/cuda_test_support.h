@@ -13,6 +13,7 @@
 
 #include "engine/backend/cuda/device_buffer.h"
 #include "gtest/gtest.h"
+#include "kernels/device_caps.h"
 
 namespace gsa::testing {
 
@@ -36,14 +37,11 @@ inline std::string GpuUnavailableReason() {
     if (!gsa_gpu_why_.empty()) GTEST_SKIP() << "GPU test skipped: " << gsa_gpu_why_; \
   } while (0)
 
-// Whether the current device runs the kernels built on Hopper's wgmma (compute capability 9.0,
-// the sm_90a code); where not, forcing one of them must return cudaErrorNotSupported.
+// Whether the current device runs the kernels built on Hopper's wgmma (kernels/device_caps.h);
+// where not, forcing one of them must return cudaErrorNotSupported.
 inline bool WgmmaKernelsRun() {
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) return false;
-  return major == 9 && minor == 0;
+  bool supported = false;
+  return ::gsa::kernels::OnCurrentDevice(::gsa::kernels::WgmmaSupported, &supported) == cudaSuccess && supported;
 }
 
 // Round-to-nearest-even fp32 → bf16 → fp32, as the device's __float2bfloat16 does.
