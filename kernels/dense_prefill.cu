@@ -69,6 +69,61 @@ using flash::kLog2e;
 using flash::LdMatrixX4;
 using flash::SmemAddr;
 
+// Both kernels' pieces outside the key loop.
+
+// Copies the tile's kRows query rows of head h (rows row0 …; rows ≥ rows_valid zero-filled) into
+// sQ, row stride kStride elements: thread tid copies 16-byte chunk tid % (D / 8) of rows
+// tid / (D / 8) + i · kThreads / (D / 8). Issued, not committed.
+template <int kRows, int kThreads, int D, int kStride>
+__device__ __forceinline__ void CopyQTile(const DensePrefillArgs& a, bf16* sQ, int64_t row0, int h, int rows_valid) {
+  constexpr int kChunks = D / 8;
+  constexpr int kRowStep = kThreads / kChunks;
+  static_assert(kThreads % kChunks == 0 && kRows % kRowStep == 0, "whole copy rounds");
+  const int cc = static_cast<int>(threadIdx.x) % kChunks;
+  const int cr = static_cast<int>(threadIdx.x) / kChunks;
+  const int64_t q_row_stride = static_cast<int64_t>(a.n_heads) * D;
+#pragma unroll
+  for (int i = 0; i < kRows / kRowStep; ++i) {
+    const int r = cr + i * kRowStep;
+    const bool valid = r < rows_valid;
+    const bf16* src = valid ? a.q + (row0 + r) * q_row_stride + static_cast<int64_t>(h) * D + cc * 8 : a.q;
+    CpAsync16(SmemAddr(sQ + r * kStride + cc * 8), src, valid);
+  }
+}
+
+// Stores tile row r (row g + 8·hf of an m16 atom whose O accumulators are acc_o) of head h: O / l
+// with l the quad's row sum (0 for a row that attended to nothing), times the output gate. Every
+// lane of the quad must call it (the row-sum shuffles); rows ≥ rows_valid are not stored.
+template <int D>
+__device__ __forceinline__ void StoreTileRow(const DensePrefillArgs& a, const float (&acc_o)[D / 8][4], int hf,
+                                             float row_sum_part, int64_t row0, int r, int rows_valid, int h, int t) {
+  const float l = flash::QuadRowSum(row_sum_part);
+  if (r >= rows_valid) return;
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l ≥ 1 for every real row
+  const int64_t row = row0 + r;
+  const bool gated = a.gate_z != nullptr;
+  bf16* const out = a.out + row * static_cast<int64_t>(a.n_heads) * D + static_cast<int64_t>(h) * D;
+  const float* const gz = gated ? a.gate_z + row * a.gate_stride + static_cast<int64_t>(h) * D : nullptr;
+  const float* const gb = (gated && a.gate_bias != nullptr) ? a.gate_bias + static_cast<int64_t>(h) * D : nullptr;
+  flash::StoreRow<D / 8>(acc_o, hf, inv, t, out, gated, gz, gb, a.gate_act);
+}
+
+// Launches `kernel` over (heads, query tiles of kBlockM rows, listed sequences) with `smem` bytes
+// of dynamic shared memory.
+template <int kBlockM>
+cudaError_t LaunchTiles(void (*kernel)(DensePrefillArgs), int threads, size_t smem, const DensePrefillArgs& a,
+                        cudaStream_t stream) {
+  const int64_t m_tiles = (static_cast<int64_t>(a.max_num_query) + kBlockM - 1) / kBlockM;
+  if (m_tiles > 65535 || a.num_seq_ids > 65535) return cudaErrorInvalidValue;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>(a.n_heads), static_cast<unsigned>(m_tiles),
+                  static_cast<unsigned>(a.num_seq_ids));
+  kernel<<<grid, threads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
 template <int D_, int kWarps_, int kMAtoms_, int kBlockN_, int kSubN_ = kBlockN_>
 struct Cfg {
   static constexpr int D = D_;
@@ -81,7 +136,6 @@ struct Cfg {
   static constexpr int kStride = D + 8;                  // shared row stride in elements (padding)
   static constexpr int kChunks = D / 8;                  // 16-byte chunks per row
   static constexpr int kRowStep = kThreads / kChunks;    // rows between one thread's chunks
-  static constexpr int kQRowsPerThread = kBlockM / kRowStep;
   static constexpr int kKvRowsPerThread = kBlockN / kRowStep;
   // Q fragments live in registers for one m atom per warp (D/16 × 4 registers); with more atoms
   // they are re-read from shared memory per key tile to keep the register count down.
@@ -92,7 +146,7 @@ struct Cfg {
 
   static_assert(D % 16 == 0 && kSubN % 16 == 0 && kBlockN % kSubN == 0, "mma tiles");
   static_assert(kThreads % kChunks == 0, "a thread copies a fixed chunk column");
-  static_assert(kBlockM % kRowStep == 0 && kBlockN % kRowStep == 0, "whole copy rounds");
+  static_assert(kBlockN % kRowStep == 0, "whole copy rounds");
   static_assert((kStride * sizeof(bf16)) % 16 == 0, "16-byte aligned shared rows");
   static_assert((kStride * sizeof(bf16)) % 128 == 16, "conflict-free ldmatrix rows");
 };
@@ -141,18 +195,11 @@ __global__ void __launch_bounds__(C::kThreads) DensePrefillKernel(const DensePre
   // ---- copies: thread tid copies chunk column cc of rows cr, cr + kRowStep, …
   const int cc = tid % C::kChunks;
   const int cr = tid / C::kChunks;
-  const int64_t q_row_stride = static_cast<int64_t>(a.n_heads) * D;
   const int64_t kv_slot_stride = static_cast<int64_t>(a.n_kv_heads) * D;
   const bf16* const k_base = a.k_cache + static_cast<int64_t>(kvh) * D + cc * 8;
   const bf16* const v_base = a.v_cache + static_cast<int64_t>(kvh) * D + cc * 8;
 
-#pragma unroll
-  for (int i = 0; i < C::kQRowsPerThread; ++i) {
-    const int r = cr + i * C::kRowStep;
-    const bool valid = r < rows_valid;
-    const bf16* src = valid ? a.q + (row0 + r) * q_row_stride + static_cast<int64_t>(h) * D + cc * 8 : a.q;
-    CpAsync16(SmemAddr(sQ + r * kStride + cc * 8), src, valid);
-  }
+  CopyQTile<kBlockM, C::kThreads, D, kStride>(a, sQ, row0, h, rows_valid);
 
   // Key rows of tile `tile` into `stage`; each row's slot is looked up where it is used (kept
   // between the K and V copies, the slots cost registers this kernel does not have).
@@ -250,51 +297,18 @@ __global__ void __launch_bounds__(C::kThreads) DensePrefillKernel(const DensePre
   for (int it = n_unmasked; it < n_tiles; ++it) step(it, std::true_type{});
 
   // ---- epilogue: O / l, output gate, bf16 stores (row g / g+8, channels 8j + 2t, 8j + 2t + 1)
-  const int64_t out_row_stride = static_cast<int64_t>(a.n_heads) * D;
-  const bool gated = a.gate_z != nullptr;
 #pragma unroll
   for (int mi = 0; mi < kMAtoms; ++mi) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float l = row_sum[mi][hf];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int r = wrow0 + mi * 16 + g + hf * 8;
-      if (r >= rows_valid) continue;
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l ≥ 1 for every real row
-      const int64_t row = row0 + r;
-      bf16* const out = a.out + row * out_row_stride + static_cast<int64_t>(h) * D;
-      const float* const gz = gated ? a.gate_z + row * a.gate_stride + static_cast<int64_t>(h) * D : nullptr;
-      const float* const gb = (gated && a.gate_bias != nullptr) ? a.gate_bias + static_cast<int64_t>(h) * D : nullptr;
-#pragma unroll
-      for (int j = 0; j < kDTiles; ++j) {
-        const int d = j * 8 + 2 * t;
-        float v0 = acc_o[mi][j][2 * hf] * inv;
-        float v1 = acc_o[mi][j][2 * hf + 1] * inv;
-        if (gated) {
-          const float z0 = gz[d] + (gb != nullptr ? gb[d] : 0.0f);
-          const float z1 = gz[d + 1] + (gb != nullptr ? gb[d + 1] : 0.0f);
-          v0 *= GateActF(a.gate_act, z0);
-          v1 *= GateActF(a.gate_act, z1);
-        }
-        *reinterpret_cast<__nv_bfloat162*>(out + d) = __floats2bfloat162_rn(v0, v1);
-      }
+      StoreTileRow<D>(a, acc_o[mi], hf, row_sum[mi][hf], row0, wrow0 + mi * 16 + g + hf * 8, rows_valid, h, t);
     }
   }
 }
 
 template <class C>
 cudaError_t Launch(const DensePrefillArgs& a, cudaStream_t stream) {
-  const int64_t m_tiles = (static_cast<int64_t>(a.max_num_query) + C::kBlockM - 1) / C::kBlockM;
-  if (m_tiles > 65535 || a.num_seq_ids > 65535) return cudaErrorInvalidValue;
-  cudaError_t err =
-      cudaFuncSetAttribute(DensePrefillKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(C::kSmemBytes));
-  if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(a.n_heads), static_cast<unsigned>(m_tiles),
-                  static_cast<unsigned>(a.num_seq_ids));
-  DensePrefillKernel<C><<<grid, C::kThreads, C::kSmemBytes, stream>>>(a);
-  return cudaGetLastError();
+  return LaunchTiles<C::kBlockM>(DensePrefillKernel<C>, C::kThreads, C::kSmemBytes, a, stream);
 }
 
 // ---- The warpgroup kernel (Hopper wgmma), d_head 128 -------------------------------------------
@@ -386,18 +400,7 @@ __global__ void __launch_bounds__(wgk::kThreads) DensePrefillWgmmaKernel(const D
   const int wg = warp >> 2;
   const int wrow0 = wg * 64 + (warp & 3) * 16;  // the warp's first tile row
 
-  // ---- Q: thread tid copies chunk tid % 16 of rows tid / 16 + 16 i (padded rows)
-  {
-    const int cc = tid % (kD / 8);
-    const int64_t q_row_stride = static_cast<int64_t>(a.n_heads) * kD;
-#pragma unroll
-    for (int i = 0; i < kBlockM * (kD / 8) / kThreads; ++i) {
-      const int r = tid / (kD / 8) + i * (kThreads / (kD / 8));
-      const bool valid = r < rows_valid;
-      const bf16* src = valid ? a.q + (row0 + r) * q_row_stride + static_cast<int64_t>(h) * kD + cc * 8 : a.q;
-      CpAsync16(SmemAddr(sQ + r * kQStride + cc * 8), src, valid);
-    }
-  }
+  CopyQTile<kBlockM, kThreads, kD, kQStride>(a, sQ, row0, h, rows_valid);  // padded rows
 
   // ---- K/V copies: instruction j of warp w moves keys 4q … 4q + 3, q = 8 (j % 4) + w, channel
   // half j / 4: 128 contiguous bytes of each key row from the cache, 4 whole 128-byte lines of
@@ -554,33 +557,15 @@ __global__ void __launch_bounds__(wgk::kThreads) DensePrefillWgmmaKernel(const D
   }
 
   // ---- epilogue
-  const int64_t out_row_stride = static_cast<int64_t>(a.n_heads) * kD;
-  const bool gated = a.gate_z != nullptr;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    const float l = flash::QuadRowSum(row_sum[0][hf]);
-    const int r = wrow0 + g + hf * 8;
-    if (r >= rows_valid) continue;
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    const int64_t row = row0 + r;
-    bf16* const out = a.out + row * out_row_stride + static_cast<int64_t>(h) * kD;
-    const float* const gz = gated ? a.gate_z + row * a.gate_stride + static_cast<int64_t>(h) * kD : nullptr;
-    const float* const gb = (gated && a.gate_bias != nullptr) ? a.gate_bias + static_cast<int64_t>(h) * kD : nullptr;
-    flash::StoreRow<kDTiles>(acc_o[0], hf, inv, t, out, gated, gz, gb, a.gate_act);
+    StoreTileRow<kD>(a, acc_o[0], hf, row_sum[0][hf], row0, wrow0 + g + hf * 8, rows_valid, h, t);
   }
 #endif
 }
 
 cudaError_t LaunchWgmma(const DensePrefillArgs& a, cudaStream_t stream) {
-  const int64_t m_tiles = (static_cast<int64_t>(a.max_num_query) + wgk::kBlockM - 1) / wgk::kBlockM;
-  if (m_tiles > 65535 || a.num_seq_ids > 65535) return cudaErrorInvalidValue;
-  cudaError_t err = cudaFuncSetAttribute(DensePrefillWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(wgk::kSmemBytes));
-  if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(a.n_heads), static_cast<unsigned>(m_tiles),
-                  static_cast<unsigned>(a.num_seq_ids));
-  DensePrefillWgmmaKernel<<<grid, wgk::kThreads, wgk::kSmemBytes, stream>>>(a);
-  return cudaGetLastError();
+  return LaunchTiles<wgk::kBlockM>(DensePrefillWgmmaKernel, wgk::kThreads, wgk::kSmemBytes, a, stream);
 }
 
 // The configurations in use, measured on an H200 (16 query / 8 KV heads, one sequence, causal,
