@@ -1,8 +1,8 @@
 // Hopper warpgroup matrix multiply (wgmma, PTX ISA "Asynchronous Warpgroup Level Matrix
 // Multiply-Accumulate"), the pieces our kernels use. Only the sm_90a build has these instructions:
 // device code is compiled only where GSA_WGMMA_AVAILABLE is set (elsewhere the functions are empty
-// and a kernel built on them must never run), and host code asks WgmmaSupported() (kernels/device_caps.h) before
-// launching such a kernel. Include only from .cu files.
+// and a kernel built on them must never run), and host code asks WgmmaSupported()
+// (kernels/device_caps.h) before launching such a kernel. Include only from .cu files.
 //
 // Shapes: D[64 × N] (fp32) += A[64 × 16] (bf16) · B[16 × N] (bf16), issued by the 128 threads of a
 // warpgroup together. A comes from registers: warp w of the warpgroup holds rows 16w … 16w + 15 in

@@ -440,12 +440,12 @@ absl::Status CudaBackend::AllocateCache(int64_t num_blocks, int64_t block_size) 
   impl_->cache.clear();
   cache_spec_ = CacheSpec{};
   const CacheSpec spec = CacheSpec::ForModel(config_, num_blocks, block_size);
-  // One block more than the engine sees: the scratch block that padding rows of decode graphs write.
   if (spec.num_slots() > int64_t{INT32_MAX} - block_size) {  // kernels/paged.h: slots are int32
     return absl::InvalidArgumentError(absl::StrCat("a cache of ", num_blocks, " blocks x ", block_size,
                                                    " tokens has more than 2^31 - 1 slots, the most the CUDA kernels "
                                                    "address; lower the cache size"));
   }
+  // One block more than the engine sees: the scratch block that padding rows of decode graphs write.
   const size_t slots = static_cast<size_t>(spec.num_slots() + block_size);
   auto alloc = [&]() -> absl::Status {
     for (int64_t l = 0; l < config_.n_layers; ++l) {
