@@ -248,10 +248,18 @@ __device__ __forceinline__ int WgOperandOffset(int col, int kappa) {  // bytes w
   return ((kappa >> 3) * (kWgCols / 8) + (col >> 3)) * 128 + (col & 7) * 16 + (kappa & 7) * 2;
 }
 
+// What the kernel does with a score (kernels/indexer.h): stores it (IndexerScores, and the sampled
+// mode: candidate index i stands for position (i / 64) · stride + i % 64), or keeps it in the row's
+// list when it reaches the row's threshold (IndexerScoresFiltered), with or without the row's sums.
+enum class WgMode { kStore, kFilter, kFilterStats };
+
 // Two blocks (four warpgroups) a multiprocessor at D_I ≤ 64 (128 registers, no spills); one at
 // D_I = 128 (~210 registers: the key fragments double).
-template <int D_I, bool kFp8, bool kRelu>
-__global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWgmmaKernel(IndexerScoresArgs a, int tiles) {
+template <int D_I, bool kFp8, bool kRelu, WgMode kMode>
+__global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1)
+    IndexerScoresWgmmaKernel(IndexerScoresArgs a, int tiles, int32_t stride, IndexerFilter f) {
+  constexpr bool kFilter = kMode != WgMode::kStore;
+  constexpr bool kStats = kMode == WgMode::kFilterStats;
 #ifndef GSA_WGMMA_AVAILABLE
   __trap();  // the launcher runs this kernel only on compute capability 9.0 (the sm_90a code)
 #endif
@@ -268,24 +276,38 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
   __shared__ float4 s_wb[kWgRows * kWgHeads / 2];
   __shared__ int32_t s_run_begin[kWgRows], s_run_end[kWgRows], s_run_lim[kWgRows];
   __shared__ int32_t s_runs;
+  // Filtered: per row (threshold, shift), its list and where its count goes.
+  __shared__ float2 s_ts[kFilter ? kWgRows : 1];
+  __shared__ indexer_math::PrefillList s_list[kFilter ? kWgRows : 1];
+  // Each warp's kept scores of one tile (at most its 16 candidates × 32 rows).
+  __shared__ uint2 s_keep[kFilter ? kWgGroups * 4 : 1][kFilter ? kWgCols / 8 * 32 : 1];
+  __shared__ double2 s_stat[kStats ? kWgGroups * 4 : 1][kStats ? kWgRows : 1];
   constexpr int kKPad = WgKPad<D_I>();
   constexpr int kPart = WgPartBytes<D_I>();
   const int64_t r0 = a.row_begin + static_cast<int64_t>(blockIdx.y) * kWgRows;
   const int nrows = static_cast<int>(min(static_cast<int64_t>(kWgRows), a.row_begin + a.row_count - r0));
   const int64_t block_c0 = static_cast<int64_t>(blockIdx.x) * tiles * kCandPerTile;
   const int nh = a.n_indexer_heads;
+  // Position of candidate index c (stride 64: c itself).
+  auto pos_of = [stride](int64_t c) { return (c >> 6) * stride + (c & 63); };
 
   if (threadIdx.x < kWgRows) {
     const int i = threadIdx.x;
     RowOut ro{a.scores, -1, -1};
+    float2 ts = make_float2(__int_as_float(0x7FC00000), 0.0f);  // NaN: keeps nothing
     if (i < nrows) {
       const int64_t r = r0 + i;
       const int32_t pos = a.rows.dense[r] ? -1 : a.rows.position[r];
-      ro.pos = pos < block_c0 ? -1 : pos;
+      ro.pos = pos < pos_of(block_c0) ? -1 : pos;
       ro.seq = a.rows.seq[r];
       ro.out = a.scores + a.score_offset[r - a.row_begin];
+      if constexpr (kFilter) {
+        ts = f.thr_shift[r - a.row_begin];
+        s_list[i] = indexer_math::PrefillListOf(ro.out, static_cast<int64_t>(pos) + 1, f.list_cap);
+      }
     }
     s_rows[i] = ro;
+    if constexpr (kFilter) s_ts[i] = ts;
   }
   __syncthreads();
   if (threadIdx.x == 0) {  // runs of consecutive same-sequence rows with something to score
@@ -383,17 +405,56 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
   const indexer_math::KeySource src{a.ki_cache, a.ki_fp8, a.ki_scale};
   const int wg_tiles = tiles * (kCandPerTile / kWgCand);
   const int runs = s_runs;
+  // Filtered with sums: the lane's deviations and squares for row 2i + t / 2 of the columns i with
+  // i % 2 = t % 2 (entry i / 2).
+  constexpr int kSums = kStats ? kWgCols / 16 : 1;
+  float sum_d[kSums], sum_d2[kSums];
+#pragma unroll
+  for (int i = 0; i < kSums; ++i) sum_d[i] = sum_d2[i] = 0.0f;
+  // Filtered: the warp's kept (row << 24 | position, score bits) since its last flush, which appends
+  // each to its row's list.
+  // The lane's first entry of a flush waits for its list index until the next flush (a tile's
+  // products and epilogue later) and is stored then: waiting for the atomic's round trip at every
+  // tile made the kernel ~1.5x slower. Entries past a warp's first 32 of a tile (rare unless a
+  // row's high scores cluster) are stored at once.
+  int32_t kept = 0, p_idx = -1;
+  uint2 p_entry = make_uint2(0u, 0u);
+  auto store = [&](int32_t idx, uint2 v) {
+    const indexer_math::PrefillList list = s_list[v.x >> 24];
+    if (idx < list.capacity) __stcg(list.entries + idx, make_int2(static_cast<int32_t>(v.x & 0xFFFFFFu), v.y));
+  };
+  auto drain = [&]() {
+    if (p_idx >= 0) store(p_idx, p_entry);
+    p_idx = -1;
+  };
+  auto flush = [&]() {
+    __syncwarp();
+    drain();
+    const int w = threadIdx.x >> 5;
+    if (lane < kept) {
+      p_entry = s_keep[w][lane];
+      p_idx = atomicAdd(f.count + (r0 - a.row_begin) + (p_entry.x >> 24), 1);
+    }
+    for (int32_t e = 32 + lane; e < kept; e += 32) {
+      const uint2 v = s_keep[w][e];
+      store(atomicAdd(f.count + (r0 - a.row_begin) + (v.x >> 24), 1), v);
+    }
+    __syncwarp();
+    kept = 0;
+  };
   for (int run = 0; run < runs; ++run) {
     const int i0 = s_run_begin[run], i1 = s_run_end[run];
     const int32_t lim = s_run_lim[run], seq = s_rows[i0].seq;
     // Slots of the lane's two candidates of tile wt (rows g and g + 8 of its warp; -1 past the
     // run's last position).
     auto slots = [&](int wt, int64_t* lo, int64_t* hi) {
-      const int32_t c_lo = static_cast<int32_t>(block_c0 + static_cast<int64_t>(wt) * kWgCand) + 16 * warp + g;
+      const int32_t c_lo = static_cast<int32_t>(pos_of(block_c0 + static_cast<int64_t>(wt) * kWgCand)) + 16 * warp + g;
       *lo = c_lo <= lim ? SlotOfPosition(a.paged, seq, c_lo) : -1;
       *hi = c_lo + 8 <= lim ? SlotOfPosition(a.paged, seq, c_lo + 8) : -1;
     };
-    auto live_tile = [&](int wt) { return wt < wg_tiles && block_c0 + static_cast<int64_t>(wt) * kWgCand <= lim; };
+    auto live_tile = [&](int wt) {
+      return wt < wg_tiles && pos_of(block_c0 + static_cast<int64_t>(wt) * kWgCand) <= lim;
+    };
     int wt = wg;
     if (!live_tile(wt)) continue;  // uniform over the warpgroup
     int64_t slot_lo, slot_hi;
@@ -423,6 +484,7 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
         }
       }
       wgmma::WgmmaCommit();
+      if constexpr (kFilter) flush();  // the previous tile's kept scores
       // While the tensor cores work: the next tile's slots (their block-table loads wait here)
       // and its key rows into L1, so that the loads at the top of the next iteration hit L1.
       const bool more = live_tile(wt + kWgGroups);
@@ -449,6 +511,7 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
       // TileScoresPair's lane holds, and sums it the same way.
       const int64_t c_lo = block_c0 + static_cast<int64_t>(wt) * kWgCand + 16 * warp + g;
       const int64_t c = (t & 1) ? c_lo + 8 : c_lo;
+      const int64_t c_pos = pos_of(c);
 #pragma unroll
       for (int i = 0; i < kWgCols / 8; ++i) {
         const int row = 2 * i + (t >> 1);
@@ -460,34 +523,111 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1) IndexerScoresWg
         hi = term(acc[4 * i + 3], scale[1], wb.y, wb.w, hi);
         lo += __shfl_xor_sync(0xffffffffu, lo, 1);
         hi += __shfl_xor_sync(0xffffffffu, hi, 1);
-        // A global store the compiler knows to be global: through the generic pointer it had to
-        // assume each store might alias the shared-memory loads of the next column, and ran the
-        // columns one after another.
-        if (row >= i0 && row < i1 && c <= ro.pos) __stcg(ro.out + c, (t & 1) ? hi : lo);
+        const bool live = row >= i0 && row < i1 && c_pos <= ro.pos;
+        const float x = (t & 1) ? hi : lo;
+        if constexpr (!kFilter) {
+          // A global store the compiler knows to be global: through the generic pointer it had to
+          // assume each store might alias the shared-memory loads of the next column, and ran the
+          // columns one after another.
+          if (live) __stcg(ro.out + c, x);
+        } else {
+          const float2 ts = s_ts[row];
+          if constexpr (kStats) {
+            // Lanes t and t ^ 1 both hold row 2i + t / 2's two scores (candidates c_lo, c_lo + 8):
+            // the lane with t % 2 = i % 2 sums both (half the accumulators a lane).
+            if ((t & 1) == (i & 1)) {
+              const bool in_run = row >= i0 && row < i1;
+              const float dl = in_run && c_lo <= ro.pos ? lo - ts.y : 0.0f;
+              const float dh = in_run && c_lo + 8 <= ro.pos ? hi - ts.y : 0.0f;
+              sum_d[i / 2] += dl + dh;
+              sum_d2[i / 2] = fmaf(dl, dl, fmaf(dh, dh, sum_d2[i / 2]));
+            }
+          }
+          // Kept scores go to the warp's buffer (no atomics here: their round trips, one per column,
+          // made the kernel twice as slow); the buffer goes to the rows' lists under the next
+          // tile's products.
+          const bool keep = live && x >= ts.x;
+          const uint32_t b = __ballot_sync(0xffffffffu, keep);
+          if (keep) {
+            s_keep[threadIdx.x >> 5][kept + __popc(b & ((1u << lane) - 1u))] =
+                make_uint2((static_cast<uint32_t>(row) << 24) | static_cast<uint32_t>(c_pos), __float_as_uint(x));
+          }
+          kept += __popc(b);
+        }
       }
+    }
+  }
+  if constexpr (kFilter) {
+    flush();
+    drain();
+  }
+  if constexpr (kStats) {
+    // The block's sums a row, in double from the lanes' fp32 sums (≤ 16 terms each) on: over the
+    // warp's lanes of the row (t / 2 fixed), then over the block's 8 warps, in a fixed order.
+#pragma unroll
+    for (int e = 0; e < kSums; ++e) {
+      double s1 = sum_d[e], s2 = sum_d2[e];
+#pragma unroll
+      for (int m = 4; m < 32; m *= 2) {  // over g: the lanes of the same t hold the same row
+        s1 += __shfl_xor_sync(0xffffffffu, s1, m);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, m);
+      }
+      if (lane < 4) s_stat[threadIdx.x >> 5][2 * (2 * e + (t & 1)) + (t >> 1)] = make_double2(s1, s2);
+    }
+    __syncthreads();
+    if (threadIdx.x < nrows) {
+      double s1 = 0.0, s2 = 0.0;
+#pragma unroll
+      for (int w = 0; w < kWgGroups * 4; ++w) {
+        const double2 v = s_stat[w][threadIdx.x];
+        s1 += v.x;
+        s2 += v.y;
+      }
+      f.stats[(r0 - a.row_begin + threadIdx.x) * gridDim.x + blockIdx.x] = make_double2(s1, s2);
     }
   }
 }
 
-template <int D_I, bool kFp8, bool kRelu>
-cudaError_t LaunchWgmmaKernel(const IndexerScoresArgs& a, cudaStream_t stream) {
+// How the warpgroup kernel runs: its mode, the sampled mode's stride (64: every candidate) and the
+// filter.
+struct WgLaunch {
+  WgMode mode = WgMode::kStore;
+  int32_t stride = kWgCand;
+  IndexerFilter filter;
+};
+
+template <int D_I, bool kFp8, bool kRelu, WgMode kMode>
+cudaError_t LaunchWgmmaKernel(const IndexerScoresArgs& a, const WgLaunch& w, cudaStream_t stream) {
   const size_t smem = 3 * static_cast<size_t>(WgPartBytes<D_I>());
-  const cudaError_t err = cudaFuncSetAttribute(IndexerScoresWgmmaKernel<D_I, kFp8, kRelu>,
+  const cudaError_t err = cudaFuncSetAttribute(IndexerScoresWgmmaKernel<D_I, kFp8, kRelu, kMode>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  // Two blocks a multiprocessor instead of four: half the blocks make as many waves.
-  const LaunchShape shape = ChooseShape(a, kWgRows, kMinBlocks / 2);
-  IndexerScoresWgmmaKernel<D_I, kFp8, kRelu><<<shape.grid, kWgThreads, smem, stream>>>(a, shape.tiles);
+  // Two blocks a multiprocessor instead of four: half the blocks make as many waves. Filtered: always
+  // 2048 candidates a block (the sums' layout, IndexerFilterBlocks).
+  IndexerScoresArgs shaped = a;
+  if (kMode != WgMode::kStore) shaped.tiles_per_block = kMaxTilesPerBlock;
+  const LaunchShape shape = ChooseShape(shaped, kWgRows, kMinBlocks / 2);
+  IndexerScoresWgmmaKernel<D_I, kFp8, kRelu, kMode><<<shape.grid, kWgThreads, smem, stream>>>(a, shape.tiles, w.stride,
+                                                                                               w.filter);
   return cudaGetLastError();
 }
 
+template <int D_I, bool kFp8, bool kRelu>
+cudaError_t LaunchWgmmaMode(const IndexerScoresArgs& a, const WgLaunch& w, cudaStream_t stream) {
+  switch (w.mode) {
+    case WgMode::kFilter: return LaunchWgmmaKernel<D_I, kFp8, kRelu, WgMode::kFilter>(a, w, stream);
+    case WgMode::kFilterStats: return LaunchWgmmaKernel<D_I, kFp8, kRelu, WgMode::kFilterStats>(a, w, stream);
+    default: return LaunchWgmmaKernel<D_I, kFp8, kRelu, WgMode::kStore>(a, w, stream);
+  }
+}
+
 template <int D_I>
-cudaError_t Launch(const IndexerScoresArgs& a, bool warpgroup, cudaStream_t stream) {
+cudaError_t Launch(const IndexerScoresArgs& a, bool warpgroup, cudaStream_t stream, const WgLaunch& w = WgLaunch()) {
   if (warpgroup) {
     if (a.ki_fp8 != nullptr) {
-      return a.relu ? LaunchWgmmaKernel<D_I, true, true>(a, stream) : LaunchWgmmaKernel<D_I, true, false>(a, stream);
+      return a.relu ? LaunchWgmmaMode<D_I, true, true>(a, w, stream) : LaunchWgmmaMode<D_I, true, false>(a, w, stream);
     }
-    return a.relu ? LaunchWgmmaKernel<D_I, false, true>(a, stream) : LaunchWgmmaKernel<D_I, false, false>(a, stream);
+    return a.relu ? LaunchWgmmaMode<D_I, false, true>(a, w, stream) : LaunchWgmmaMode<D_I, false, false>(a, w, stream);
   }
   if (a.ki_fp8 != nullptr) {
     return a.relu ? LaunchKernel<D_I, true, true>(a, stream) : LaunchKernel<D_I, true, false>(a, stream);
@@ -519,23 +659,78 @@ bool IndexerScoresSupports(int32_t d_indexer, int32_t n_indexer_heads) {
   return d_ok && n_indexer_heads >= 1 && n_indexer_heads <= kMaxHeads;
 }
 
-cudaError_t IndexerScores(const IndexerScoresArgs& a, cudaStream_t stream) {
-  if (a.row_count <= 0 || a.max_candidates <= 0) return cudaSuccess;
+namespace {
+
+cudaError_t CheckArgs(const IndexerScoresArgs& a) {
   if (!IndexerScoresSupports(a.d_indexer, a.n_indexer_heads) || a.row_count > 65535 ||
       (a.tiles_per_block != 0 && a.tiles_per_block != 1 && a.tiles_per_block != 2 &&
        a.tiles_per_block != 4 && a.tiles_per_block != kMaxTilesPerBlock)) {
     return cudaErrorInvalidValue;
   }
   if (a.ki_fp8 != nullptr ? a.ki_scale == nullptr : a.ki_cache == nullptr) return cudaErrorInvalidValue;
-  bool warpgroup = false;
-  const cudaError_t err = UseWarpgroupKernel(a, &warpgroup);
-  if (err != cudaSuccess) return err;
+  return cudaSuccess;
+}
+
+cudaError_t Dispatch(const IndexerScoresArgs& a, bool warpgroup, const WgLaunch& w, cudaStream_t stream) {
   switch (a.d_indexer) {
-    case 16: return Launch<16>(a, warpgroup, stream);
-    case 32: return Launch<32>(a, warpgroup, stream);
-    case 64: return Launch<64>(a, warpgroup, stream);
-    default: return Launch<128>(a, warpgroup, stream);
+    case 16: return Launch<16>(a, warpgroup, stream, w);
+    case 32: return Launch<32>(a, warpgroup, stream, w);
+    case 64: return Launch<64>(a, warpgroup, stream, w);
+    default: return Launch<128>(a, warpgroup, stream, w);
   }
+}
+
+// The warpgroup kernel's other modes: Hopper only, whatever args.kernel says.
+cudaError_t LaunchMode(IndexerScoresArgs a, const WgLaunch& w, cudaStream_t stream) {
+  if (a.row_count <= 0 || a.max_candidates <= 0) return cudaSuccess;
+  cudaError_t err = CheckArgs(a);
+  if (err != cudaSuccess) return err;
+  a.kernel = IndexerScoresArgs::Kernel::kWarpgroup;
+  bool warpgroup = false;
+  err = UseWarpgroupKernel(a, &warpgroup);
+  if (err != cudaSuccess) return err;
+  return Dispatch(a, true, w, stream);
+}
+
+}  // namespace
+
+cudaError_t IndexerScores(const IndexerScoresArgs& a, cudaStream_t stream) {
+  if (a.row_count <= 0 || a.max_candidates <= 0) return cudaSuccess;
+  cudaError_t err = CheckArgs(a);
+  if (err != cudaSuccess) return err;
+  bool warpgroup = false;
+  err = UseWarpgroupKernel(a, &warpgroup);
+  if (err != cudaSuccess) return err;
+  return Dispatch(a, warpgroup, WgLaunch(), stream);
+}
+
+int64_t IndexerSampleCount(int64_t positions, int64_t sample_stride) {
+  return (positions + sample_stride - 1) / sample_stride * kWgCand;
+}
+
+cudaError_t IndexerScoresSampled(const IndexerScoresArgs& a, int64_t sample_stride, cudaStream_t stream) {
+  if (sample_stride < kWgCand || sample_stride % kWgCand != 0 || sample_stride > (int64_t{1} << 24)) {
+    return cudaErrorInvalidValue;
+  }
+  WgLaunch w;
+  w.stride = static_cast<int32_t>(sample_stride);
+  return LaunchMode(a, w, stream);
+}
+
+int64_t IndexerFilterBlocks(int64_t max_candidates) {
+  const int64_t per_block = static_cast<int64_t>(kMaxTilesPerBlock) * kCandPerTile;
+  return (max_candidates + per_block - 1) / per_block;
+}
+
+cudaError_t IndexerScoresFiltered(const IndexerScoresArgs& a, const IndexerFilter& f, cudaStream_t stream) {
+  if (f.thr_shift == nullptr || f.count == nullptr || f.list_cap < 0 || f.list_cap > INT32_MAX ||
+      a.max_candidates > (int64_t{1} << 24)) {
+    return cudaErrorInvalidValue;
+  }
+  WgLaunch w;
+  w.mode = f.stats != nullptr ? WgMode::kFilterStats : WgMode::kFilter;
+  w.filter = f;
+  return LaunchMode(a, w, stream);
 }
 
 }  // namespace gsa::kernels

@@ -56,4 +56,32 @@ bool IndexerScoresSupports(int32_t d_indexer, int32_t n_indexer_heads);
 
 cudaError_t IndexerScores(const IndexerScoresArgs& args, cudaStream_t stream);
 
+// ---- The warpgroup kernel's other two modes, for PrefillSelect (kernels/selection.h) --------------
+// Both run the warpgroup kernel only: cudaErrorNotSupported where it cannot run (args.kernel is
+// ignored). Scores are bitwise those IndexerScores computes for the same (row, position).
+//
+// Sampled: candidate index i of a row stands for position (i / 64) · sample_stride + i % 64 (tiles of
+// 64 consecutive positions, one every sample_stride ≥ 64, a multiple of 64); its score goes to
+// scores[score_offset[r - row_begin] + i] for every i whose position is ≤ position[r].
+// args.max_candidates counts indices: IndexerSampleCount(positions, sample_stride).
+int64_t IndexerSampleCount(int64_t positions, int64_t sample_stride);
+cudaError_t IndexerScoresSampled(const IndexerScoresArgs& args, int64_t sample_stride, cudaStream_t stream);
+
+// Filtered (args.max_candidates ≤ 2^24): nothing is written to args.scores; instead every score x of row r (chunk row
+// i = r - row_begin) with x ≥ thr_shift[i].x is appended as (position, float bits of x) to the row's
+// list, PrefillList(region of the row, position[r] + 1, list_cap): count[i] (zero at launch) ends as
+// the number of such scores, the first min(count, capacity) of them stored, in no particular order.
+// A NaN threshold keeps nothing. With `stats` non-null, stats[i · stats_blocks + blockIdx.x] =
+// (Σ (x − K), Σ (x − K)²) over the block's candidates of row i, K = thr_shift[i].y (fp32 terms and
+// partial sums, summed in double per block; deterministic); the launch takes stats_blocks = the
+// number of 2048-candidate ranges, IndexerFilterBlocks(max_candidates).
+struct IndexerFilter {
+  const float2* thr_shift = nullptr;  // [row_count] (threshold, shift)
+  int32_t* count = nullptr;           // [row_count]
+  int64_t list_cap = 0;
+  double2* stats = nullptr;           // [row_count, stats_blocks] or null
+};
+int64_t IndexerFilterBlocks(int64_t max_candidates);
+cudaError_t IndexerScoresFiltered(const IndexerScoresArgs& args, const IndexerFilter& filter, cudaStream_t stream);
+
 }  // namespace gsa::kernels

@@ -381,4 +381,18 @@ __device__ __forceinline__ void TileScoresPair(const KeyFragment<D_I> (&f)[N], c
   }
 }
 
+// Where PrefillSelect's list of row r lives (kernels/indexer.h, IndexerScoresFiltered): in the
+// row's own score region of n floats, from its first 8-byte boundary, (position, score bits) pairs,
+// at most min(cap, pairs that fit) of them.
+struct PrefillList {
+  int2* entries;
+  int32_t capacity;
+};
+__device__ __forceinline__ PrefillList PrefillListOf(float* region, int64_t n, int64_t cap) {
+  const uintptr_t u = reinterpret_cast<uintptr_t>(region);
+  const int64_t skip = (u & 7u) != 0 ? 1 : 0;  // floats are 4-byte aligned: at most one to skip
+  const int64_t fit = (n - skip) / 2;
+  return {reinterpret_cast<int2*>(region + skip), static_cast<int32_t>(fit < cap ? fit : cap)};
+}
+
 }  // namespace gsa::kernels::indexer_math

@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/device_caps.h"
 #include "kernels/indexer_math.cuh"
 #include "kernels/pdl.cuh"
 
@@ -866,34 +867,95 @@ __device__ __forceinline__ int64_t SelectedCountAfter(const SelectionRule& rule,
   return SelectedCountDevice(rule, position, v, ref, ent);
 }
 
-__device__ __forceinline__ int64_t RunningSelectedCount(const SelectionRule& rule, const PagedLayout& paged,
-                                                        const float* cumvar, int32_t seq, int64_t position, double v,
-                                                        double ent, float* cum) {
-  return SelectedCountAfter(rule, PreviousCumvar(paged, cumvar, seq, position), position, v, ent, cum);
+// SelectionCounts in two kernels. The running sum is a chain through a sequence's rows (each step
+// a double add and a rounding to fp32, bitwise the CPU's order), so it takes one warp a sequence,
+// 32 rows a round: every lane loads its row's inputs (the next round's while this one's chain
+// runs), the chain steps through the 32 rows in every lane with each row's operands shuffled in
+// (independent of the chain), and the sums are stored. Then k_t of every row in parallel, from its
+// sum. One thread a sequence doing all of it took ~0.8 ms for a 2048-row prefill chunk: every step
+// waited for its loads and for the divisions of k_t.
+constexpr int kCountsThreads = 128;
+struct CountsRow {  // one lane's row of a round, as loaded (no branch waits for these loads)
+  int64_t pos = 0, slot = 0;
+  int64_t pos_before = -2;  // position of the sequence's row before it in the chunk (none: -2)
+  double v = 0.0;
+  int32_t dense = 1;        // rows past the sequence's last act as dense and store nothing
+};
+
+__device__ __forceinline__ CountsRow LoadCountsRow(const RowInfo& rows, const double* var, int64_t r, int64_t r0,
+                                                   int64_t r1) {
+  CountsRow c;
+  if (r >= r1) return c;
+  c.pos = rows.position[r];
+  c.slot = rows.slot[r];
+  c.dense = rows.dense[r];
+  c.v = var != nullptr ? var[r] : 0.0;  // read for dense rows too (not used): no branch on dense
+  if (r > r0) c.pos_before = rows.position[r - 1];
+  return c;
 }
 
-__global__ void SelectionCountsKernel(ScoreChunk chunk, RowInfo rows, PagedLayout paged, const int32_t* seq_first_row,
-                                      int32_t num_seqs, SelectionRule rule, const double* var, const double* entropy,
-                                      float* cumvar, int32_t* k) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= num_seqs) return;
+// One step of the chain for row j of the round: code 0 dense (the sum becomes NaN), 1 the row
+// follows the chain's last, 2 it starts from `prev` (the sum at position − 1 from an earlier launch).
+__device__ __forceinline__ float ChainStep(int32_t code, double prev, double v, double* chain) {
+  const float cum = code == 0 ? DenseRowCumvar() : __double2float_rn(__dadd_rn(code == 1 ? *chain : prev, v));
+  *chain = static_cast<double>(cum);
+  return cum;
+}
+
+__global__ void __launch_bounds__(kCountsThreads) SelectionChainKernel(ScoreChunk chunk, RowInfo rows, PagedLayout paged,
+                                                                   const int32_t* seq_first_row, int32_t num_seqs,
+                                                                   const double* var, float* cumvar) {
+  const int lane = threadIdx.x & 31;
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (i >= num_seqs) return;  // warp-uniform
   const int64_t chunk_end = chunk.row_begin + chunk.row_count;
   const int64_t r0 = max(static_cast<int64_t>(seq_first_row[i]), chunk.row_begin);
   const int64_t r1 = min(static_cast<int64_t>(seq_first_row[i + 1]), chunk_end);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t pos = rows.position[r];
-    const int64_t slot = rows.slot[r];
-    if (rows.dense[r] != 0) {
-      cumvar[slot] = DenseRowCumvar();
-      k[r] = static_cast<int32_t>(pos + 1);
-      continue;
+  double chain = 0.0;  // the running sum after the last row so far (every lane)
+  CountsRow next = LoadCountsRow(rows, var, r0 + lane, r0, r1);
+  for (int64_t base = r0; base < r1; base += 32) {
+    const CountsRow row = next;
+    next = LoadCountsRow(rows, var, base + 32 + lane, r0, r1);
+    // Rows are in position order: a row not at the previous row's position + 1 is the chunk's
+    // first of its sequence, whose sum at position − 1 an earlier launch wrote.
+    const int32_t code = row.dense != 0 ? 0 : (row.pos_before == row.pos - 1 ? 1 : 2);
+    const double prev = code == 2 ? PreviousCumvar(paged, cumvar, rows.seq[base + lane], row.pos) : 0.0;
+    const int n = static_cast<int>(min(static_cast<int64_t>(32), r1 - base));
+    float mine = 0.0f;
+    if (n == 32) {  // uniform; no bounds in the unrolled steps, so their shuffles can go first
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const float cum = ChainStep(__shfl_sync(kFullMask, code, j), __shfl_sync(kFullMask, prev, j),
+                                    __shfl_sync(kFullMask, row.v, j), &chain);
+        if (lane == j) mine = cum;
+      }
+    } else {
+      for (int j = 0; j < n; ++j) {
+        const float cum = ChainStep(__shfl_sync(kFullMask, code, j), __shfl_sync(kFullMask, prev, j),
+                                    __shfl_sync(kFullMask, row.v, j), &chain);
+        if (lane == j) mine = cum;
+      }
     }
-    const double v = var != nullptr ? var[r] : 0.0;
-    const double ent = (rule.method == 2 && entropy != nullptr) ? entropy[r] : 0.0;
-    float cum;
-    k[r] = static_cast<int32_t>(RunningSelectedCount(rule, paged, cumvar, rows.seq[r], pos, v, ent, &cum));
-    cumvar[slot] = cum;
+    if (lane < n) cumvar[row.slot] = mine;
   }
+}
+
+// k_t of every chunk row from the sum at its slot (written by SelectionChainKernel).
+__global__ void __launch_bounds__(kCountsThreads) SelectionKKernel(ScoreChunk chunk, RowInfo rows, SelectionRule rule,
+                                                               const double* var, const double* entropy,
+                                                               const float* cumvar, int32_t* k) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= chunk.row_count) return;
+  const int64_t r = chunk.row_begin + i;
+  const int64_t pos = rows.position[r];
+  if (rows.dense[r] != 0) {
+    k[r] = static_cast<int32_t>(pos + 1);
+    return;
+  }
+  const double v = var != nullptr ? var[r] : 0.0;
+  const double ent = (rule.method == 2 && entropy != nullptr) ? entropy[r] : 0.0;
+  const double ref = __ddiv_rn(static_cast<double>(cumvar[rows.slot[r]]), static_cast<double>(pos + 1));
+  k[r] = static_cast<int32_t>(SelectedCountDevice(rule, pos, v, ref, ent));
 }
 
 
@@ -1136,7 +1198,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     if (active) var = SumParts(g_sq, d.nbr, s_dwarp) / static_cast<double>(n);
   }
 
-  // k_t (every block of the row computes it; part 0 stores it), as SelectionCountsKernel.
+  // k_t (every block of the row computes it; part 0 stores it), as SelectionKKernel.
   int64_t kk = 0;
   if (dense) {
     if (part == 0 && tid == 0) {
@@ -1369,6 +1431,189 @@ cudaError_t LaunchDecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
   }
   return launched;
 }
+// ---- Thresholded prefill selection (PrefillSelect) ---------------------------------------------
+// The workspace: per absolute row whether the fallback launches skip it; per chunk row the
+// (threshold, shift) pair and the list's count; per chunk row and 2048-candidate block the sums.
+struct PsWorkspace {
+  uint8_t* skip_full;   // [num_rows]: 1 = not scored in full (RowInfo::dense of the fallback)
+  float2* thr_shift;    // [row_count]
+  int32_t* count;       // [row_count]
+  double2* stats;       // [row_count, blocks]
+};
+
+constexpr size_t AlignUp(size_t x) { return (x + 255) / 256 * 256; }
+
+size_t PsLayout(int64_t num_rows, int64_t row_count, int64_t max_candidates, void* base, PsWorkspace* ws) {
+  const size_t skip = AlignUp(static_cast<size_t>(num_rows));
+  const size_t ts = AlignUp(static_cast<size_t>(row_count) * sizeof(float2));
+  const size_t count = AlignUp(static_cast<size_t>(row_count) * sizeof(int32_t));
+  const size_t stats = static_cast<size_t>(row_count * IndexerFilterBlocks(max_candidates)) * sizeof(double2);
+  if (ws != nullptr) {
+    unsigned char* p = static_cast<unsigned char*>(base);
+    ws->skip_full = p;
+    ws->thr_shift = reinterpret_cast<float2*>(p + skip);
+    ws->count = reinterpret_cast<int32_t*>(p + skip + ts);
+    ws->stats = reinterpret_cast<double2*>(p + skip + ts + count);
+  }
+  return skip + ts + count + stats;
+}
+
+// Samples of a row of n candidates (IndexerScoresSampled with kPrefillSampleStride).
+__device__ __forceinline__ int64_t PsSampleCount(int64_t n) {
+  const int64_t tiles = n / kPrefillSampleStride, rest = n % kPrefillSampleStride;
+  return tiles * 64 + (rest < 64 ? rest : 64);
+}
+constexpr int64_t kPsMaxSamples = kPrefillSelectMaxCandidates / kPrefillSampleStride * 64;  // 8192
+
+// One block per chunk row: the row's threshold (the key of the m-th largest sample, as a float
+// bound; NaN = keep nothing, so that the row is scored in full) and the sample mean; zeroes the
+// row's list count and marks the row as not (yet) to be scored in full. k_hi: the largest k the
+// rule can give a row.
+__global__ void __launch_bounds__(kSbThreads) PsThresholdKernel(IndexerScoresArgs a, int64_t k_hi, int64_t sel_stride,
+                                                              PsWorkspace ws) {
+  __shared__ float s_val[kPsMaxSamples];
+  __shared__ int32_t s_hist[kRadix];
+  __shared__ int32_t s_warp[kSbThreads / 32];
+  __shared__ double s_dwarp[kSbThreads / 32];
+  __shared__ int32_t s_result[3];
+  const int64_t i = blockIdx.x, r = a.row_begin + i;
+  float2 ts = make_float2(__int_as_float(0x7FC00000), 0.0f);
+  if (threadIdx.x == 0) {
+    ws.skip_full[r] = 1;
+    ws.count[i] = 0;
+  }
+  if (a.rows.dense[r] != 0) {
+    if (threadIdx.x == 0) ws.thr_shift[i] = ts;
+    return;  // uniform
+  }
+  const int64_t n = static_cast<int64_t>(a.rows.position[r]) + 1;
+  const int64_t samples = min(PsSampleCount(n), kPsMaxSamples);  // n ≤ 2^18 (the launcher checks)
+  int64_t kk = k_hi < n ? k_hi : n;
+  if (kk > sel_stride) kk = sel_stride;
+  // The m-th largest sample with m = mu + 4·sqrt(mu) + 8, mu = kk·S/n the samples expected above the
+  // k-th score: the k-th score lies below it only when the sample count above the k-th score is
+  // 4 standard deviations high (then the row is scored in full); about m·n/S scores reach it, which
+  // the list must hold.
+  const double mu = static_cast<double>(kk) * samples / static_cast<double>(n);
+  const int64_t m = static_cast<int64_t>(ceil(mu + 4.0 * sqrt(mu) + 8.0));
+  const double room = min(static_cast<double>(kPrefillListCap), static_cast<double>((n - 1) / 2));
+  const bool usable = n >= kPrefillSelectMinCandidates && m <= samples &&
+                      static_cast<double>(m) * n / samples <= 0.75 * room;
+  // The shift of the variance sums: the sample's mean (every row has a sample, n ≤ 2^18; a row of
+  // fewer than 64 candidates has all of them, so its shift is their mean).
+  const float* src = a.scores + a.score_offset[i];
+  double sum = 0.0;
+  for (int64_t j = threadIdx.x; j < samples; j += kSbThreads) {
+    const float x = __ldg(src + j);
+    s_val[j] = x;
+    sum += static_cast<double>(x);
+  }
+  sum = BlockSumDouble<kSbThreads>(sum, s_dwarp);  // its barriers also publish s_val
+  ts.y = static_cast<float>(sum / static_cast<double>(samples));
+  if (usable) {  // uniform
+    const SelectState st = SelectInBlock(SharedScores{s_val, 0}, samples, static_cast<int32_t>(m), s_hist, s_warp,
+                                         s_result);
+    const KeyAtLeast bound(st.prefix);  // key ≥ prefix ⇔ (key & mask) ≥ prefix for the top bits
+    // "Everything passes" needs every score in the list, more than it holds; "nothing" keeps none.
+    if (bound.mode == 0) ts.x = bound.bound;
+  }
+  if (threadIdx.x == 0) ws.thr_shift[i] = ts;
+}
+
+// var[r] of the chunk's sparse rows from the filtered indexer's per-block sums, one thread a row:
+// Σd and Σd² (d = x − K) over the n scores, var = Σd²/n − (Σd/n)², blocks added in order.
+__global__ void PsVarianceKernel(IndexerScoresArgs a, int64_t blocks, PsWorkspace ws, double* var) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.row_count) return;
+  const int64_t r = a.row_begin + i;
+  if (a.rows.dense[r] != 0) return;
+  double s1 = 0.0, s2 = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const double2 v = ws.stats[i * blocks + b];
+    s1 += v.x;
+    s2 += v.y;
+  }
+  const double n = static_cast<double>(a.rows.position[r]) + 1.0;
+  const double mean_d = s1 / n;
+  const double v = s2 / n - mean_d * mean_d;
+  var[r] = v > 0.0 ? v : 0.0;
+}
+
+// Dynamic shared memory of PsListTopKKernel: the sorted list (scores, positions), then the
+// positions' bitmap and each bitmap word's count of earlier set bits.
+size_t PsListSmemBytes(int64_t max_candidates) {
+  const int64_t words = (max_candidates + 31) / 32;
+  return static_cast<size_t>(kPrefillListCap) * (sizeof(float) + sizeof(int32_t)) +
+         static_cast<size_t>(words) * 2 * sizeof(uint32_t);
+}
+
+// One block per chunk row: when the row's list holds every score at or above its threshold
+// (count ≤ capacity) and at least kk of them, the exact top-kk of the list is the row's: the list
+// is put in position order (a bitmap of its positions, each word's count of earlier positions,
+// then every entry to its rank), then selected and compacted as TopKSampledKernel's buffer. Other
+// sparse rows are marked to be scored in full.
+__global__ void __launch_bounds__(kSbThreads) PsListTopKKernel(IndexerScoresArgs a, const int32_t* k, int32_t* sel,
+                                                             int64_t sel_stride, PsWorkspace ws, uint8_t* full_rows) {
+  extern __shared__ __align__(16) unsigned char ps_smem[];
+  float* s_val = reinterpret_cast<float*>(ps_smem);                                        // [cap]
+  int32_t* s_pos = reinterpret_cast<int32_t*>(ps_smem + kPrefillListCap * sizeof(float));  // [cap]
+  uint32_t* s_bits = reinterpret_cast<uint32_t*>(ps_smem + kPrefillListCap * 8);          // [words]
+  __shared__ int32_t s_hist[kRadix];
+  __shared__ int32_t s_warp[kSbThreads / 32];
+  __shared__ int32_t s_result[3];
+  __shared__ int32_t s_tot[2][2][kSbThreads / 32];
+  const int64_t i = blockIdx.x, r = a.row_begin + i;
+  ScoreChunk chunk;
+  chunk.scores = a.scores;
+  chunk.score_offset = a.score_offset;
+  chunk.row_begin = a.row_begin;
+  chunk.row_count = a.row_count;
+  TopKRow row;
+  const bool live = LoadTopKRow(chunk, a.rows, k, sel, sel_stride, i, &row);
+  const int32_t count = ws.count[i];
+  const indexer_math::PrefillList list =
+      indexer_math::PrefillListOf(a.scores + a.score_offset[i], live ? row.n : 0, kPrefillListCap);
+  const bool from_list = live && count >= row.kk && count <= list.capacity;
+  if (threadIdx.x == 0) {
+    if (live && !from_list) ws.skip_full[r] = 0;
+    if (full_rows != nullptr) full_rows[i] = live && !from_list ? 1 : 0;
+  }
+  if (!from_list) return;  // uniform
+  const int32_t words = static_cast<int32_t>((row.n + 31) / 32);
+  uint32_t* s_before = s_bits + words;
+  for (int32_t w = threadIdx.x; w < words; w += kSbThreads) s_bits[w] = 0u;
+  __syncthreads();
+  for (int32_t e = threadIdx.x; e < count; e += kSbThreads) {
+    const int32_t p = __ldcg(&list.entries[e].x);
+    atomicOr(&s_bits[p >> 5], 1u << (p & 31));
+  }
+  __syncthreads();
+  // Each thread's run of consecutive words, then an exclusive sum over the threads.
+  const int32_t per = (words + kSbThreads - 1) / kSbThreads;
+  const int32_t w0 = min(words, static_cast<int32_t>(threadIdx.x) * per), w1 = min(words, w0 + per);
+  int32_t mine = 0;
+  for (int32_t w = w0; w < w1; ++w) mine += __popc(s_bits[w]);
+  int32_t total;
+  int32_t before = BlockExclusiveSum<kSbThreads>(mine, s_warp, &total);
+  for (int32_t w = w0; w < w1; ++w) {
+    s_before[w] = static_cast<uint32_t>(before);
+    before += __popc(s_bits[w]);
+  }
+  __syncthreads();
+  for (int32_t e = threadIdx.x; e < count; e += kSbThreads) {
+    const int2 entry = __ldcg(&list.entries[e]);
+    const int32_t p = entry.x;
+    const int32_t rank =
+        static_cast<int32_t>(s_before[p >> 5]) + __popc(s_bits[p >> 5] & ((1u << (p & 31)) - 1u));
+    s_val[rank] = __int_as_float(entry.y);
+    s_pos[rank] = p;
+  }
+  __syncthreads();
+  const SelectState st = SelectInBlock(SharedScores{s_val, 0}, count, row.kk, s_hist, s_warp, s_result);
+  OrderedCompact<kSbThreads, kSbItems>(SharedScores{s_val, 0}, count, 0, count, st, 0, 0, row.out, row.kk, s_tot,
+                                       BufferPos{s_pos});
+}
+
 }  // namespace
 
 // ---- Launchers ---------------------------------------------------------------------------------
@@ -1388,10 +1633,12 @@ cudaError_t SelectionCounts(const ScoreChunk& chunk, const RowInfo& rows, const 
   if (chunk.row_count <= 0 || num_seqs <= 0) return cudaSuccess;
   if (rule.method < 0 || rule.method > 2) return cudaErrorInvalidValue;
   if (rule.method == 2 && entropy == nullptr) return cudaErrorInvalidValue;
-  constexpr int kThreads = 128;
-  const unsigned blocks = static_cast<unsigned>(CeilDiv(num_seqs, kThreads));
-  SelectionCountsKernel<<<blocks, kThreads, 0, stream>>>(chunk, rows, paged, seq_first_row, num_seqs, rule, var,
-                                                         entropy, cumvar, k);
+  const unsigned blocks = static_cast<unsigned>(CeilDiv(static_cast<int64_t>(num_seqs) * 32, kCountsThreads));
+  SelectionChainKernel<<<blocks, kCountsThreads, 0, stream>>>(chunk, rows, paged, seq_first_row, num_seqs, var, cumvar);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  SelectionKKernel<<<static_cast<unsigned>(CeilDiv(chunk.row_count, kCountsThreads)), kCountsThreads, 0, stream>>>(
+      chunk, rows, rule, var, entropy, cumvar, k);
   return cudaGetLastError();
 }
 
@@ -1512,6 +1759,86 @@ cudaError_t DecodeSelect(const DecodeSelectArgs& a, cudaStream_t stream) {
     case 64: return fp8 ? LaunchDecodeSelect<64, true>(a, stream) : LaunchDecodeSelect<64, false>(a, stream);
     default: return fp8 ? LaunchDecodeSelect<128, true>(a, stream) : LaunchDecodeSelect<128, false>(a, stream);
   }
+}
+
+// ---- Thresholded prefill selection -------------------------------------------------------------
+
+size_t PrefillSelectWorkspaceBytes(int64_t num_rows, int64_t max_candidates) {
+  if (num_rows <= 0 || max_candidates <= 0) return 0;
+  return PsLayout(num_rows, num_rows, max_candidates, nullptr, nullptr);
+}
+
+cudaError_t PrefillSelect(const PrefillSelectArgs& args, cudaStream_t stream) {
+  const IndexerScoresArgs& ia = args.index;
+  if (args.rule.method != 0 && args.rule.method != 1) return cudaErrorNotSupported;
+  const int64_t k_hi = args.rule.method == 0 ? args.rule.k_base : args.rule.k_max;
+  if (k_hi > kPrefillListCap / 2) return cudaErrorNotSupported;  // the lists would hold too few
+  if (ia.max_candidates < kPrefillSelectMinCandidates || ia.max_candidates > kPrefillSelectMaxCandidates ||
+      ia.n_indexer_heads > indexer_math::kPairMaxHeads || ia.row_count > 65535) {
+    return cudaErrorNotSupported;
+  }
+  if (ia.row_count <= 0) return cudaSuccess;
+  bool wgmma = false;
+  cudaError_t err = OnCurrentDevice(WgmmaSupported, &wgmma);
+  if (err != cudaSuccess) return err;
+  if (!wgmma) return cudaErrorNotSupported;
+  PsWorkspace ws;
+  const size_t need = PsLayout(ia.row_begin + ia.row_count, ia.row_count, ia.max_candidates, args.workspace, &ws);
+  if (args.workspace == nullptr || args.workspace_bytes < need) return cudaErrorNotSupported;
+  if (args.sel_stride <= 0 || args.k == nullptr || args.sel == nullptr || args.cumvar == nullptr ||
+      (args.rule.method == 1 && args.var == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  const unsigned rows = static_cast<unsigned>(ia.row_count);
+  // 1. The sample: into the first samples of every row's region.
+  IndexerScoresArgs sample = ia;
+  sample.max_candidates = IndexerSampleCount(ia.max_candidates, kPrefillSampleStride);
+  sample.tiles_per_block = 0;
+  err = IndexerScoresSampled(sample, kPrefillSampleStride, stream);
+  if (err != cudaSuccess) return err;
+  // 2. Thresholds.
+  PsThresholdKernel<<<rows, kSbThreads, 0, stream>>>(ia, k_hi, args.sel_stride, ws);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  // 3. Every score, kept when it reaches the threshold (and summed for the variance rule).
+  IndexerFilter filter;
+  filter.thr_shift = ws.thr_shift;
+  filter.count = ws.count;
+  filter.list_cap = kPrefillListCap;
+  filter.stats = args.rule.method == 1 ? ws.stats : nullptr;
+  err = IndexerScoresFiltered(ia, filter, stream);
+  if (err != cudaSuccess) return err;
+  // 4. var, then k and cumvar as ever.
+  ScoreChunk chunk;
+  chunk.scores = ia.scores;
+  chunk.score_offset = ia.score_offset;
+  chunk.row_begin = ia.row_begin;
+  chunk.row_count = ia.row_count;
+  chunk.max_candidates = ia.max_candidates;
+  if (args.rule.method == 1) {
+    constexpr int kThreads = 128;
+    PsVarianceKernel<<<static_cast<unsigned>(CeilDiv(ia.row_count, kThreads)), kThreads, 0, stream>>>(
+        ia, IndexerFilterBlocks(ia.max_candidates), ws, args.var);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  err = SelectionCounts(chunk, ia.rows, ia.paged, args.seq_first_row, args.num_seqs, args.rule,
+                        args.rule.method == 1 ? args.var : nullptr, nullptr, args.cumvar, args.k, stream);
+  if (err != cudaSuccess) return err;
+  // 5. Top-k from the lists; the rows they cannot serve are scored in full and take TopK.
+  const size_t smem = PsListSmemBytes(ia.max_candidates);
+  err = cudaFuncSetAttribute(PsListTopKKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  PsListTopKKernel<<<rows, kSbThreads, smem, stream>>>(ia, args.k, args.sel, args.sel_stride, ws, args.full_rows);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  IndexerScoresArgs full = ia;
+  full.rows.dense = ws.skip_full;
+  err = IndexerScores(full, stream);
+  if (err != cudaSuccess) return err;
+  RowInfo fallback = ia.rows;
+  fallback.dense = ws.skip_full;
+  return TopK(chunk, fallback, args.k, args.sel, args.sel_stride, nullptr, 0, stream);
 }
 
 }  // namespace gsa::kernels

@@ -145,4 +145,62 @@ cudaError_t DecodeSelectPrepare(int32_t d_indexer, bool fp8_keys, int32_t* per_s
 // CUDA graph (a cooperative kernel node).
 cudaError_t DecodeSelect(const DecodeSelectArgs& args, cudaStream_t stream);
 
+// ---- Thresholded prefill selection ---------------------------------------------------------------
+// IndexerScores + ScoreStats (variance rule) + SelectionCounts + TopK of one chunk of long rows
+// (prefill), without writing every score and reading it back (2048 rows at 128K: 1 GB each way):
+//  1. the indexer scores a sample of each row's candidates: tiles of 64 consecutive positions, one
+//     tile every kPrefillSampleStride positions (1/32 of the candidates);
+//  2. per row a threshold T, the m-th largest sampled score, m well above the samples expected
+//     above the row's k-th largest score (k: k_base for the fixed rule, k_max for the variance rule),
+//     and the sample's mean;
+//  3. the indexer scores every candidate again and appends (position, score) of each score ≥ T to
+//     the row's list (and, for the variance rule, sums the scores' deviations from the sample mean
+//     and their squares per row);
+//  4. var from those sums; SelectionCounts as usual (k, cumvar);
+//  5. each row whose list holds at least its k and at most kPrefillListCap entries — then it holds
+//     every score that can be selected — takes its exact top-k from the list; the other rows (the
+//     sample missed: ties, odd distributions, rows too short for a sample) are scored in full into
+//     their score regions and take TopK: two more launches, which do nothing when no row needs them.
+// Same outputs as the separate launches: k, cumvar and sel bitwise for the fixed rule; for the
+// variance rule var is a one-pass sum about a shift (relative difference ~1e-9 from ScoreStats'
+// two passes; deterministic), so k can differ from the separate path's only where k_base · factor
+// lies within that of an integer, and cumvar by rounding. Not every score is written: each sparse
+// row's score region (position[r] + 1 floats at score_offset) is scratch, holding the sample, then
+// the list, or, for a row scored in full, its scores; dense rows' regions are never touched.
+// REQUIRES: as SelectionCounts (seq_first_row) and TopK (1 ≤ k ≤ sel_stride); the score regions of
+// the chunk's sparse rows do not overlap.
+constexpr int64_t kPrefillSampleStride = 2048;      // positions per sampled tile of 64
+constexpr int64_t kPrefillListCap = 8192;           // list entries a row keeps, at most
+constexpr int64_t kPrefillSelectMinCandidates = 16384;   // shorter chunks: the separate launches
+constexpr int64_t kPrefillSelectMaxCandidates = 1 << 18; // longer ones too (the list sort's bitmap)
+
+struct PrefillSelectArgs {
+  IndexerScoresArgs index;  // the chunk; index.scores / score_offset: the rows' score regions (scratch)
+  SelectionRule rule;       // method 0 (fixed k) or 1 (variance); 2 (entropy) is not supported
+  const int32_t* seq_first_row = nullptr;  // as SelectionCounts
+  int32_t num_seqs = 0;
+  double* var = nullptr;    // [num_rows]: written for sparse rows under method 1, untouched otherwise
+  float* cumvar = nullptr;  // [num_slots] per-slot running variance sum (SelectionCounts)
+  int32_t* k = nullptr;     // [num_rows]
+  int32_t* sel = nullptr;   // [num_rows, sel_stride], as TopK
+  int64_t sel_stride = 0;
+  // Scratch of PrefillSelectWorkspaceBytes(row_begin + row_count, max_candidates) bytes; needs no
+  // initialisation. Not shared with concurrent work.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // Tests and benchmarks (null in the engine): full_rows[r - row_begin] = 1 where the chunk's row r
+  // was scored in full (its list missed), 0 where its top-k came from the list; dense rows 0.
+  uint8_t* full_rows = nullptr;
+};
+
+size_t PrefillSelectWorkspaceBytes(int64_t num_rows, int64_t max_candidates);
+
+// Enqueues the launches, or returns cudaErrorNotSupported having launched nothing when the chunk or
+// device does not suit them (then run the separate launches): rule method 2, a rule whose k can
+// exceed kPrefillListCap / 2 (k_base for the fixed rule, k_max for the variance rule), not compute capability
+// 9.0 (the indexer's wgmma kernel), more than 4 indexer heads, index.max_candidates outside
+// [kPrefillSelectMinCandidates, kPrefillSelectMaxCandidates], or a workspace too small. Other errors
+// are launch errors (cudaErrorInvalidValue for arguments IndexerScores or TopK would refuse).
+cudaError_t PrefillSelect(const PrefillSelectArgs& args, cudaStream_t stream);
+
 }  // namespace gsa::kernels

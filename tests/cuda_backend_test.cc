@@ -43,8 +43,10 @@ using Selections = std::vector<std::vector<std::vector<int32_t>>>;  // [layer][r
 std::unique_ptr<CudaBackend> MakeCuda(const LoadedModel& m, int64_t num_blocks, int64_t block_size,
                                       bool dense_prefill_kernel = true, bool cuda_graphs = true,
                                       bool fp8_indexer_keys = false, bool sparse_prefill_tiles = true,
-                                      bool small_rows_linear = true, bool attention_merge_in_kernel = true) {
+                                      bool small_rows_linear = true, bool attention_merge_in_kernel = true,
+                                      bool prefill_select = true) {
   CudaBackendOptions o;
+  o.use_prefill_select = prefill_select;
   o.attention_merge_in_kernel = attention_merge_in_kernel;
   o.max_rows = 256;
   o.use_small_rows_linear = small_rows_linear;
@@ -659,6 +661,43 @@ TEST_P(CudaShapes, PromptMatchesCpuReferenceOneShotAndChunked) {
     EXPECT_GE(agreeing_rows, 100);
   }
   }
+}
+
+// Prompts past 16K tokens: the chunks whose rows have ≥ 16K candidates take kernels::PrefillSelect
+// (sampled thresholds, the indexer keeping only the scores above them, the top-k from those lists)
+// where the device runs it; against the separate launches on the same model, chunk by chunk. Fixed
+// k (and the entropy rule, which never takes it): logits and selections bitwise equal. The
+// variance rule sums its variance in one pass about a shift: a row's k can move by one where
+// k_base · factor lies within rounding of an integer, so nearly every selection must agree and
+// the logits of rows whose selections agree stay within rounding.
+TEST_P(CudaShapes, LongPromptThresholdedSelectionMatchesTheSeparateLaunches) {
+  const std::vector<int32_t> prompt = Tokens(17000, 11, model_->config.vocab_size);
+  constexpr int64_t kBlocks = 17000 / 16 + 8;
+  auto on = MakeCuda(*model_, kBlocks, 16, true, true, false, true, true, true, /*prefill_select=*/true);
+  auto off = MakeCuda(*model_, kBlocks, 16, true, true, false, true, true, true, /*prefill_select=*/false);
+  ASSERT_NE(on, nullptr);
+  ASSERT_NE(off, nullptr);
+  Selections sel_on, sel_off;
+  const std::vector<float> a = RunPrompt(*on, prompt, 256, 16, &sel_on);
+  const std::vector<float> b = RunPrompt(*off, prompt, 256, 16, &sel_off);
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_FALSE(a.empty());
+  const bool variance = GetParam().adaptive && GetParam().method == AdaptiveKMethod::kVariance;
+  if (!variance) {
+    ASSERT_EQ(sel_on, sel_off);
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << "logit element " << i;
+    return;
+  }
+  const double agree = SelectionAgreement(sel_on, sel_off);
+  int64_t agreeing_rows = 0;
+  const float diff = MaxAbsDiffOnAgreeingRows(a, b, sel_on, sel_off, model_->config.vocab_size, &agreeing_rows);
+  float scale = 1.0f;
+  for (float x : b) scale = std::max(scale, std::fabs(x));
+  std::printf("[ %s ] thresholded vs separate: selections agree %.6f, max |logit diff| %.3g on %lld rows\n",
+              GetParam().name, agree, diff, static_cast<long long>(agreeing_rows));
+  EXPECT_GE(agree, 0.999);
+  EXPECT_LE(diff, 1e-3f * scale);
+  EXPECT_GE(agreeing_rows, 16000);
 }
 
 TEST_P(CudaShapes, RaggedBatchMatchesSequencesRunAlone) {

@@ -37,6 +37,7 @@
 #include "kernels/bench/bench_util.h"
 #include "kernels/bench/ceilings.h"
 #include "kernels/dense_prefill.h"
+#include "kernels/device_caps.h"
 #include "kernels/indexer.h"
 #include "kernels/paged.h"
 #include "kernels/selection.h"
@@ -55,6 +56,10 @@ constexpr int32_t kDHead = 128;
 constexpr int32_t kDIndexer = 64;
 constexpr int32_t kIndexerHeads = 4;
 constexpr int32_t kTopK = 2048;
+// The variance rule of gsa-1.7b's config (prefill_select_chunk_variance): k_base kTopK, k in
+// [kKMinVariance, kKMaxVariance]; its selections' row stride is kKMaxVariance.
+constexpr int32_t kKMinVariance = 256;
+constexpr int32_t kKMaxVariance = 4096;
 constexpr int32_t kBlockSize = 64;
 constexpr int64_t kPrefillChunk = 2048;                          // query rows of the sparse prefill chunk
 constexpr int64_t kKvElemsPerSlot = int64_t{kKvHeads} * kDHead;  // one token's K (or V), all KV heads
@@ -132,13 +137,27 @@ void PrintHelp() {
       "  prefill_indexer_chunk     IndexerScores of the chunk, causal        FLOPs scores*4*64*2 (fp32 cores)\n"
       "  prefill_indexer_chunk_per_warp   the same forced onto the per-warp (mma.sync) kernel\n"
       "  prefill_topk_chunk        TopK of the chunk's causal score rows     bytes scores*4\n"
+      "  prefill_select_rows64, _rows256, _rows512   IndexerScores + TopK of the chunk in score chunks of\n"
+      "                            64, 256 or 512 rows (the engine's score buffer holds a few hundred rows)\n"
+      "  prefill_select_chunk      PrefillSelect of the chunk, fixed k = 2048: a sampled threshold per row,\n"
+      "                            a list of the candidates above it, full scores only for the rows whose\n"
+      "                            list misses (recorded: full_rows, list_rows); checked equal to the\n"
+      "                            separate launches' selection. Skipped, with the reason, where PrefillSelect\n"
+      "                            does not run: compute capability other than 9.0, or L outside\n"
+      "                            [16384, 262144] (the separate launches then serve the chunk)\n"
+      "  prefill_select_chunk_variance   the same with the variance rule (k_base 2048, k_min 256, k_max 4096,\n"
+      "                            the running variance sums set so that k spreads around k_base); time,\n"
+      "                            full_rows and the mean k\n"
       "  prefill_sparse_random     GatheredAttention of the chunk, 2048 distinct uniform positions <= t per\n"
       "                            row; bytes = gathered K+V, rows*2048*8*128*2*2 (over 100%% of the copy\n"
       "                            ceiling means L2 served part of them)\n"
       "  prefill_sparse_clustered  the same, selection = the row's 512 most recent positions + 3 spans of\n"
       "                            512 at fixed offsets shared by every row of the chunk\n"
-      "  prefill_gsa_chunk         indexer + top-k + sparse attention of the chunk (random-weight\n"
-      "                            selection); its note gives prefill_dense_chunk / prefill_gsa_chunk\n"
+      "  prefill_gsa_chunk         selection + sparse attention of the chunk (random-weight selection), as\n"
+      "                            the engine runs it: PrefillSelect where it runs, else IndexerScores + TopK\n"
+      "                            (recorded as selection_path); its note gives prefill_dense_chunk /\n"
+      "                            prefill_gsa_chunk\n"
+      "  prefill_gsa_chunk_separate   the same with IndexerScores + SelectionCounts + TopK always\n"
       "Every case: median of --reps timed runs (CUDA events) after --warmup runs; prefill cases cut their\n"
       "reps to about 1.5 s each (at least 3). Outputs are checked (top-k selections valid, attention\n"
       "outputs finite); a failed check is reported and makes the exit status 3.\n"
@@ -676,6 +695,64 @@ std::string CheckSelDevice(const int32_t* sel, int64_t rows, const std::vector<i
   return CheckSelection(Download(sel, rows * kTopK), rows, kTopK, kTopK, position);
 }
 
+// Two selections on the device, [rows, stride] each: "" when every row's first `count` entries
+// agree, else how many rows differ and the first difference.
+std::string CheckSameSelection(const int32_t* got, const int32_t* want, int64_t rows, int64_t stride, int64_t count) {
+  BENCH_CUDA(cudaDeviceSynchronize());
+  const std::vector<int32_t> g = Download(got, rows * stride), w = Download(want, rows * stride);
+  int64_t differing = 0, first_row = -1, first_entry = -1;
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < count; ++j) {
+      if (g[static_cast<size_t>(i * stride + j)] == w[static_cast<size_t>(i * stride + j)]) continue;
+      if (differing++ == 0) {
+        first_row = i;
+        first_entry = j;
+      }
+      break;
+    }
+  }
+  if (differing == 0) return "";
+  const size_t at = static_cast<size_t>(first_row * stride + first_entry);
+  return std::to_string(differing) + " of " + std::to_string(rows) + " rows differ; first row " +
+         std::to_string(first_row) + " entry " + std::to_string(first_entry) + ": " + std::to_string(g[at]) +
+         " against " + std::to_string(w[at]);
+}
+
+// PrefillSelectArgs::full_rows of one run over `rows` rows: rows scored in full, rows whose top-k
+// came from the list, and entries that are neither 0 nor 1 (not written).
+struct SelectPaths {
+  int64_t full = 0, list = 0, unwritten = 0;
+};
+
+SelectPaths CountSelectPaths(const uint8_t* full_rows, int64_t rows) {
+  BENCH_CUDA(cudaDeviceSynchronize());
+  SelectPaths p;
+  for (const uint8_t f : Download(full_rows, rows)) {
+    if (f == 0) {
+      ++p.list;
+    } else if (f == 1) {
+      ++p.full;
+    } else {
+      ++p.unwritten;
+    }
+  }
+  return p;
+}
+
+// Why PrefillSelect returned cudaErrorNotSupported for chunk rows of up to `max_candidates`
+// candidates: "" where its contract says it should have run (then the caller reports a failure).
+std::string PrefillSelectWhyNot(int64_t max_candidates) {
+  bool wgmma = false;
+  (void)kernels::OnCurrentDevice(kernels::WgmmaSupported, &wgmma);
+  if (!wgmma) return "PrefillSelect needs compute capability 9.0 (the indexer's wgmma kernel)";
+  if (max_candidates < kernels::kPrefillSelectMinCandidates || max_candidates > kernels::kPrefillSelectMaxCandidates) {
+    return "PrefillSelect takes chunks of " + std::to_string(kernels::kPrefillSelectMinCandidates) + " to " +
+           std::to_string(kernels::kPrefillSelectMaxCandidates) + " candidates per row, not " +
+           std::to_string(max_candidates) + " (the separate launches serve this chunk)";
+  }
+  return "";
+}
+
 bool FitsMemory(Ctx& ctx, const std::string& group, int64_t L, int64_t B, double need_bytes) {
   size_t free_b = 0, total_b = 0;
   BENCH_CUDA(cudaMemGetInfo(&free_b, &total_b));
@@ -1190,11 +1267,15 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   const int64_t R = ctx.rotate_bytes;
   const size_t topk_ws_bytes = kernels::TopKWorkspaceBytes(C, L);
   const size_t attn_ws_bytes = kernels::GatheredAttentionWorkspaceBytes(C, kHeads, kDHead);
+  const size_t select_ws_bytes = kernels::PrefillSelectWorkspaceBytes(C, L);
   const double need = static_cast<double>(PagedCache::Bytes(L, 1, R)) +
                       static_cast<double>(L) * (2 * kQBytesPerRow + kGateCols * 4) +
                       static_cast<double>(C) * L * 4 + static_cast<double>(C) * (8 + kProjStride * 4 + 4) +
                       static_cast<double>(3 * C * kTopK * 4) + static_cast<double>(topk_ws_bytes + attn_ws_bytes) +
-                      static_cast<double>(C) * L / 64 * 8;  // SparsePrefill workspace (generous bound)
+                      static_cast<double>(C) * L / 64 * 8 +  // SparsePrefill workspace (generous bound)
+                      // PrefillSelect: workspace, its two selections, k, var, full_rows, running sums.
+                      static_cast<double>(select_ws_bytes) + static_cast<double>(C) * (kTopK + kKMaxVariance) * 4 +
+                      static_cast<double>(C) * (4 + 8 + 1) + static_cast<double>(L) * 4;
   if (!FitsMemory(ctx, "prefill", L, 1, need)) return;
   std::printf("[prefill L=%" PRId64 " B=1] %.2f GiB of buffers\n", L, Gib(need));
   std::fflush(stdout);
@@ -1260,6 +1341,19 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   DevBuf<int32_t> sel_clus = Upload(clus_h, "clustered prefill selections");
   DevBuf<int32_t> sel_topk(C * kTopK, "prefill top-k selection");
   BENCH_CUDA(cudaMemsetAsync(sel_topk.get(), 0xFF, sel_topk.bytes(), ctx.stream));
+  // PrefillSelect of the chunk (cases 4c, 4d, 7): its workspace, its selections (fixed k; the
+  // variance rule's, k_max wide), k, var, the per-slot running variance sums and full_rows.
+  DevBuf<uint8_t> select_ws(static_cast<int64_t>(select_ws_bytes), "prefill selection workspace");
+  DevBuf<int32_t> sel_ps(C * kTopK, "PrefillSelect selection");
+  DevBuf<int32_t> sel_ps_var(C * kKMaxVariance, "PrefillSelect selection (variance rule)");
+  BENCH_CUDA(cudaMemsetAsync(sel_ps.get(), 0xFF, sel_ps.bytes(), ctx.stream));
+  BENCH_CUDA(cudaMemsetAsync(sel_ps_var.get(), 0xFF, sel_ps_var.bytes(), ctx.stream));
+  DevBuf<int32_t> ps_k(C, "k per row (PrefillSelect)");
+  DevBuf<double> ps_var(C, "score variance per row (PrefillSelect)");
+  DevBuf<uint8_t> ps_full(C, "full_rows (PrefillSelect)");
+  DevBuf<float> ps_cumvar(cache.slots, "running variance sums (PrefillSelect)");
+  BENCH_CUDA(cudaMemsetAsync(ps_cumvar.get(), 0, ps_cumvar.bytes(), ctx.stream));
+  DevBuf<int32_t> ps_first = Upload(std::vector<int32_t>{0, static_cast<int32_t>(C)}, "seq_first_row");
 
   // DensePrefill per-sequence arrays: the whole prompt, and the chunk after c0 cached tokens.
   DevBuf<int32_t> zero = Upload(std::vector<int32_t>{0}, "dense prefill zero");
@@ -1451,6 +1545,127 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, name, L, 1, CheckSelDevice(sel_topk.get(), C, pos));
   }
+  // 4c, 4d. PrefillSelect of the chunk (indexer + k + top-k without writing every score and reading it
+  // back), fixed k and the variance rule, into its own k / selections. Where it does not run
+  // (cudaErrorNotSupported: not Hopper, or L outside its candidate range) both are skipped with the
+  // reason, and case 7 runs the separate launches. Every call overwrites `scores` (its scratch).
+  kernels::SelectionRule fixed_rule;
+  fixed_rule.method = 0;
+  fixed_rule.k_base = fixed_rule.k_min = fixed_rule.k_max = kTopK;
+  kernels::SelectionRule variance_rule;
+  variance_rule.method = 1;
+  variance_rule.k_base = kTopK;
+  variance_rule.k_min = kKMinVariance;
+  variance_rule.k_max = kKMaxVariance;
+  variance_rule.temperature = 1.0;
+  auto prefill_select = [&](int64_t it, const kernels::SelectionRule& rule, int32_t* sel, int64_t sel_stride,
+                            uint8_t* full_rows) {
+    kernels::PrefillSelectArgs a;
+    a.index = IndexArgs(cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, it);
+    a.rule = rule;
+    a.seq_first_row = ps_first.get();
+    a.num_seqs = 1;
+    a.var = ps_var.get();
+    a.cumvar = ps_cumvar.get();
+    a.k = ps_k.get();
+    a.sel = sel;
+    a.sel_stride = sel_stride;
+    a.workspace = select_ws.get();
+    a.workspace_bytes = select_ws.bytes();
+    a.full_rows = full_rows;
+    return kernels::PrefillSelect(a, ctx.stream);
+  };
+  std::string select_why_not;  // non-empty: PrefillSelect does not take this chunk
+  {
+    const cudaError_t err = prefill_select(0, fixed_rule, sel_ps.get(), kTopK, nullptr);
+    if (err == cudaErrorNotSupported) {
+      select_why_not = PrefillSelectWhyNot(L);
+      if (select_why_not.empty()) {
+        select_why_not = "PrefillSelect returned cudaErrorNotSupported on a chunk its contract says it takes";
+        AddCheck(ctx, "prefill_select_chunk supported", L, 1, select_why_not);
+      }
+    } else {
+      BENCH_CUDA(err);
+    }
+    BENCH_CUDA(cudaStreamSynchronize(ctx.stream));
+  }
+  auto skip_select_case = [&](const char* name) {
+    std::printf("  %-26s L=%-7" PRId64 " skipped: %s\n", name, L, select_why_not.c_str());
+    std::fflush(stdout);
+    ctx.skipped.push_back(json{{"group", "prefill"}, {"case", name}, {"L", L}, {"B", 1}, {"reason", select_why_not}});
+  };
+  // Rows scored in full / from the list in one run on key copy 0 (full_rows), into the record.
+  auto record_paths = [&](Record& r, const std::string& name, const kernels::SelectionRule& rule, int32_t* sel,
+                          int64_t sel_stride) {
+    BENCH_CUDA(cudaMemsetAsync(ps_full.get(), 0xFF, ps_full.bytes(), ctx.stream));
+    BENCH_CUDA(prefill_select(0, rule, sel, sel_stride, ps_full.get()));
+    const SelectPaths paths = CountSelectPaths(ps_full.get(), C);
+    r.extra["full_rows"] = paths.full;
+    r.extra["list_rows"] = paths.list;
+    AddCheck(ctx, name + " full_rows", L, 1,
+             paths.unwritten == 0 ? "" : std::to_string(paths.unwritten) + " entries of full_rows not written");
+    return paths;
+  };
+  if (!select_why_not.empty()) {
+    skip_select_case("prefill_select_chunk");
+  } else {
+    const std::string name = "prefill_select_chunk";
+    Record r = base(name.c_str(), C);
+    r.t = ctx.timer->Run(
+        [&](int64_t it) { BENCH_CUDA(prefill_select(it, fixed_rule, sel_ps.get(), kTopK, nullptr)); }, warm, reps,
+        kPrefillBudgetMs);
+    r.flops = chunk_pairs * kIndexerHeads * kDIndexer * 2;  // one scoring pass (the sample adds 1/32)
+    r.bound = Bound::kNone;
+    // Checked on key copy 0: PrefillSelect's selection against the separate launches' on the same inputs.
+    const SelectPaths paths = record_paths(r, name, fixed_rule, sel_ps.get(), kTopK);
+    Index(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, 0);
+    Select(ctx, rows, scores.get(), offsets.get(), L, kbuf.get(), sel_topk.get(), topk_ws, topk_ws_bytes);
+    r.note = "PrefillSelect, fixed k; " + std::to_string(paths.full) + " of " + std::to_string(C) + " rows in full";
+    r.extra["rule"] = "fixed k = 2048";
+    AddRecord(ctx, std::move(r));
+    AddCheck(ctx, name, L, 1, CheckSelDevice(sel_ps.get(), C, pos));
+    AddCheck(ctx, name + " = IndexerScores + TopK", L, 1,
+             CheckSameSelection(sel_ps.get(), sel_topk.get(), C, kTopK, kTopK));
+  }
+  if (!select_why_not.empty()) {
+    skip_select_case("prefill_select_chunk_variance");
+  } else {
+    const std::string name = "prefill_select_chunk_variance";
+    // The running variance sum before the chunk (slot of position c0 - 1): c0 × the chunk's mean
+    // score variance, so ref_t ~ var_t and k spreads around k_base as in a real prompt (with 0 there,
+    // every k would be about k_base / 2).
+    Index(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, 0);
+    kernels::ScoreChunk ch;
+    ch.scores = scores.get();
+    ch.score_offset = offsets.get();
+    ch.row_begin = 0;
+    ch.row_count = C;
+    ch.max_candidates = L;
+    BENCH_CUDA(kernels::ScoreStats(ch, rows.Info(), ps_var.get(), nullptr, ctx.stream));
+    BENCH_CUDA(cudaStreamSynchronize(ctx.stream));
+    const std::vector<double> var = Download(ps_var.get(), C);
+    const double mean_var = std::accumulate(var.begin(), var.end(), 0.0) / static_cast<double>(C);
+    const float before = static_cast<float>(static_cast<double>(c0) * mean_var);
+    BENCH_CUDA(cudaMemcpy(ps_cumvar.get() + cache.SlotOf(0, c0 - 1), &before, sizeof(float), cudaMemcpyHostToDevice));
+    Record r = base(name.c_str(), C);
+    r.t = ctx.timer->Run(
+        [&](int64_t it) {
+          BENCH_CUDA(prefill_select(it, variance_rule, sel_ps_var.get(), kKMaxVariance, nullptr));
+        },
+        warm, reps, kPrefillBudgetMs);
+    r.flops = chunk_pairs * kIndexerHeads * kDIndexer * 2;
+    r.bound = Bound::kNone;
+    const SelectPaths paths = record_paths(r, name, variance_rule, sel_ps_var.get(), kKMaxVariance);
+    const std::vector<int32_t> k = Download(ps_k.get(), C);
+    const double k_mean = std::accumulate(k.begin(), k.end(), 0.0) / static_cast<double>(C);
+    char note[96];
+    std::snprintf(note, sizeof(note), "PrefillSelect, variance rule (mean k %.0f); %" PRId64 " of %" PRId64
+                  " rows in full", k_mean, paths.full, C);
+    r.note = note;
+    r.extra["rule"] = "variance: k_base 2048, k_min 256, k_max 4096";
+    r.extra["k_mean"] = k_mean;
+    AddRecord(ctx, std::move(r));
+  }
   // 5, 6. Sparse prefill of the chunk, random and clustered selections: the engine's path
   // (union tiles where they pay, the rest per row), and every row gathered on its own (_rows).
   for (int variant = 0; variant < 4; ++variant) {
@@ -1492,30 +1707,55 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, name, L, 1, CheckOutput(ctx, out.get(), C * kHeads * kDHead));
   }
-  // 7. GSA prefill of the chunk: indexer → top-k → sparse attention on the top-k's selection.
-  {
-    Record r = base("prefill_gsa_chunk", C);
+  // 7. GSA prefill of the chunk: selection → sparse attention on it. As the engine runs it
+  // (prefill_gsa_chunk: PrefillSelect where it runs, else the separate launches), and with
+  // IndexerScores + TopK always (prefill_gsa_chunk_separate).
+  auto gsa_chunk = [&](const std::string& name, bool prefill_selects) {
+    int32_t* sel = prefill_selects ? sel_ps.get() : sel_topk.get();
+    const int32_t* count = prefill_selects ? ps_k.get() : kbuf.get();
+    Record r = base(name.c_str(), C);
     r.t = ctx.timer->Run(
         [&](int64_t it) {
-          Index(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, it);
-          Select(ctx, rows, scores.get(), offsets.get(), L, kbuf.get(), sel_topk.get(), topk_ws, topk_ws_bytes);
-          SparseAttend(ctx, cache, rows, chunk_seq, q.get(), sel_topk.get(), kbuf.get(), gate_z.get(),
-                       gate_bias.get(), out.get(), attn_ws, sp_ws, row_skip.get(), tile_stats.get(), it);
+          if (prefill_selects) {
+            BENCH_CUDA(prefill_select(it, fixed_rule, sel, kTopK, nullptr));
+          } else {
+            // The engine's separate launches: scores, k (SelectionCounts: the fixed rule writes
+            // k = 2048 as kbuf holds), top-k.
+            const kernels::IndexerScoresArgs ia = IndexArgs(cache, rows, proj.get(), bias.get(), scores.get(),
+                                                            offsets.get(), L, it);
+            BENCH_CUDA(kernels::IndexerScores(ia, ctx.stream));
+            kernels::ScoreChunk ch;
+            ch.scores = scores.get();
+            ch.score_offset = offsets.get();
+            ch.row_begin = 0;
+            ch.row_count = rows.n;
+            ch.max_candidates = L;
+            BENCH_CUDA(kernels::SelectionCounts(ch, ia.rows, ia.paged, ps_first.get(), 1, fixed_rule, nullptr, nullptr,
+                                                ps_cumvar.get(), kbuf.get(), ctx.stream));
+            Select(ctx, rows, scores.get(), offsets.get(), L, kbuf.get(), sel, topk_ws, topk_ws_bytes);
+          }
+          SparseAttend(ctx, cache, rows, chunk_seq, q.get(), sel, count, gate_z.get(), gate_bias.get(), out.get(),
+                       attn_ws, sp_ws, row_skip.get(), tile_stats.get(), it);
         },
         warm, reps, kPrefillBudgetMs);
-    r.bytes = b_index + chunk_pairs * 4 + plan_extra(r);
+    // The selection's bytes: the keys, plus every score written and read back on the separate path.
+    r.bytes = (prefill_selects ? static_cast<double>(L) * kKiBytesPerSlot : b_index + chunk_pairs * 4) + plan_extra(r);
     r.bound = Bound::kNone;
     const double ratio = r.t.median_us > 0 ? dense_chunk_us / r.t.median_us : 0;
     char note[64];
     std::snprintf(note, sizeof(note), "dense_chunk/gsa %.2fx", ratio);
-    r.note = note;
+    r.note = std::string(note) + (prefill_selects ? "; PrefillSelect" : "; IndexerScores + SelectionCounts + TopK");
     r.extra["dense_chunk_us"] = dense_chunk_us;
     r.extra["dense_over_gsa"] = ratio;
     r.extra["selection"] = "top-k of random-weight indexer scores (near-random positions)";
+    r.extra["selection_path"] = prefill_selects ? "PrefillSelect" : "separate";
+    if (!prefill_selects && !select_why_not.empty()) r.extra["prefill_select_not_run"] = select_why_not;
     AddRecord(ctx, std::move(r));
-    AddCheck(ctx, "prefill_gsa_chunk selection", L, 1, CheckSelDevice(sel_topk.get(), C, pos));
-    AddCheck(ctx, "prefill_gsa_chunk output", L, 1, CheckOutput(ctx, out.get(), C * kHeads * kDHead));
-  }
+    AddCheck(ctx, name + " selection", L, 1, CheckSelDevice(sel, C, pos));
+    AddCheck(ctx, name + " output", L, 1, CheckOutput(ctx, out.get(), C * kHeads * kDHead));
+  };
+  gsa_chunk("prefill_gsa_chunk", select_why_not.empty());
+  gsa_chunk("prefill_gsa_chunk_separate", false);
   BENCH_CUDA(cudaDeviceSynchronize());
 }
 

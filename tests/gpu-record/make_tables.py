@@ -140,6 +140,22 @@ def kernel_tables(kb):
                 txt += " (%s)" % ms("prefill_indexer_chunk_per_warp")
             return txt
 
+        def gsa_txt():
+            # The engine's chunk (PrefillSelect where it runs), the separate launches in parentheses.
+            if not gsa:
+                return "–"
+            sep = by.get(("prefill_gsa_chunk_separate", L, 1))
+            txt = num(gsa["time_us"] / 1000, "%.2f")
+            return txt + (" (%s)" % num(sep["time_us"] / 1000, "%.2f") if sep else "")
+
+        def select_txt():
+            # PrefillSelect alone, fixed k; the variance rule in parentheses.
+            r, v = by.get(("prefill_select_chunk", L, 1)), by.get(("prefill_select_chunk_variance", L, 1))
+            if not r:
+                return "–"
+            txt = num(r["time_us"] / 1000, "%.2f")
+            return txt + (" (%s)" % num(v["time_us"] / 1000, "%.2f") if v else "")
+
         def sparse(pattern):
             # The engine's path (union tiles where they pay) with every row gathered on its own in
             # parentheses; then how many tiles took the union path and their mean union.
@@ -159,12 +175,16 @@ def kernel_tables(kb):
                      if full else "–",
                      "%s (%s TFLOP/s)" % (num(chunk["time_us"] / 1000, "%.2f"), num(chunk.get("tflops"), "%.0f"))
                      if chunk else "–",
-                     num(gsa["time_us"] / 1000, "%.2f") if gsa else "–",
+                     gsa_txt(),
                      num(gsa.get("dense_over_gsa"), "%.2f×") if gsa else "–",
-                     indexer(), ms("prefill_topk_chunk"), sparse("random"), sparse("clustered")])
+                     select_txt(), indexer(), ms("prefill_topk_chunk"), sparse("random"), sparse("clustered")])
     if rows:
-        out += ["Prefill (B = 1; chunk = the prompt's last 2048 rows; GSA = indexer + top-k + sparse attention on the "
-                "top-k of random-weight scores, near-random positions). Its parts, each timed alone: the indexer's "
+        out += ["Prefill (B = 1; chunk = the prompt's last 2048 rows; GSA = the selection of random-weight scores "
+                "(near-random positions) + sparse attention on it. The selection is the engine's: from 16K candidates "
+                "`kernels::PrefillSelect` (a sampled threshold per row, the indexer keeping only the scores above it, "
+                "k by SelectionCounts, the top-k from those lists), in parentheses the separate launches (IndexerScores "
+                "+ SelectionCounts + TopK, the 1 GB of scores written and read back). Its parts, each timed alone: "
+                "PrefillSelect with the fixed k = 2048 (in parentheses the variance rule, k_max 4096), the indexer's "
                 "scores, the top-k, and the sparse attention on two fixed selection patterns of 2048 positions per "
                 "row: random, and clustered (the recent 512 plus 3 spans of 512 shared by every row; 4095 distinct "
                 "positions in the chunk). Sparse attention is the engine's path (kernels/sparse_prefill.h: tiles of "
@@ -172,8 +192,9 @@ def kernel_tables(kb):
                 "are gathered one by one), in parentheses every row gathered on its own; then the tiles that took "
                 "the union path and their mean union in keys. The indexer is the engine's kernel for prefill chunks "
                 "(Hopper wgmma), in parentheses the per-warp mma.sync kernel it replaced there:", "",
-                table(["L", "dense, whole prompt ms", "dense, chunk ms", "GSA, chunk ms", "dense / GSA (chunk)",
-                       "indexer ms (per-warp)", "top-k ms", "sparse, random ms", "sparse, clustered ms"], rows), ""]
+                table(["L", "dense, whole prompt ms", "dense, chunk ms", "GSA, chunk ms (separate)", "dense / GSA (chunk)",
+                       "PrefillSelect ms (variance)", "indexer ms (per-warp)", "top-k ms", "sparse, random ms",
+                       "sparse, clustered ms"], rows), ""]
     return out
 
 

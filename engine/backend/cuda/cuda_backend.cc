@@ -172,6 +172,7 @@ struct Workspace {
   DeviceBuffer<uint8_t> attn_ws, topk_ws;
   DeviceBuffer<uint32_t> attn_counters;  // GatheredAttention's split counters, zeroed when allocated (its contract)
   DeviceBuffer<uint8_t> select_ws;  // kernels::DecodeSelect's, zeroed when allocated (its contract)
+  DeviceBuffer<uint8_t> prefill_ws;  // kernels::PrefillSelect's (empty when contexts are too short for it)
   DeviceBuffer<float> scores;   // one score chunk
   DeviceBuffer<uint8_t> sparse_ws;  // kernels::SparsePrefill's (block lists and masks of its tiles)
   DeviceBuffer<uint8_t> row_skip;   // [rows] rows SparsePrefill computed (GatheredAttention skips them)
@@ -262,6 +263,10 @@ absl::Status EnsureWorkspace(const ModelConfig& c, CudaBackend::Impl& im, int64_
                                       std::max<size_t>(1, kernels::TopKWorkspaceBytes(rows, im.max_candidates))));
   GSA_ASSIGN_OR_RETURN(n.scores, DeviceBuffer<float>::Allocate(static_cast<size_t>(score_floats)));
   GSA_ASSIGN_OR_RETURN(n.select_ws, DeviceBuffer<uint8_t>::Allocate(kernels::DecodeSelectWorkspaceBytes(rows)));
+  if (im.max_candidates >= kernels::kPrefillSelectMinCandidates) {
+    const int64_t cands = std::min<int64_t>(im.max_candidates, kernels::kPrefillSelectMaxCandidates);
+    GSA_ASSIGN_OR_RETURN(n.prefill_ws, DeviceBuffer<uint8_t>::Allocate(kernels::PrefillSelectWorkspaceBytes(rows, cands)));
+  }
   const int32_t group = static_cast<int32_t>(c.heads_per_kv());
   if (kernels::SparsePrefillSupports(static_cast<int32_t>(c.d_head), group)) {
     // Room for one sequence's chunk of `rows` rows whose tiles take unions up to what the default
@@ -499,6 +504,9 @@ struct StepPlan {
     int64_t row_begin = 0, row_count = 0, offset_index = 0, max_candidates = 0;
     bool one_row_per_seq = true;  // no two rows of one sequence (kernels::DecodeSelect's precondition)
     int64_t sequence_runs = 0;     // runs of consecutive same-sequence rows (kernels::IndexerScoresArgs)
+    // Sparse rows, and those with fewer candidates than kernels::PrefillSelect samples (it scores
+    // them in full after the sample: right for a few, not for most).
+    int64_t sparse_rows = 0, short_rows = 0;
   };
   std::vector<Chunk> chunks;
   std::vector<int64_t> score_offset;    // all chunks' offsets, concatenated
@@ -638,6 +646,10 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
     }
     seq_chunk[si] = chunk_id;
     cur.max_candidates = std::max(cur.max_candidates, cand);
+    if (cand > 0) {
+      ++cur.sparse_rows;
+      if (cand < kernels::kPrefillSelectMinCandidates) ++cur.short_rows;
+    }
   }
   close();
   return p;
@@ -871,6 +883,26 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
             ds.workspace_bytes = w.select_ws.bytes();
             ds.resident_blocks_per_sm = im.select_resident_blocks;
             const cudaError_t err = kernels::DecodeSelect(ds, st);
+            if (err == cudaSuccess) continue;
+            if (err != cudaErrorNotSupported) GSA_CUDA_RETURN_IF_ERROR(err);
+          }
+          // Prefill chunks of long rows: the indexer keeps only the scores above a sampled threshold
+          // and the top-k reads those (kernels::PrefillSelect; the separate launches elsewhere).
+          if (!ch.one_row_per_seq && rule.method != 2 && ch.max_candidates >= kernels::kPrefillSelectMinCandidates &&
+              ch.short_rows * 8 <= ch.sparse_rows && w.prefill_ws.bytes() > 0 && b.options_.use_prefill_select) {
+            kernels::PrefillSelectArgs ps;
+            ps.index = ia;
+            ps.rule = rule;
+            ps.seq_first_row = d.first;
+            ps.num_seqs = num_seqs;
+            ps.var = w.var.get();
+            ps.cumvar = cache.cumvar.get();
+            ps.k = k_layer;
+            ps.sel = w.sel.get();
+            ps.sel_stride = im.sel_stride;
+            ps.workspace = w.prefill_ws.get();
+            ps.workspace_bytes = w.prefill_ws.bytes();
+            const cudaError_t err = kernels::PrefillSelect(ps, st);
             if (err == cudaSuccess) continue;
             if (err != cudaErrorNotSupported) GSA_CUDA_RETURN_IF_ERROR(err);
           }
