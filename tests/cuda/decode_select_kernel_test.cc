@@ -22,6 +22,7 @@
 namespace gsa {
 namespace {
 
+using gsa::testing::Bits;
 using gsa::testing::Download;
 using gsa::testing::Poisoned;
 using gsa::testing::RandomFloats;
@@ -31,12 +32,6 @@ using kernels::bf16;
 
 constexpr int32_t kBlockSize = 64;
 constexpr int32_t kSelStride = 4096;
-
-uint32_t Bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
 
 struct Scenario {
   std::string name;

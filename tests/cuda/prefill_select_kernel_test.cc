@@ -40,6 +40,7 @@
 namespace gsa {
 namespace {
 
+using gsa::testing::Bits;
 using gsa::testing::Download;
 using gsa::testing::Poisoned;
 using gsa::testing::RandomFloats;
@@ -54,17 +55,6 @@ constexpr int32_t kDIndexer = 64;
 constexpr int64_t kMaxKOffByOne = 2;
 // Random-key rows at least this long that must take the list (full_rows 0), as a share.
 constexpr double kMinListShare = 0.9;
-
-uint32_t Bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-uint64_t Bits(double d) {
-  uint64_t u;
-  std::memcpy(&u, &d, 8);
-  return u;
-}
 
 // One sequence's rows in the step: consecutive positions first_position, first_position + 1, ….
 struct SeqSpec {

@@ -27,6 +27,7 @@
 namespace gsa {
 namespace {
 
+using ::gsa::testing::Bits;
 using ::gsa::testing::FreshSeed;
 using ::gsa::testing::kPoisonByte;
 
@@ -69,12 +70,6 @@ bool IsPoison(const T& v) {
     if (c != static_cast<unsigned char>(kPoisonByte)) return false;
   }
   return true;
-}
-
-uint32_t FloatBits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
 }
 
 float FloatFromBits(uint32_t u) {
@@ -810,8 +805,8 @@ TEST(SelectionCountsKernel, MatchesCpuAcrossChunksWithPagedRunningSum) {
       }
       int bad = 0;
       for (int64_t s = 0; s < num_slots && bad < 10; ++s) {
-        const uint32_t got = FloatBits(cum_got[static_cast<size_t>(s)]);
-        const uint32_t want = FloatBits(cum_host[static_cast<size_t>(s)]);
+        const uint32_t got = Bits(cum_got[static_cast<size_t>(s)]);
+        const uint32_t want = Bits(cum_host[static_cast<size_t>(s)]);
         if (got != want) {
           ++bad;
           ADD_FAILURE() << "cumvar slot " << s << ": want " << cum_host[static_cast<size_t>(s)] << " (0x" << std::hex

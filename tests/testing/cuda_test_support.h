@@ -86,6 +86,18 @@ inline std::vector<float> RandomFloats(size_t n, uint64_t seed, float lo = -1.0f
 }
 
 // A seed that differs run to run (fresh random inputs), printed by the caller on failure.
+// The bit patterns of a float and a double: for bitwise comparisons (NaN == NaN, -0 != +0).
+inline uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline uint64_t Bits(double d) {
+  uint64_t u;
+  std::memcpy(&u, &d, 8);
+  return u;
+}
+
 inline uint64_t FreshSeed() { return std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}(); }
 
 // Byte patterns written over outputs before a kernel runs, so unwritten elements are caught:

@@ -868,17 +868,21 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
           ia.row_count = ch.row_count;
           ia.max_candidates = ch.max_candidates;
           ia.sequence_runs = ch.sequence_runs;
+          // The fields the fused selections share with each other: the chunk, the rule, the outputs.
+          auto selection_common = [&](auto& x) {
+            x.index = ia;
+            x.rule = rule;
+            x.var = w.var.get();
+            x.cumvar = cache.cumvar.get();
+            x.k = k_layer;
+            x.sel = w.sel.get();
+            x.sel_stride = im.sel_stride;
+          };
           // Decode: the whole selection in one cooperative launch when the device and shape allow
           // (at batch 1 below 8K candidates the separate single-block path measured faster).
           if (ch.one_row_per_seq && rule.method != 2 && (ch.max_candidates >= 8192 || ch.row_count > 1)) {
             kernels::DecodeSelectArgs ds;
-            ds.index = ia;
-            ds.rule = rule;
-            ds.var = w.var.get();
-            ds.cumvar = cache.cumvar.get();
-            ds.k = k_layer;
-            ds.sel = w.sel.get();
-            ds.sel_stride = im.sel_stride;
+            selection_common(ds);
             ds.workspace = w.select_ws.get();
             ds.workspace_bytes = w.select_ws.bytes();
             ds.resident_blocks_per_sm = im.select_resident_blocks;
@@ -891,15 +895,9 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
           if (!ch.one_row_per_seq && rule.method != 2 && ch.max_candidates >= kernels::kPrefillSelectMinCandidates &&
               ch.short_rows * 8 <= ch.sparse_rows && w.prefill_ws.bytes() > 0 && b.options_.use_prefill_select) {
             kernels::PrefillSelectArgs ps;
-            ps.index = ia;
-            ps.rule = rule;
+            selection_common(ps);
             ps.seq_first_row = d.first;
             ps.num_seqs = num_seqs;
-            ps.var = w.var.get();
-            ps.cumvar = cache.cumvar.get();
-            ps.k = k_layer;
-            ps.sel = w.sel.get();
-            ps.sel_stride = im.sel_stride;
             ps.workspace = w.prefill_ws.get();
             ps.workspace_bytes = w.prefill_ws.bytes();
             const cudaError_t err = kernels::PrefillSelect(ps, st);
