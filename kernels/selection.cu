@@ -922,7 +922,18 @@ __global__ void __launch_bounds__(kCountsThreads) SelectionChainKernel(ScoreChun
     const double prev = code == 2 ? PreviousCumvar(paged, cumvar, rows.seq[base + lane], row.pos) : 0.0;
     const int n = static_cast<int>(min(static_cast<int64_t>(32), r1 - base));
     float mine = 0.0f;
-    if (n == 32) {  // uniform; no bounds in the unrolled steps, so their shuffles can go first
+    if (var == nullptr) {
+      // Nothing is added (the fixed rule): a step rounds the previous sum to itself (f32(double(c)
+      // + 0) = c; −0, the one exception, never is a sum: −0 + 0 = +0), so every row's sum is that of
+      // the latest row at or before it that starts from memory (f32(prev + 0)) or is dense (NaN),
+      // or, with none in this round, the chain's. No chain to walk.
+      const float own = code == 0 ? DenseRowCumvar() : __double2float_rn(__dadd_rn(prev, 0.0));
+      const uint32_t resets = __ballot_sync(kFullMask, lane < n && code != 1);
+      const uint32_t upto = resets & (lane == 31 ? kFullMask : ((2u << lane) - 1u));
+      const float from = __shfl_sync(kFullMask, own, upto != 0u ? 31 - __clz(upto) : 0);
+      mine = upto != 0u ? from : static_cast<float>(chain);
+      chain = static_cast<double>(__shfl_sync(kFullMask, mine, n - 1));
+    } else if (n == 32) {  // uniform; no bounds in the unrolled steps, so their shuffles can go first
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         const float cum = ChainStep(__shfl_sync(kFullMask, code, j), __shfl_sync(kFullMask, prev, j),

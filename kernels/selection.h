@@ -51,7 +51,8 @@ struct SelectionRule {
 //  - dense rows: cumvar[slot[r]] = NaN, k[r] = position[r] + 1.
 // seq_first_row: [num_seqs + 1]; the rows of sequence i are [seq_first_row[i], seq_first_row[i+1]),
 // in position order; only those inside the chunk are processed. rows.seq, position, slot and dense
-// are read; chunk.scores is not. var == nullptr reads as zeros. rule.method 2 with entropy ==
+// are read; chunk.scores is not. var == nullptr reads as zeros, and then the running sums need no
+// serial walk through the rows (pass null for the fixed rule). rule.method 2 with entropy ==
 // nullptr, or an unknown method, is cudaErrorInvalidValue. The entropy method's log() is CUDA's,
 // which may differ from the host's in the last bit (k can differ only at an exact floor boundary).
 cudaError_t SelectionCounts(const ScoreChunk& chunk, const RowInfo& rows, const PagedLayout& paged,

@@ -910,7 +910,9 @@ absl::Status CudaBackend::StepRunner::EnqueueLayers(CudaBackend& b, const StepPl
                                                          rule.method == 2 ? w.entropy.get() : nullptr, st));
           }
         }
-        GSA_CUDA_RETURN_IF_ERROR(kernels::SelectionCounts(chunk, d.rows, d.paged, d.first, num_seqs, rule, w.var.get(),
+        // The fixed rule adds nothing to the running sums: no var (SelectionCounts then skips the chain).
+        GSA_CUDA_RETURN_IF_ERROR(kernels::SelectionCounts(chunk, d.rows, d.paged, d.first, num_seqs, rule,
+                                                          rule.method == 0 ? nullptr : w.var.get(),
                                                           rule.method == 2 ? w.entropy.get() : nullptr,
                                                           cache.cumvar.get(), k_layer, st));
         if (ch.max_candidates > 0) {
