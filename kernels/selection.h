@@ -174,6 +174,11 @@ constexpr int64_t kPrefillSampleStride = 2048;      // positions per sampled til
 constexpr int64_t kPrefillListCap = 8192;           // list entries a row keeps, at most
 constexpr int64_t kPrefillSelectMinCandidates = 16384;   // shorter chunks: the separate launches
 constexpr int64_t kPrefillSelectMaxCandidates = 1 << 18; // longer ones too (the list sort's bitmap)
+// Where PrefillSelect is faster than the separate launches (H200, gsa-1.7b indexer shapes, k 2048,
+// 2048-row chunks, tests/gpu-record/kernel-bench.json): its per-row threshold and list top-k cost
+// about the same at every context, the top-k pass it saves grows with it; 32K 0.66 against 0.60 ms,
+// 64K 1.08 against 0.98, 128K 1.72 against 1.81. Callers choosing between the two use this.
+constexpr int64_t kPrefillSelectFasterFrom = 98304;
 
 struct PrefillSelectArgs {
   IndexerScoresArgs index;  // the chunk; index.scores / score_offset: the rows' score regions (scratch)

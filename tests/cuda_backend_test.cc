@@ -47,6 +47,7 @@ std::unique_ptr<CudaBackend> MakeCuda(const LoadedModel& m, int64_t num_blocks, 
                                       bool prefill_select = true) {
   CudaBackendOptions o;
   o.use_prefill_select = prefill_select;
+  o.prefill_select_min_candidates = 16384;  // the long-prompt test's 17K tokens take it
   o.attention_merge_in_kernel = attention_merge_in_kernel;
   o.max_rows = 256;
   o.use_small_rows_linear = small_rows_linear;

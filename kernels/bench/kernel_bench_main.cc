@@ -1751,15 +1751,15 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     r.extra["selection_path"] = prefill_selects ? "PrefillSelect" : "separate";
     if (!prefill_selects && !select_why_not.empty()) r.extra["prefill_select_not_run"] = select_why_not;
     if (!prefill_selects && select_why_not.empty() && name == "prefill_gsa_chunk") {
-      r.extra["prefill_select_not_run"] = "most rows have fewer candidates than PrefillSelect samples (the engine's rule)";
+      r.extra["prefill_select_not_run"] = "rows below kPrefillSelectFasterFrom candidates (the engine's rule)";
     }
     AddRecord(ctx, std::move(r));
     AddCheck(ctx, name + " selection", L, 1, CheckSelDevice(sel, C, pos));
     AddCheck(ctx, name + " output", L, 1, CheckOutput(ctx, out.get(), C * kHeads * kDHead));
   };
-  // The engine's rule (cuda_backend.cc): PrefillSelect when at most 1/8 of the chunk's rows are
-  // shorter than its sample needs (those rows would be scored twice); row r has L - C + 1 + r candidates.
-  const int64_t short_rows = std::clamp<int64_t>(kernels::kPrefillSelectMinCandidates - (L - C + 1), 0, C);
+  // The engine's rule (cuda_backend.cc): PrefillSelect when at most 1/8 of the chunk's rows have
+  // fewer than kPrefillSelectFasterFrom candidates (where it measured faster); row r has L - C + 1 + r.
+  const int64_t short_rows = std::clamp<int64_t>(kernels::kPrefillSelectFasterFrom - (L - C + 1), 0, C);
   gsa_chunk("prefill_gsa_chunk", select_why_not.empty() && short_rows * 8 <= C);
   gsa_chunk("prefill_gsa_chunk_separate", false);
   BENCH_CUDA(cudaDeviceSynchronize());

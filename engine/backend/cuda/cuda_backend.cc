@@ -538,9 +538,13 @@ struct FixedShape {
 int64_t SparseTokenBound(const ModelConfig& c) { return std::max<int64_t>({c.k_base, c.k_max, 1}); }
 
 // Which prefill kernels a step may use (CudaBackendOptions).
+static_assert(CudaBackendOptions().prefill_select_min_candidates == kernels::kPrefillSelectFasterFrom,
+              "CudaBackendOptions' default is kernels/selection.h's measured crossover");
+
 struct PrefillKernels {
   bool dense = true;
   bool sparse_tiles = true;
+  int64_t select_min_candidates = kernels::kPrefillSelectFasterFrom;  // StepPlan::Chunk::short_rows
 };
 
 StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_size, int64_t score_floats,
@@ -648,7 +652,7 @@ StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_si
     cur.max_candidates = std::max(cur.max_candidates, cand);
     if (cand > 0) {
       ++cur.sparse_rows;
-      if (cand < kernels::kPrefillSelectMinCandidates) ++cur.short_rows;
+      if (cand < std::max(kernels_on.select_min_candidates, kernels::kPrefillSelectMinCandidates)) ++cur.short_rows;
     }
   }
   close();
@@ -1182,7 +1186,8 @@ absl::Status CudaBackend::Launch(const StepBatch& batch) {
       StepBatch padded = batch;
       AppendIdleDecodeRows(padded, g->bucket, scratch_block_);
       FixedShape fixed{g->max_context, g->long_dense_rows};
-      const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles}, &fixed);
+      const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles,
+                                                    options_.prefill_select_min_candidates}, &fixed);
       const PackedStep packed = PackStep(plan, bs);
       const std::vector<uint8_t>& bytes = packed.blob.bytes();
       if (bytes.size() > g->meta.bytes()) {
@@ -1226,7 +1231,8 @@ absl::Status CudaBackend::Launch(const StepBatch& batch) {
     GSA_RETURN_IF_ERROR(EnsureWorkspace(c, im, R, im.score_floats));
   }
   Workspace& w = im.ws;
-  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles}, nullptr);
+  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles,
+                                                    options_.prefill_select_min_candidates}, nullptr);
   const PackedStep packed = PackStep(plan, bs);
   const std::vector<uint8_t>& bytes = packed.blob.bytes();
   if (w.meta.bytes() < bytes.size()) {
@@ -1323,7 +1329,8 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
   StepBatch shape;
   AppendIdleDecodeRows(shape, bucket, scratch_block_);
   FixedShape fixed{cap, long_dense};
-  const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles}, &fixed);
+  const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles,
+                                                    options_.prefill_select_min_candidates}, &fixed);
   auto g = std::make_unique<DecodeGraph>();
   g->bucket = bucket;
   g->max_context = cap;

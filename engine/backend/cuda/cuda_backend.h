@@ -74,11 +74,14 @@ struct CudaBackendOptions {
   // (kernels::GatheredAttentionArgs::split_counters) instead of a separate merge kernel: one
   // kernel fewer a layer, the same output bitwise. false: the merge kernel (tests compare).
   bool attention_merge_in_kernel = true;
-  // Prefill score chunks of long rows (≥ 16K candidates) through kernels::PrefillSelect: a sampled
-  // threshold per row, the indexer keeps only the scores above it, the top-k reads those; the same
-  // selections as the separate launches (kernels/selection.h says where the variance rule can
-  // differ). false: the separate launches (tests compare the two).
+  // Prefill score chunks of long rows through kernels::PrefillSelect: a sampled threshold per row,
+  // the indexer keeps only the scores above it, the top-k reads those; the same selections as the
+  // separate launches (kernels/selection.h says where the variance rule can differ). Taken when at
+  // most 1/8 of a chunk's rows have fewer than prefill_select_min_candidates candidates (default:
+  // where it measured faster, kernels::kPrefillSelectFasterFrom; below kPrefillSelectMinCandidates it
+  // acts as that). false: the separate launches (tests compare the two).
   bool use_prefill_select = true;
+  int64_t prefill_select_min_candidates = 98304;
 };
 
 struct DecodeGraph;
