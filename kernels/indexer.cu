@@ -661,17 +661,19 @@ bool IndexerScoresSupports(int32_t d_indexer, int32_t n_indexer_heads) {
 
 namespace {
 
-cudaError_t CheckArgs(const IndexerScoresArgs& a) {
+// Every mode's launch: the argument checks, then the kernel UseWarpgroupKernel picks (the other
+// modes force the warpgroup kernel: cudaErrorNotSupported where it cannot run).
+cudaError_t Run(const IndexerScoresArgs& a, const WgLaunch& w, cudaStream_t stream) {
+  if (a.row_count <= 0 || a.max_candidates <= 0) return cudaSuccess;
   if (!IndexerScoresSupports(a.d_indexer, a.n_indexer_heads) || a.row_count > 65535 ||
       (a.tiles_per_block != 0 && a.tiles_per_block != 1 && a.tiles_per_block != 2 &&
        a.tiles_per_block != 4 && a.tiles_per_block != kMaxTilesPerBlock)) {
     return cudaErrorInvalidValue;
   }
   if (a.ki_fp8 != nullptr ? a.ki_scale == nullptr : a.ki_cache == nullptr) return cudaErrorInvalidValue;
-  return cudaSuccess;
-}
-
-cudaError_t Dispatch(const IndexerScoresArgs& a, bool warpgroup, const WgLaunch& w, cudaStream_t stream) {
+  bool warpgroup = false;
+  const cudaError_t err = UseWarpgroupKernel(a, &warpgroup);
+  if (err != cudaSuccess) return err;
   switch (a.d_indexer) {
     case 16: return Launch<16>(a, warpgroup, stream, w);
     case 32: return Launch<32>(a, warpgroup, stream, w);
@@ -682,27 +684,13 @@ cudaError_t Dispatch(const IndexerScoresArgs& a, bool warpgroup, const WgLaunch&
 
 // The warpgroup kernel's other modes: Hopper only, whatever args.kernel says.
 cudaError_t LaunchMode(IndexerScoresArgs a, const WgLaunch& w, cudaStream_t stream) {
-  if (a.row_count <= 0 || a.max_candidates <= 0) return cudaSuccess;
-  cudaError_t err = CheckArgs(a);
-  if (err != cudaSuccess) return err;
   a.kernel = IndexerScoresArgs::Kernel::kWarpgroup;
-  bool warpgroup = false;
-  err = UseWarpgroupKernel(a, &warpgroup);
-  if (err != cudaSuccess) return err;
-  return Dispatch(a, true, w, stream);
+  return Run(a, w, stream);
 }
 
 }  // namespace
 
-cudaError_t IndexerScores(const IndexerScoresArgs& a, cudaStream_t stream) {
-  if (a.row_count <= 0 || a.max_candidates <= 0) return cudaSuccess;
-  cudaError_t err = CheckArgs(a);
-  if (err != cudaSuccess) return err;
-  bool warpgroup = false;
-  err = UseWarpgroupKernel(a, &warpgroup);
-  if (err != cudaSuccess) return err;
-  return Dispatch(a, warpgroup, WgLaunch(), stream);
-}
+cudaError_t IndexerScores(const IndexerScoresArgs& a, cudaStream_t stream) { return Run(a, WgLaunch(), stream); }
 
 int64_t IndexerSampleCount(int64_t positions, int64_t sample_stride) {
   return (positions + sample_stride - 1) / sample_stride * kWgCand;

@@ -933,18 +933,17 @@ __global__ void __launch_bounds__(kCountsThreads) SelectionChainKernel(ScoreChun
       const float from = __shfl_sync(kFullMask, own, upto != 0u ? 31 - __clz(upto) : 0);
       mine = upto != 0u ? from : static_cast<float>(chain);
       chain = static_cast<double>(__shfl_sync(kFullMask, mine, n - 1));
-    } else if (n == 32) {  // uniform; no bounds in the unrolled steps, so their shuffles can go first
-#pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        const float cum = ChainStep(__shfl_sync(kFullMask, code, j), __shfl_sync(kFullMask, prev, j),
-                                    __shfl_sync(kFullMask, row.v, j), &chain);
-        if (lane == j) mine = cum;
-      }
     } else {
-      for (int j = 0; j < n; ++j) {
+      auto step = [&](int j) {  // row j of the round, its operands from lane j
         const float cum = ChainStep(__shfl_sync(kFullMask, code, j), __shfl_sync(kFullMask, prev, j),
                                     __shfl_sync(kFullMask, row.v, j), &chain);
         if (lane == j) mine = cum;
+      };
+      if (n == 32) {  // uniform; no bounds in the unrolled steps, so their shuffles can go first
+#pragma unroll
+        for (int j = 0; j < 32; ++j) step(j);
+      } else {
+        for (int j = 0; j < n; ++j) step(j);
       }
     }
     if (lane < n) cumvar[row.slot] = mine;

@@ -875,15 +875,21 @@ void Index(Ctx& ctx, const PagedCache& c, const Rows& rows, const float* proj, c
   BENCH_CUDA(kernels::IndexerScores(IndexArgs(c, rows, proj, bias, scores, offsets, max_candidates, it), ctx.stream));
 }
 
-void Select(Ctx& ctx, const Rows& rows, const float* scores, const int64_t* offsets, int64_t max_candidates,
-            const int32_t* k, int32_t* sel, const DevBuf<uint8_t>& ws, size_t ws_bytes) {
+// The score chunk of all rows.n rows (row r's scores at offsets[r]).
+kernels::ScoreChunk ChunkOf(const Rows& rows, const float* scores, const int64_t* offsets, int64_t max_candidates) {
   kernels::ScoreChunk ch;
   ch.scores = scores;
   ch.score_offset = offsets;
   ch.row_begin = 0;
   ch.row_count = rows.n;
   ch.max_candidates = max_candidates;
-  BENCH_CUDA(kernels::TopK(ch, rows.Info(), k, sel, kTopK, ws_bytes > 0 ? ws.get() : nullptr, ws_bytes, ctx.stream));
+  return ch;
+}
+
+void Select(Ctx& ctx, const Rows& rows, const float* scores, const int64_t* offsets, int64_t max_candidates,
+            const int32_t* k, int32_t* sel, const DevBuf<uint8_t>& ws, size_t ws_bytes) {
+  BENCH_CUDA(kernels::TopK(ChunkOf(rows, scores, offsets, max_candidates), rows.Info(), k, sel, kTopK,
+                           ws_bytes > 0 ? ws.get() : nullptr, ws_bytes, ctx.stream));
 }
 
 // The fused decode selection (kernels::DecodeSelect): indexer scores, k (fixed 2048) and top-k of
@@ -1635,13 +1641,8 @@ void RunPrefill(Ctx& ctx, int64_t L) {
     // score variance, so ref_t ~ var_t and k spreads around k_base as in a real prompt (with 0 there,
     // every k would be about k_base / 2).
     Index(ctx, cache, rows, proj.get(), bias.get(), scores.get(), offsets.get(), L, 0);
-    kernels::ScoreChunk ch;
-    ch.scores = scores.get();
-    ch.score_offset = offsets.get();
-    ch.row_begin = 0;
-    ch.row_count = C;
-    ch.max_candidates = L;
-    BENCH_CUDA(kernels::ScoreStats(ch, rows.Info(), ps_var.get(), nullptr, ctx.stream));
+    BENCH_CUDA(kernels::ScoreStats(ChunkOf(rows, scores.get(), offsets.get(), L), rows.Info(), ps_var.get(), nullptr,
+                                   ctx.stream));
     BENCH_CUDA(cudaStreamSynchronize(ctx.stream));
     const std::vector<double> var = Download(ps_var.get(), C);
     const double mean_var = std::accumulate(var.begin(), var.end(), 0.0) / static_cast<double>(C);
@@ -1724,14 +1725,9 @@ void RunPrefill(Ctx& ctx, int64_t L) {
             const kernels::IndexerScoresArgs ia = IndexArgs(cache, rows, proj.get(), bias.get(), scores.get(),
                                                             offsets.get(), L, it);
             BENCH_CUDA(kernels::IndexerScores(ia, ctx.stream));
-            kernels::ScoreChunk ch;
-            ch.scores = scores.get();
-            ch.score_offset = offsets.get();
-            ch.row_begin = 0;
-            ch.row_count = rows.n;
-            ch.max_candidates = L;
-            BENCH_CUDA(kernels::SelectionCounts(ch, ia.rows, ia.paged, ps_first.get(), 1, fixed_rule, nullptr, nullptr,
-                                                ps_cumvar.get(), kbuf.get(), ctx.stream));
+            BENCH_CUDA(kernels::SelectionCounts(ChunkOf(rows, scores.get(), offsets.get(), L), ia.rows, ia.paged,
+                                                ps_first.get(), 1, fixed_rule, nullptr, nullptr, ps_cumvar.get(),
+                                                kbuf.get(), ctx.stream));
             Select(ctx, rows, scores.get(), offsets.get(), L, kbuf.get(), sel, topk_ws, topk_ws_bytes);
           }
           SparseAttend(ctx, cache, rows, chunk_seq, q.get(), sel, count, gate_z.get(), gate_bias.get(), out.get(),

@@ -547,6 +547,10 @@ struct PrefillKernels {
   int64_t select_min_candidates = kernels::kPrefillSelectFasterFrom;  // StepPlan::Chunk::short_rows
 };
 
+PrefillKernels PrefillKernelsOf(const CudaBackendOptions& o) {
+  return PrefillKernels{o.use_dense_prefill_kernel, o.use_sparse_prefill_tiles, o.prefill_select_min_candidates};
+}
+
 StepPlan PlanStep(const StepBatch& batch, const ModelConfig& c, int64_t block_size, int64_t score_floats,
                   PrefillKernels kernels_on, const FixedShape* fixed) {
   StepPlan p;
@@ -1186,8 +1190,7 @@ absl::Status CudaBackend::Launch(const StepBatch& batch) {
       StepBatch padded = batch;
       AppendIdleDecodeRows(padded, g->bucket, scratch_block_);
       FixedShape fixed{g->max_context, g->long_dense_rows};
-      const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles,
-                                                    options_.prefill_select_min_candidates}, &fixed);
+      const StepPlan plan = PlanStep(padded, c, bs, im.score_floats, PrefillKernelsOf(options_), &fixed);
       const PackedStep packed = PackStep(plan, bs);
       const std::vector<uint8_t>& bytes = packed.blob.bytes();
       if (bytes.size() > g->meta.bytes()) {
@@ -1231,8 +1234,7 @@ absl::Status CudaBackend::Launch(const StepBatch& batch) {
     GSA_RETURN_IF_ERROR(EnsureWorkspace(c, im, R, im.score_floats));
   }
   Workspace& w = im.ws;
-  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles,
-                                                    options_.prefill_select_min_candidates}, nullptr);
+  const StepPlan plan = PlanStep(batch, c, bs, im.score_floats, PrefillKernelsOf(options_), nullptr);
   const PackedStep packed = PackStep(plan, bs);
   const std::vector<uint8_t>& bytes = packed.blob.bytes();
   if (w.meta.bytes() < bytes.size()) {
@@ -1329,8 +1331,7 @@ absl::StatusOr<DecodeGraph*> CudaBackend::GraphFor(const StepBatch& batch) {
   StepBatch shape;
   AppendIdleDecodeRows(shape, bucket, scratch_block_);
   FixedShape fixed{cap, long_dense};
-  const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, PrefillKernels{options_.use_dense_prefill_kernel, options_.use_sparse_prefill_tiles,
-                                                    options_.prefill_select_min_candidates}, &fixed);
+  const StepPlan plan = PlanStep(shape, c, bs, im.score_floats, PrefillKernelsOf(options_), &fixed);
   auto g = std::make_unique<DecodeGraph>();
   g->bucket = bucket;
   g->max_context = cap;
