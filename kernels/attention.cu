@@ -58,7 +58,7 @@ struct Shape {
   static_assert(G == 1 || G == 2 || G == 4 || G == 8, "padded group");
   static constexpr int kLanes = D / 8;          // lanes per token: each loads 8 channels (16 bytes)
   static constexpr int kSub = 32 / kLanes;      // tokens side by side in one warp
-  static constexpr int kUnroll = G <= 4 ? 4 : 2;  // token groups per warp in flight
+  static constexpr int kUnroll = G <= 2 ? 8 : G <= 4 ? 4 : 2;  // token groups per warp in flight
   static constexpr int kTokensPerIter = kWarps * kSub * kUnroll;
   static_assert(kLanes >= 4 && kLanes <= 32 && 32 % kLanes == 0, "lanes per token");
 };
@@ -142,32 +142,37 @@ __device__ __forceinline__ void SplitWeights(const Plan& p, int64_t p0, int32_t 
 // Kernel 1's ending with split_counters: the block's partials are written; the last block of the
 // (row, KV head) to get here merges every split of the group's heads (SplitWeights, then each
 // channel summed over splits in split order, as MergeSplitsKernel) and resets the counter.
+// Ordering as CUTLASS's semaphore: the block's barrier puts every thread's partials before thread
+// 0's acq_rel increment (release: this block's partials; acquire, for the last block: every other
+// block's), and the barrier after it puts that before the merge's reads. The group's heads are
+// weighed at once (warp w takes heads w, w + kWarps, …) and their channels merged together.
+template <int G>
 __device__ __forceinline__ void MergeIfLast(const GatheredAttentionArgs& a, const Plan& p, int64_t li, int32_t r,
-                                         int32_t kvh) {
+                                            int32_t kvh) {
   __shared__ bool s_last;
-  __shared__ float s_w[kMaxSplits];
-  __shared__ float s_inv;
-  __threadfence();  // this thread's partials, visible device-wide before the count
+  __shared__ float s_w[G][kMaxSplits];
+  __shared__ float s_inv[G];
   __syncthreads();
   uint32_t* counter = p.counters + li * a.n_kv_heads + kvh;
-  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == static_cast<uint32_t>(p.splits - 1);
+  if (threadIdx.x == 0) {
+    uint32_t before;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(before) : "l"(counter) : "memory");
+    s_last = before == static_cast<uint32_t>(p.splits - 1);
+  }
   __syncthreads();
   if (!s_last) return;
-  __threadfence();  // every other split's partials are visible (read below through L2: __ldcg)
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  for (int g = 0; g < p.group; ++g) {
-    const int32_t h = kvh * p.group + g;
-    const int64_t p0 = li * p.splits * a.n_heads + h;
-    if (threadIdx.x < 32) SplitWeights(p, p0, a.n_heads, lane, s_w, &s_inv);
-    __syncthreads();
-    for (int d = static_cast<int>(threadIdx.x); d < a.d_head; d += static_cast<int>(blockDim.x)) {
-      float o = 0.0f;
-      for (int j = 0; j < p.splits; ++j) {
-        o = fmaf(s_w[j], __ldcg(p.ws_acc + (p0 + static_cast<int64_t>(j) * a.n_heads) * a.d_head + d), o);
-      }
-      StoreOut(a, r, h, d, o * s_inv);
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  const int64_t p0 = li * p.splits * a.n_heads + static_cast<int64_t>(kvh) * p.group;  // head g: p0 + g
+  for (int g = warp; g < p.group; g += kWarps) SplitWeights(p, p0 + g, a.n_heads, lane, s_w[g], &s_inv[g]);
+  __syncthreads();
+  for (int e = static_cast<int>(threadIdx.x); e < p.group * a.d_head; e += static_cast<int>(blockDim.x)) {
+    const int g = e / a.d_head, d = e % a.d_head;
+    float o = 0.0f;
+    for (int j = 0; j < p.splits; ++j) {
+      o = fmaf(s_w[g][j], __ldcg(p.ws_acc + (p0 + g + static_cast<int64_t>(j) * a.n_heads) * a.d_head + d), o);
     }
-    __syncthreads();  // s_w, s_inv reused by the next head
+    StoreOut(a, r, kvh * p.group + g, d, o * s_inv[g]);
   }
   if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
 }
@@ -392,7 +397,7 @@ __global__ void __launch_bounds__(kThreads) GatheredAttentionKernel(const Gather
       }
     }
   }
-  if (!direct && p.counters != nullptr) MergeIfLast(a, p, li, r, kvh);
+  if (!direct && p.counters != nullptr) MergeIfLast<G>(a, p, li, r, kvh);
 }
 
 // Grid (listed row, query head); blockDim.x = d_head (≥ 32), one thread per channel. Reads every

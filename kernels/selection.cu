@@ -176,25 +176,25 @@ __device__ __forceinline__ bool LoadTopKRow(const ScoreChunk& chunk, const RowIn
 // ---- Block primitives (blockDim.x must equal NT) -----------------------------------------------
 
 // Exclusive prefix sum of v over threads in threadIdx order; *total = the sum over the block.
-// Contains two __syncthreads (all threads must call it); s_warp: [NT / 32].
-template <int NT>
-__device__ __forceinline__ int32_t BlockExclusiveSum(int32_t v, int32_t* s_warp, int32_t* total) {
+// Contains two __syncthreads (all threads must call it); s_warp: [NT / 32]. T: int32_t or int64_t.
+template <int NT, typename T>
+__device__ __forceinline__ T BlockExclusiveSum(T v, T* s_warp, T* total) {
   static_assert(NT % 32 == 0 && NT <= 1024, "block size");
   constexpr int kWarps = NT / 32;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  int32_t incl = v;
+  T incl = v;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
-    const int32_t y = __shfl_up_sync(kFullMask, incl, o);
+    const T y = __shfl_up_sync(kFullMask, incl, o);
     if (lane >= o) incl += y;
   }
   if (lane == 31) s_warp[warp] = incl;
   __syncthreads();
-  int32_t before = 0, all = 0;
+  T before = 0, all = 0;
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) {
-    const int32_t x = s_warp[w];
+    const T x = s_warp[w];
     if (w < warp) before += x;
     all += x;
   }
@@ -974,8 +974,11 @@ __global__ void __launch_bounds__(kCountsThreads) SelectionKKernel(ScoreChunk ch
 // (cooperative launch). Part x owns descending indices [x·seg, (x+1)·seg) of its row (the last
 // part also the rest), i.e. a contiguous run of positions, kept in shared memory when it fits.
 // Phases, separated by barriers among the row's blocks (RowBarrier): (A) scores, Σx (variance
-// rule), pass-0 histogram; (B, variance rule) Σ(x − mean)²; then k_t, and radix pass 1 on the eq
-// keys; then either (eq-list path, few keys still tied) the tied keys appended to a per-row list,
+// rule), pass-0 histogram and (sigmoid) the coarse histogram; (B, variance rule) Σ(x − mean)²;
+// then k_t, and either (coarse path: the coarse bucket of the k-th score holds ≤ kDsListCap keys)
+// the bucket's keys appended to a per-row list, then (D'') every block selects in the list, derives
+// its carries and compacts; or radix pass 1 on the eq keys; then either (eq-list path, few keys
+// still tied) the tied keys appended to a per-row list,
 // pass 2, the carries and (D) in every block without another barrier, or (C) radix pass 2, per-part
 // (gt, eq) counts and (D) ordered compaction with the preceding parts' counts as carries. Every
 // block of a row computes the same state from the same global histograms (no "last block"), so no
@@ -986,15 +989,28 @@ constexpr int64_t kDsMaxRows = 64;
 constexpr int64_t kDsMaxParts = 1024;     // blocks per row, at most (workspace sizing)
 constexpr int64_t kDsMinSeg = 256;        // fewest positions per part
 constexpr int64_t kDsSmemFloats = 8192;   // scores a part keeps in shared memory (32 KB)
-constexpr int64_t kDsHistWords = kNumPasses * kRadix;
-// Eq keys after two radix passes that a row may collect for its last pass done in every block
-// (the eq list); more take the global third pass.
+// The radix passes' histograms, then the coarse histogram (CoarseBucket).
+constexpr int64_t kDsHistWords = (kNumPasses + 1) * kRadix;
+// Keys of one bucket that a row may collect in a list for the rest of its selection done in every
+// block: the coarse bucket (64-bit entries) or the eq keys after two radix passes (32-bit); more
+// take the global passes.
 constexpr int64_t kDsListCap = 4096;
-// Per-row workspace, bytes: hist [kNumPasses][kRadix] u32 | sum [kDsMaxParts] f64 |
+// Per-row workspace, bytes: hist [kNumPasses + 1][kRadix] u32 | sum [kDsMaxParts] f64 |
 // sq [kDsMaxParts] f64 | counts [kDsMaxParts][2] u32 | barrier [2] u32 (arrivals, departures) |
-// list length u32 (+ pad) | eq list [kDsListCap] u32. Barrier words: RowBarrier.
+// list length u32 (+ pad) | list [kDsListCap] u64. Barrier words: RowBarrier.
 constexpr int64_t kDsBarrierOff = kDsHistWords * 4 + kDsMaxParts * (8 + 8 + 8);
-constexpr int64_t kDsRowBytes = kDsBarrierOff + 16 + kDsListCap * 4;
+constexpr int64_t kDsRowBytes = kDsBarrierOff + 16 + kDsListCap * 8;
+static_assert(kDsRowBytes % 16 == 0 && (kDsBarrierOff + 16) % 8 == 0, "16-byte histogram loads, 8-byte list entries");
+
+// The coarse bucket of a sigmoid indexer's score: scores lie in [0, Σ_j wI_j] (each term is
+// wI_j · sigmoid(·) with wI_j > 0), so bucket = ⌊score · inv⌋ clamped to [0, kRadix - 1], inv =
+// kRadix / Σ_j wI_j, spreads them over the histogram whatever their exponent — where the float
+// key's top 11 bits (sign, exponent, 2 mantissa bits) put most of a row in one bucket. Monotone
+// in the score (OrderKey's order: NaN, −inf, negatives and zeros all go to bucket 0), so a bucket
+// above another holds only larger scores; bounds that do not hold only cost speed.
+__device__ __forceinline__ int32_t CoarseBucket(float v, float inv) {
+  return v > 0.0f ? static_cast<int32_t>(fminf(v * inv, static_cast<float>(kRadix - 1))) : 0;
+}
 
 // Barrier `index` (0, 1, … in order) of the `count` blocks of one row, all co-resident (the launch
 // is cooperative). bar[0] only grows during a launch: barrier i opens when it reaches
@@ -1034,6 +1050,18 @@ __device__ __forceinline__ void RowBarrierReset(uint32_t* bar, uint32_t count, u
   }
 }
 
+// The list paths' carries, summed over the block in one scan: gt1 (this thread's share of the
+// preceding parts' counts above the list) and cge (its list entries of preceding parts above the
+// threshold | equal to it << 16; the list's totals stay below 2^16) packed in 64 bits.
+__device__ __forceinline__ void ListCarries(int32_t gt1, int32_t cge, int64_t* s_warp64, int32_t* carry_g,
+                                            int32_t* carry_e) {
+  static_assert(kDsListCap < (1 << 16), "packed list counts");
+  int64_t total;
+  BlockExclusiveSum<kDsThreads>((static_cast<int64_t>(gt1) << 32) + cge, s_warp64, &total);
+  *carry_g = static_cast<int32_t>(total >> 32) + static_cast<int32_t>(total & 0xFFFF);
+  *carry_e = static_cast<int32_t>((total >> 16) & 0xFFFF);
+}
+
 struct DsArgs {
   DecodeSelectArgs a;
   uint8_t* ws;
@@ -1056,6 +1084,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   __shared__ __align__(16) bf16 s_q[indexer_math::SplitQueryElems(indexer_math::kMaxHeads, D_I)];
   __shared__ float s_w[indexer_math::kMaxHeads], s_b[indexer_math::kMaxHeads];
   __shared__ int32_t s_hist[kRadix];
+  __shared__ int32_t s_hist_c[kRadix];  // (A)'s coarse histogram (sigmoid indexers)
   __shared__ double s_dwarp[kDsThreads / 32];
   __shared__ int32_t s_warp[kDsThreads / 32];
   __shared__ int32_t s_result[3];
@@ -1076,8 +1105,10 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   double* g_sq = g_sum + kDsMaxParts;
   uint32_t* g_cnt = reinterpret_cast<uint32_t*>(g_sq + kDsMaxParts);
   uint32_t* g_bar = reinterpret_cast<uint32_t*>(wsr + kDsBarrierOff);
+  uint32_t* g_hist_c = g_hist + kNumPasses * kRadix;
   uint32_t* g_list_len = g_bar + 2;
-  uint32_t* g_list = g_bar + 4;
+  uint32_t* g_list = g_bar + 4;  // the eq list after pass 1: u32 entries
+  uint64_t* g_list_c = reinterpret_cast<uint64_t*>(g_bar + 4);  // the coarse list: u64 entries
   const uint32_t nbr = static_cast<uint32_t>(d.nbr);
   uint32_t barriers = 0;  // RowBarrier calls so far (the same sequence in every block of the row)
 
@@ -1111,12 +1142,23 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   mark(0);
 
   // (A) Scores of the part, Σx and the pass-0 histogram of every key.
-  for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
+  for (int i = tid; i < kRadix; i += kDsThreads) {
+    s_hist[i] = 0;
+    s_hist_c[i] = 0;
+  }
   if (active) {
     indexer_math::LoadSplitQuery<D_I>(ia.proj, ia.proj_stride, ia.off_qi, ia.off_wi, ia.bias, ia.n_indexer_heads, r,
                                       s_q, s_w, s_b);
   }
   __syncthreads();
+  // CoarseBucket's scale, the same in every block of the row (the same wI summed in the same
+  // order); 0: no coarse histogram (relu scores have no bound).
+  float coarse_inv = 0.0f;
+  if (active && !ia.relu) {
+    float wsum = 0.0f;
+    for (int j = 0; j < ia.n_indexer_heads; ++j) wsum += s_w[j];
+    if (wsum > 0.0f && wsum < INFINITY) coarse_inv = static_cast<float>(kRadix) / wsum;
+  }
   mark(1);
   double sum = 0.0;
   const bool want_sum = a.rule.method == 1;  // Σx feeds only the variance rule
@@ -1162,6 +1204,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
           if (in_smem) s_sc[p - pb] = v;
           if (want_sum) sum += static_cast<double>(v);
           atomicAdd(&s_hist[OrderKey(v) >> PassShift(0)], 1);
+          if (coarse_inv > 0.0f) atomicAdd(&s_hist_c[CoarseBucket(v, coarse_inv)], 1);
         }
       }
     }
@@ -1170,6 +1213,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   mark(2);
   if (active) {
     FlushHistogram<kDsThreads>(s_hist, g_hist);
+    if (coarse_inv > 0.0f) FlushHistogram<kDsThreads>(s_hist_c, g_hist_c);
     if (want_sum) {
       const double total = BlockSumDouble<kDsThreads>(sum, s_dwarp);
       if (tid == 0) g_sum[part] = total;
@@ -1233,11 +1277,31 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   // block appends its eq keys' last digit with its part number to the row's list and stores its gt
   // count; after one barrier every block runs pass 2 on the list locally and derives its carries
   // from the list and the gt counts (two barriers fewer than the global pass 2 and the counts).
+  //
+  // Before them, a sigmoid row tries the coarse path: when the coarse bucket holding the k-th
+  // largest score has at most kDsListCap keys (the usual case: the bucket is 1/2048 of the score
+  // range, wherever the scores sit), each block appends that bucket's keys (full key and part) to
+  // the row's list and stores its count above the bucket; after one barrier every block selects in
+  // the list (three radix passes in shared memory) and derives its carries — the whole selection
+  // with two row barriers, the radix passes' one histogram pass and barrier fewer than the eq-list
+  // path. Uniform over the row's blocks (the same coarse histogram).
   SelectState st = InitState(static_cast<int32_t>(kk), n);
   if (!selecting) st.done = 1;
+  bool coarse_path = false;
+  int32_t c_digit = 0, c_above = 0, c_len = 0;  // the coarse bucket, keys above it, keys in it
+  if (!st.done && coarse_inv > 0.0f) {
+    const uint4 w = __ldcg(reinterpret_cast<const uint4*>(g_hist_c) + (kRadix / 4 - 1 - tid));
+    const int32_t c[4] = {static_cast<int32_t>(w.w), static_cast<int32_t>(w.z), static_cast<int32_t>(w.y),
+                          static_cast<int32_t>(w.x)};
+    AdvanceStateFromCounts<kDsThreads>(st, 0, c, s_warp, s_result);  // only s_result is used
+    c_digit = s_result[0];
+    c_above = s_result[1];
+    c_len = s_result[2];
+    coarse_path = c_digit >= 0 && c_len <= kDsListCap;
+  }
   bool list_path = false;
   int32_t len = 0;  // the eq list's length on the list path: the pass-1 bucket's count
-  for (int pass = 0; pass < kNumPasses; ++pass) {
+  for (int pass = 0; pass < kNumPasses && !coarse_path; ++pass) {
     int32_t bucket = 0;  // keys in the chosen digit bucket (the new eq count)
     if (!st.done) {  // uniform over the row's blocks
       // One 16-byte load a thread (a single L2 round trip): thread t's four bins in descending
@@ -1272,8 +1336,135 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   }
 
   int32_t carry_g = 0, carry_e = 0;
-  uint32_t ticket = 0;  // RowBarrierDepart's, taken after the row's last barrier on either path
-  if (list_path) {
+  uint32_t ticket = 0;  // RowBarrierDepart's, taken after the row's last barrier on every path
+  if (coarse_path) {
+    // (C'') The part's count above the coarse bucket, and the bucket's keys appended as
+    // (key << 32 | part).
+    mark(5);
+    mark(6);
+    mark(7);
+    mark(8);
+    int32_t g = 0, e = 0;
+    with_scores([&](const auto& src) {
+      for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
+        const int32_t b = CoarseBucket(src(p), coarse_inv);
+        g += b > c_digit ? 1 : 0;
+        e += b == c_digit ? 1 : 0;
+      }
+    });
+    int32_t g_total, e_total;
+    BlockExclusiveSum<kDsThreads>(g, s_warp, &g_total);
+    int32_t e_at = BlockExclusiveSum<kDsThreads>(e, s_warp, &e_total);
+    if (tid == 0) {
+      g_cnt[2 * part] = static_cast<uint32_t>(g_total);
+      s_result[0] = e_total > 0 ? static_cast<int32_t>(atomicAdd(g_list_len, static_cast<uint32_t>(e_total))) : 0;
+    }
+    __syncthreads();
+    e_at += s_result[0];
+    __syncthreads();  // s_result is AdvanceState's again below
+    if (e > 0) {
+      with_scores([&](const auto& src) {
+        for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
+          const float v = src(p);
+          if (CoarseBucket(v, coarse_inv) == c_digit && e_at < kDsListCap) {
+            g_list_c[e_at++] = (static_cast<uint64_t>(OrderKey(v)) << 32) | static_cast<uint32_t>(part);
+          }
+        }
+      });
+    }
+    mark(9);
+    RowBarrier(g_bar, nbr, barriers++);
+    ticket = RowBarrierDepart(g_bar);  // the row's last barrier
+    mark(10);
+    // Every histogram read and list append is done (the list holds exactly c_len entries): part 0
+    // leaves the histograms and the length zeroed for the next launch.
+    if (part == 0) {
+      for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
+      if (tid == 0) *g_list_len = 0u;
+    }
+    // (D'') The (kk − c_above)-th largest key of the list, exactly, and how many keys equal to it
+    // the row takes. The entries are held in registers (kDsListCap / kDsThreads a thread, all
+    // loaded in one round trip with the first preceding part's count). A list of at most one entry
+    // a thread (the usual case: tens of keys) is ranked directly — each entry counts the keys
+    // above and equal to its own in shared memory, and the one whose rank range holds k − c_above
+    // gives the threshold — in two barriers; a longer one takes three radix passes.
+    constexpr int kPer = static_cast<int>(kDsListCap / kDsThreads);
+    static_assert(kDsListCap % kDsThreads == 0, "list entries per thread");
+    uint64_t ent[kPer];
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const int32_t i = tid + q * kDsThreads;
+      ent[q] = i < c_len ? __ldcg(g_list_c + i) : 0ull;
+    }
+    int32_t gt1 = tid < part ? static_cast<int32_t>(__ldcg(g_cnt + 2 * tid)) : 0;
+    const int32_t k_list = st.kneed - c_above;  // in [1, c_len]: the bucket holds the kneed-th key
+    uint32_t t_key = 0;
+    int32_t t_take = 0;  // keys equal to t_key the row takes
+    if (c_len <= kDsThreads) {
+      // Keys padded with 0 to a multiple of 4 (no OrderKey is 0: −inf's is 0x007FFFFF), read 4 at
+      // a time (broadcast loads: every thread reads the same words).
+      static_assert(kRadix >= kDsThreads + 4, "the ranked keys fit in s_hist");
+      uint32_t* s_keys = reinterpret_cast<uint32_t*>(s_hist);
+      const uint32_t mine = static_cast<uint32_t>(ent[0] >> 32);
+      const int32_t padded = (c_len + 3) & ~3;
+      if (tid < padded) s_keys[tid] = tid < c_len ? mine : 0u;
+      __syncthreads();
+      if (tid < c_len) {
+        int32_t above = 0, equal = 0, equal_before = 0;  // equal_before: equal keys at entries < tid
+        for (int32_t j = 0; j < padded; j += 4) {
+          const uint4 x = *reinterpret_cast<const uint4*>(s_keys + j);
+          above += (x.x > mine) + (x.y > mine) + (x.z > mine) + (x.w > mine);
+          equal += (x.x == mine) + (x.y == mine) + (x.z == mine) + (x.w == mine);
+          equal_before += (x.x == mine && j < tid) + (x.y == mine && j + 1 < tid) + (x.z == mine && j + 2 < tid) +
+                          (x.w == mine && j + 3 < tid);
+        }
+        // The threshold's first entry writes (one writer, however many entries equal it).
+        if (above < k_list && k_list <= above + equal && equal_before == 0) {
+          s_result[0] = static_cast<int32_t>(mine);
+          s_result[1] = k_list - above;
+        }
+      }
+      __syncthreads();
+      t_key = static_cast<uint32_t>(s_result[0]);
+      t_take = s_result[1];
+    } else {
+      SelectState sl = InitState(k_list, c_len);
+      for (int pass = 0; pass < kNumPasses; ++pass) {
+        for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
+        __syncthreads();
+#pragma unroll
+        for (int q = 0; q < kPer; ++q) {
+          const uint32_t key = static_cast<uint32_t>(ent[q] >> 32);
+          if (tid + q * kDsThreads < c_len && (key & sl.mask) == sl.prefix) {
+            atomicAdd(&s_hist[(key >> PassShift(pass)) & PassDigitMask(pass)], 1);
+          }
+        }
+        __syncthreads();
+        sl = AdvanceState<kDsThreads>(sl, pass, s_hist, s_warp, s_result);
+      }
+      t_key = sl.prefix;  // sl.mask covers every bit after the three passes
+      t_take = sl.kneed;
+    }
+    mark(11);
+    // The final state: every key of the row above the list's threshold key t_key is selected, and
+    // the first t_take equal to it; carries as the eq-list path's.
+    int32_t cge = 0;  // gt count | eq count << 16, of the list entries of parts before this one
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const uint32_t key = static_cast<uint32_t>(ent[q] >> 32);
+      if (tid + q * kDsThreads < c_len && static_cast<int32_t>(static_cast<uint32_t>(ent[q])) < part) {
+        cge += key > t_key ? 1 : (key == t_key ? 1 << 16 : 0);
+      }
+    }
+    for (int32_t q = tid + kDsThreads; q < part; q += kDsThreads) gt1 += static_cast<int32_t>(__ldcg(g_cnt + 2 * q));
+    ListCarries(gt1, cge, reinterpret_cast<int64_t*>(s_dwarp), &carry_g, &carry_e);
+    st.prefix = t_key;
+    st.mask = kFullMask;
+    st.kneed = t_take;
+    st.done = 1;
+    mark(12);
+    mark(13);
+  } else if (list_path) {
     // (C') The part's gt count, and its eq keys appended as (last digit << 10 | part).
     static_assert(kDsMaxParts <= 1024 && PassDigitMask(2) < 1024, "list entries pack digit and part in 20 bits");
     int32_t g = 0, e = 0;
@@ -1338,11 +1529,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     if (tid < len) tally(v0);
     for (int32_t i = tid + kDsThreads; i < len; i += kDsThreads) tally(__ldcg(g_list + i));
     for (int32_t q = tid + kDsThreads; q < part; q += kDsThreads) gt1 += static_cast<int32_t>(__ldcg(g_cnt + 2 * q));
-    int32_t gt1_total, cge_total;
-    BlockExclusiveSum<kDsThreads>(gt1, s_warp, &gt1_total);
-    BlockExclusiveSum<kDsThreads>(cge, s_warp, &cge_total);
-    carry_g = gt1_total + (cge_total & 0xFFFF);
-    carry_e = cge_total >> 16;
+    ListCarries(gt1, cge, reinterpret_cast<int64_t*>(s_dwarp), &carry_g, &carry_e);
     mark(12);
     mark(13);
   } else {
@@ -1719,8 +1906,10 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
 const char* DecodeSelectMarkName(int i) {
   static constexpr const char* kNames[kDecodeSelectMarks] = {
       "start",          "query loaded",  "scored",          "pass-0 histogram", "barrier 1",
-      "pass-0 state",   "pass-1 histogram", "barrier 2",    "pass-1 state",     "pass-2 histogram | eq list",
-      "barrier 3",      "pass-2 state",  "counted | carries", "barrier 4 (not on the eq-list path)", "compacted"};
+      "pass-0 state | coarse bucket",   "pass-1 histogram", "barrier 2",    "pass-1 state",
+      "pass-2 histogram | eq list | coarse list",
+      "barrier 3 | 2 (coarse)",      "pass-2 state | list ranked",  "counted | carries",
+      "barrier 4 (not on the list paths)", "compacted"};
   return i >= 0 && i < kDecodeSelectMarks ? kNames[i] : "?";
 }
 

@@ -85,10 +85,12 @@ cudaError_t TopK(const ScoreChunk& chunk, const RowInfo& rows, const int32_t* k,
 // IndexerScores + ScoreStats (variance) + SelectionCounts + TopK of one chunk in ONE cooperative
 // launch, for a few long rows (decode at small batch): each row's candidates are split over many
 // blocks across the whole GPU, every block keeps its slice of scores in shared memory, and the
-// phases meet at barriers among the row's blocks instead of kernel boundaries: 4 with a fixed k
-// (5 with the variance rule), or 3 (4) when the keys still tied after two radix passes number at
-// most a few thousand, which every block of the row then finishes locally. Same outputs as the
-// four launches in sequence:
+// phases meet at barriers among the row's blocks instead of kernel boundaries: 2 with a fixed k
+// (3 with the variance rule) when, for a sigmoid indexer, the 1/2048 slice of the score range
+// [0, Σ wI] holding the k-th score has at most a few thousand keys (the usual case), which every
+// block of the row then ranks locally; else (relu, or scores that crowd into one slice) 3 (4) when
+// the keys still tied after two radix passes number at most a few thousand, and 4 (5) otherwise.
+// Same outputs as the four launches in sequence:
 //  - scores (args.index.scores) bitwise equal (the same arithmetic, kernels/indexer_math.cuh);
 //  - sel and, for the fixed-k rule, k and cumvar bitwise equal;
 //  - the variance rule: var[r] is the same two-pass formula summed in another fixed order (equal

@@ -122,6 +122,8 @@ void PrintHelp() {
       "  decode_topk               TopK of B rows x L scores, k = 2048       bytes B*L*4\n"
       "  decode_sparse_attention   GatheredAttention, 2048 random positions  bytes B*2048*8*128*2*2\n"
       "  decode_dense_attention    GatheredAttention, dense rows over all L  bytes B*L*8*128*2*2\n"
+      "                            (every GatheredAttention as the engine launches it: split counters, so the\n"
+      "                            last split block merges, and the resident block count planned once)\n"
       "  decode_select_fused       indexer + k + top-k in one cooperative launch (DecodeSelect); also\n"
       "                            its per-block phase timeline (clock64 at each phase boundary, 20\n"
       "                            more launches), printed and recorded as \"timeline\"\n"
@@ -794,8 +796,23 @@ void SetAttentionCommon(Args& x, const PagedCache& c, int64_t it, const bf16* q,
   x.out = out;
 }
 
+// GatheredAttention's workspace as the engine sets it (CudaBackend): split partials, split counters
+// (zeroed once; the last split block of a (row, KV head) merges, no merge kernel) and the resident
+// block count planned once.
+struct AttnWs {
+  DevBuf<uint8_t> ws;
+  DevBuf<uint32_t> counters;
+  int32_t resident = 0;
+  AttnWs(Ctx& ctx, size_t bytes, int64_t max_rows)
+      : ws(static_cast<int64_t>(bytes), "attention workspace"),
+        counters(max_rows * kKvHeads, "attention split counters") {
+    BENCH_CUDA(cudaMemsetAsync(counters.get(), 0, counters.bytes(), ctx.stream));
+    BENCH_CUDA(kernels::GatheredAttentionResidentBlocks(kDHead, kHeads / kKvHeads, &resident));
+  }
+};
+
 void Attend(Ctx& ctx, const PagedCache& c, const Rows& rows, const bf16* q, const int32_t* sel, const int32_t* count,
-            int64_t max_tokens, const float* gate_z, const float* gate_bias, bf16* out, const DevBuf<uint8_t>& ws,
+            int64_t max_tokens, const float* gate_z, const float* gate_bias, bf16* out, const AttnWs& ws,
             int64_t it, const uint8_t* row_skip = nullptr) {
   kernels::GatheredAttentionArgs ga;
   SetAttentionCommon(ga, c, it, q, gate_z, gate_bias, out);
@@ -807,8 +824,11 @@ void Attend(Ctx& ctx, const PagedCache& c, const Rows& rows, const bf16* q, cons
   ga.sel_count = count;
   ga.sel_stride = kTopK;
   ga.max_tokens = max_tokens;
-  ga.workspace = ws.get();
-  ga.workspace_bytes = ws.bytes();
+  ga.workspace = ws.ws.get();
+  ga.workspace_bytes = ws.ws.bytes();
+  ga.split_counters = ws.counters.get();
+  ga.split_counter_count = static_cast<size_t>(ws.counters.size());
+  ga.resident_blocks_per_sm = ws.resident;
   BENCH_CUDA(kernels::GatheredAttention(ga, ctx.stream));
 }
 
@@ -822,7 +842,7 @@ struct ChunkSeq {
 
 void SparseAttend(Ctx& ctx, const PagedCache& c, const Rows& rows, const ChunkSeq& seq, const bf16* q,
                   const int32_t* sel, const int32_t* count, const float* gate_z, const float* gate_bias, bf16* out,
-                  const DevBuf<uint8_t>& attn_ws, const DevBuf<uint8_t>& sp_ws, uint8_t* row_skip,
+                  const AttnWs& attn_ws, const DevBuf<uint8_t>& sp_ws, uint8_t* row_skip,
                   kernels::SparsePrefillTileStat* stats, int64_t it) {
   kernels::SparsePrefillArgs sp;
   SetAttentionCommon(sp, c, it, q, gate_z, gate_bias, out);
@@ -1054,7 +1074,7 @@ void RunDecode(Ctx& ctx, int64_t L, int64_t B) {
   DevBuf<int32_t> kfused(B, "k per row (fused)");
   DevBuf<int32_t> sel_onelaunch(B * kTopK, "fused selection (one launch)");
   BENCH_CUDA(cudaMemsetAsync(sel_onelaunch.get(), 0xFF, sel_onelaunch.bytes(), ctx.stream));
-  DevBuf<uint8_t> attn_ws(static_cast<int64_t>(attn_ws_bytes), "attention workspace");
+  AttnWs attn_ws(ctx, attn_ws_bytes, B);
 
   // Fill every score set (each from its own projections and key copy).
   for (int64_t s = 0; s < nsc; ++s) {
@@ -1308,7 +1328,7 @@ void RunPrefill(Ctx& ctx, int64_t L) {
   for (int64_t j = 0; j < C; ++j) off_h[static_cast<size_t>(j)] = j * L;
   DevBuf<int64_t> offsets = Upload(off_h, "score offsets");
   DevBuf<uint8_t> topk_ws(static_cast<int64_t>(topk_ws_bytes), "top-k workspace");
-  DevBuf<uint8_t> attn_ws(static_cast<int64_t>(attn_ws_bytes), "attention workspace");
+  AttnWs attn_ws(ctx, attn_ws_bytes, C);
   // SparsePrefill: the engine's workspace rule (unions up to kQ · k / (64 · cost) blocks).
   constexpr int32_t kGroup = kHeads / kKvHeads;
   const int32_t kq = kernels::SparsePrefillTileRows(kGroup);

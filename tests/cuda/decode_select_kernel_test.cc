@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <string>
@@ -42,6 +43,15 @@ struct Scenario {
   int32_t method = 0;            // 0: fixed k, 1: variance
   bool fp8 = false;              // fp8 indexer keys (random codes and per-slot scales)
   bool zero_odd_rows = false;    // the keys of odd rows' sequences 0: those rows all ties, the others random
+  bool relu = false;             // relu indexer (scores unbounded: no coarse histogram)
+  // Per row (empty: none): > 0 gives row r's positions only distinct[r] different keys (position p
+  // repeats position p mod distinct[r]'s key), so each score value comes many times.
+  std::vector<int32_t> distinct{};
+  // Per row (empty: none), the coarse-bucket path the row must reach (CoarseBucket in
+  // kernels/selection.cu, recomputed here from the reference scores): 1 the bucket holding the k-th
+  // score has ≤ 512 keys (ranked directly), 2 in (512, 4096] (radix passes on the list), 3 more
+  // (the global radix passes); 0 not checked.
+  std::vector<int> expect_coarse{};
 };
 
 // The buffers of one run of the selection for a scenario.
@@ -100,6 +110,16 @@ class DecodeSelectTest : public ::testing::Test {
     {
       const std::vector<float> kf = RandomFloats(keys.size(), seed + 1);
       for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(zero_slot[i / di] ? 0.0f : kf[i]);
+    }
+    auto slot_of = [&](int64_t r, int64_t p) {
+      return static_cast<int64_t>(tables[r * max_blocks + p / kBlockSize]) * kBlockSize + p % kBlockSize;
+    };
+    for (int64_t r = 0; r < static_cast<int64_t>(sc.distinct.size()); ++r) {
+      const int32_t d = sc.distinct[r];
+      if (d <= 0) continue;
+      for (int64_t p = d; p < sc.lengths[r]; ++p) {
+        std::copy_n(keys.begin() + slot_of(r, p % d) * di, di, keys.begin() + slot_of(r, p) * di);
+      }
     }
     std::vector<uint8_t> codes(sc.fp8 ? keys.size() : 1, 0);
     std::vector<float> scales(sc.fp8 ? static_cast<size_t>(num_slots) : 1, 1.0f);
@@ -166,7 +186,7 @@ class DecodeSelectTest : public ::testing::Test {
       a.rows.dense = d_dense.get();
       a.n_indexer_heads = nh;
       a.d_indexer = di;
-      a.relu = false;
+      a.relu = sc.relu;
       a.scores = scores;
       a.score_offset = d_off.get();
       a.row_begin = 0;
@@ -209,6 +229,22 @@ class DecodeSelectTest : public ::testing::Test {
       ref.cumvar = Download(cumvar);
       ref.k = Download(k);
       ref.sel = Download(sel);
+    }
+    // The scenario reaches the coarse-bucket paths it is written for: the bucket holding each row's
+    // k-th largest score, as the kernel computes it (inv = 2048 / Σ wI in float, then ⌊score · inv⌋).
+    for (int64_t r = 0; r < static_cast<int64_t>(sc.expect_coarse.size()); ++r) {
+      if (sc.expect_coarse[r] == 0) continue;
+      float wsum = 0.0f;
+      for (int j = 0; j < nh; ++j) wsum += proj[r * stride + off_wi + j];
+      const float inv = 2048.0f / wsum;
+      auto bucket = [&](float v) { return v > 0.0f ? static_cast<int32_t>(std::fmin(v * inv, 2047.0f)) : 0; };
+      std::vector<float> row(ref.scores.begin() + offsets[r], ref.scores.begin() + offsets[r] + sc.lengths[r]);
+      std::vector<float> sorted = row;
+      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+      const int32_t b = bucket(sorted[static_cast<size_t>(ref.k[r] - 1)]);
+      const int64_t in_bucket = std::count_if(row.begin(), row.end(), [&](float v) { return bucket(v) == b; });
+      const int reached = in_bucket <= 512 ? 1 : (in_bucket <= 4096 ? 2 : 3);
+      ASSERT_EQ(reached, sc.expect_coarse[r]) << "row " << r << ": " << in_bucket << " keys in the k-th score's coarse bucket";
     }
 
     // The fused launch, twice on the same workspace (the first must leave it zeroed); the first
@@ -328,6 +364,32 @@ TEST_F(DecodeSelectTest, TiedAndRandomRowsInOneLaunch) {
   GSA_REQUIRE_GPU();
   Run({"mixed", {131072, 131072, 40000, 70000, 3000, 9000}, -1, 0, false, 0, false, true});
   Run({"mixed, variance", {70000, 131072, 40000, 5000}, 0, 0, false, 1, false, true});
+}
+
+// The coarse bucket's three outcomes in one launch: rows whose score values repeat (few distinct
+// keys: 156, 1250 and 16384 copies of each value) put a few hundred, a few thousand or tens of
+// thousands of keys in the k-th score's bucket (ranked in shared memory, radix passes on the list,
+// the global radix passes; up to three values sharing a bucket keep each row on its path), beside
+// random rows.
+TEST_F(DecodeSelectTest, RepeatedScoresReachEveryCoarseBucketPath) {
+  GSA_REQUIRE_GPU();
+  Scenario sc{"repeated scores", {20000, 40000, 131072, 70000, 9000}, -1, 0, false, 0};
+  sc.distinct = {128, 32, 8, 0, 0};
+  sc.expect_coarse = {1, 2, 3, 1, 1};
+  Run(sc);
+  sc.name = "repeated scores, variance";
+  sc.method = 1;
+  sc.expect_coarse = {1, 2, 3, 0, 0};
+  Run(sc);
+}
+
+// Relu indexers have no score bound, so no coarse histogram: the float key's radix passes, ending
+// on the eq list (random rows) or the global third pass (all-tied rows).
+TEST_F(DecodeSelectTest, ReluRowsTakeTheRadixPasses) {
+  GSA_REQUIRE_GPU();
+  Scenario sc{"relu", {131072, 131072, 40000, 70000, 3000}, 4, 0, false, 0, false, true};
+  sc.relu = true;
+  Run(sc);
 }
 
 TEST_F(DecodeSelectTest, Fp8KeysVarianceRule) {
