@@ -1298,6 +1298,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     c_above = s_result[1];
     c_len = s_result[2];
     coarse_path = c_digit >= 0 && c_len <= kDsListCap;
+    __syncthreads();  // every thread has read s_result before the next AdvanceState writes it
   }
   bool list_path = false;
   int32_t len = 0;  // the eq list's length on the list path: the pass-1 bucket's count
