@@ -1233,6 +1233,54 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     }
   };
 
+  // The list paths' append: the part's count of keys above the bucket to g_cnt[2·part], and every
+  // key in the bucket appended to the row's list as entry(score), room reserved with one atomic a
+  // block. side(score): 1 above the bucket, 0 in it, −1 below. All threads call it.
+  auto append_bucket = [&](auto side, auto* list, auto entry) {
+    int32_t g = 0, e = 0;
+    with_scores([&](const auto& src) {
+      for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
+        const int sd = side(src(p));
+        g += sd > 0 ? 1 : 0;
+        e += sd == 0 ? 1 : 0;
+      }
+    });
+    int32_t g_total, e_total;
+    BlockExclusiveSum<kDsThreads>(g, s_warp, &g_total);
+    int32_t e_at = BlockExclusiveSum<kDsThreads>(e, s_warp, &e_total);
+    if (tid == 0) {
+      g_cnt[2 * part] = static_cast<uint32_t>(g_total);
+      s_result[0] = e_total > 0 ? static_cast<int32_t>(atomicAdd(g_list_len, static_cast<uint32_t>(e_total))) : 0;
+    }
+    __syncthreads();
+    e_at += s_result[0];
+    __syncthreads();  // s_result is AdvanceState's again after
+    if (e > 0) {
+      with_scores([&](const auto& src) {
+        for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
+          const float v = src(p);
+          if (side(v) == 0 && e_at < kDsListCap) list[e_at++] = entry(v);
+        }
+      });
+    }
+  };
+
+  // After a list path's append: the row's last barrier (this block's departure ticket returned);
+  // every histogram read and list append is then done (the list holds exactly the bucket's count
+  // of entries), so part 0 leaves the histograms and the length zeroed for the next launch (entries
+  // are overwritten before they are read).
+  auto meet_last = [&]() {
+    mark(9);
+    RowBarrier(g_bar, nbr, barriers++);
+    const uint32_t t = RowBarrierDepart(g_bar);
+    mark(10);
+    if (part == 0) {
+      for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
+      if (tid == 0) *g_list_len = 0u;
+    }
+    return t;
+  };
+
   // (B) The variance rule's statistic: mean from the parts' Σx, then Σ(x − mean)² likewise.
   double var = 0.0;
   if (a.rule.method == 1) {
@@ -1345,44 +1393,13 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
     mark(6);
     mark(7);
     mark(8);
-    int32_t g = 0, e = 0;
-    with_scores([&](const auto& src) {
-      for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
-        const int32_t b = CoarseBucket(src(p), coarse_inv);
-        g += b > c_digit ? 1 : 0;
-        e += b == c_digit ? 1 : 0;
-      }
-    });
-    int32_t g_total, e_total;
-    BlockExclusiveSum<kDsThreads>(g, s_warp, &g_total);
-    int32_t e_at = BlockExclusiveSum<kDsThreads>(e, s_warp, &e_total);
-    if (tid == 0) {
-      g_cnt[2 * part] = static_cast<uint32_t>(g_total);
-      s_result[0] = e_total > 0 ? static_cast<int32_t>(atomicAdd(g_list_len, static_cast<uint32_t>(e_total))) : 0;
-    }
-    __syncthreads();
-    e_at += s_result[0];
-    __syncthreads();  // s_result is AdvanceState's again below
-    if (e > 0) {
-      with_scores([&](const auto& src) {
-        for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
-          const float v = src(p);
-          if (CoarseBucket(v, coarse_inv) == c_digit && e_at < kDsListCap) {
-            g_list_c[e_at++] = (static_cast<uint64_t>(OrderKey(v)) << 32) | static_cast<uint32_t>(part);
-          }
-        }
-      });
-    }
-    mark(9);
-    RowBarrier(g_bar, nbr, barriers++);
-    ticket = RowBarrierDepart(g_bar);  // the row's last barrier
-    mark(10);
-    // Every histogram read and list append is done (the list holds exactly c_len entries): part 0
-    // leaves the histograms and the length zeroed for the next launch.
-    if (part == 0) {
-      for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
-      if (tid == 0) *g_list_len = 0u;
-    }
+    append_bucket(
+        [&](float v) {
+          const int32_t b = CoarseBucket(v, coarse_inv);
+          return b > c_digit ? 1 : (b == c_digit ? 0 : -1);
+        },
+        g_list_c, [&](float v) { return (static_cast<uint64_t>(OrderKey(v)) << 32) | static_cast<uint32_t>(part); });
+    ticket = meet_last();
     // (D'') The (kk − c_above)-th largest key of the list, exactly, and how many keys equal to it
     // the row takes. The entries are held in registers (kDsListCap / kDsThreads a thread, all
     // loaded in one round trip with the first preceding part's count). A list of at most one entry
@@ -1468,45 +1485,13 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   } else if (list_path) {
     // (C') The part's gt count, and its eq keys appended as (last digit << 10 | part).
     static_assert(kDsMaxParts <= 1024 && PassDigitMask(2) < 1024, "list entries pack digit and part in 20 bits");
-    int32_t g = 0, e = 0;
-    with_scores([&](const auto& src) {
-      for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
-        const uint32_t km = OrderKey(src(p)) & st.mask;
-        g += km > st.prefix ? 1 : 0;
-        e += km == st.prefix ? 1 : 0;
-      }
-    });
-    int32_t g_total, e_total;
-    BlockExclusiveSum<kDsThreads>(g, s_warp, &g_total);
-    int32_t e_at = BlockExclusiveSum<kDsThreads>(e, s_warp, &e_total);
-    if (tid == 0) {
-      g_cnt[2 * part] = static_cast<uint32_t>(g_total);
-      s_result[0] = e_total > 0 ? static_cast<int32_t>(atomicAdd(g_list_len, static_cast<uint32_t>(e_total))) : 0;
-    }
-    __syncthreads();
-    e_at += s_result[0];
-    __syncthreads();  // s_result is AdvanceState's again below
-    if (e > 0) {
-      with_scores([&](const auto& src) {
-        for (int64_t p = pb + tid; p < pe; p += kDsThreads) {
-          const uint32_t key = OrderKey(src(p));
-          if ((key & st.mask) == st.prefix && e_at < kDsListCap) {
-            g_list[e_at++] = ((key & PassDigitMask(2)) << 10) | static_cast<uint32_t>(part);
-          }
-        }
-      });
-    }
-    mark(9);
-    RowBarrier(g_bar, nbr, barriers++);
-    ticket = RowBarrierDepart(g_bar);  // the row's last barrier
-    mark(10);
-    // Every histogram read and list append is done (the list holds exactly `len` entries): part 0
-    // leaves the histograms and the length zeroed for the next launch (entries are overwritten
-    // before they are read).
-    if (part == 0) {
-      for (int64_t i = tid; i < kDsHistWords; i += kDsThreads) g_hist[i] = 0u;
-      if (tid == 0) *g_list_len = 0u;
-    }
+    append_bucket(
+        [&](float v) {
+          const uint32_t km = OrderKey(v) & st.mask;
+          return km > st.prefix ? 1 : (km == st.prefix ? 0 : -1);
+        },
+        g_list, [&](float v) { return ((OrderKey(v) & PassDigitMask(2)) << 10) | static_cast<uint32_t>(part); });
+    ticket = meet_last();
     // (D') Pass 2 on the list, in this block. Each thread's first list entry and first preceding
     // part's gt count load together, before the histogram is cleared: one L2 round trip for the
     // usual case of at most kDsThreads of each (the loops below take the rest).
