@@ -1401,29 +1401,31 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
         g_list_c, [&](float v) { return (static_cast<uint64_t>(OrderKey(v)) << 32) | static_cast<uint32_t>(part); });
     ticket = meet_last();
     // (D'') The (kk − c_above)-th largest key of the list, exactly, and how many keys equal to it
-    // the row takes. The entries are held in registers (kDsListCap / kDsThreads a thread, all
-    // loaded in one round trip with the first preceding part's count). A list of at most one entry
+    // the row takes. Each thread's first entry loads in one round trip with its first preceding
+    // part's count (a longer list's others in the radix branch, kDsListCap / kDsThreads a thread,
+    // held in registers there only: the ranked branch stays light). A list of at most one entry
     // a thread (the usual case: tens of keys) is ranked directly — each entry counts the keys
     // above and equal to its own in shared memory, and the one whose rank range holds k − c_above
     // gives the threshold — in two barriers; a longer one takes three radix passes.
-    constexpr int kPer = static_cast<int>(kDsListCap / kDsThreads);
-    static_assert(kDsListCap % kDsThreads == 0, "list entries per thread");
-    uint64_t ent[kPer];
-#pragma unroll
-    for (int q = 0; q < kPer; ++q) {
-      const int32_t i = tid + q * kDsThreads;
-      ent[q] = i < c_len ? __ldcg(g_list_c + i) : 0ull;
-    }
+    const uint64_t e0 = tid < c_len ? __ldcg(g_list_c + tid) : 0ull;  // the thread's first entry
     int32_t gt1 = tid < part ? static_cast<int32_t>(__ldcg(g_cnt + 2 * tid)) : 0;
     const int32_t k_list = st.kneed - c_above;  // in [1, c_len]: the bucket holds the kneed-th key
     uint32_t t_key = 0;
     int32_t t_take = 0;  // keys equal to t_key the row takes
+    int32_t cge = 0;     // gt count | eq count << 16, of the list entries of parts before this one
+    // Entry i's share of the carries, once t_key is known.
+    auto tally = [&](uint64_t ent, int32_t i) {
+      if (i < c_len && static_cast<int32_t>(static_cast<uint32_t>(ent)) < part) {
+        const uint32_t key = static_cast<uint32_t>(ent >> 32);
+        cge += key > t_key ? 1 : (key == t_key ? 1 << 16 : 0);
+      }
+    };
     if (c_len <= kDsThreads) {
       // Keys padded with 0 to a multiple of 4 (no OrderKey is 0: −inf's is 0x007FFFFF), read 4 at
       // a time (broadcast loads: every thread reads the same words).
       static_assert(kRadix >= kDsThreads + 4, "the ranked keys fit in s_hist");
       uint32_t* s_keys = reinterpret_cast<uint32_t*>(s_hist);
-      const uint32_t mine = static_cast<uint32_t>(ent[0] >> 32);
+      const uint32_t mine = static_cast<uint32_t>(e0 >> 32);
       const int32_t padded = (c_len + 3) & ~3;
       if (tid < padded) s_keys[tid] = tid < c_len ? mine : 0u;
       __syncthreads();
@@ -1445,7 +1447,17 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       __syncthreads();
       t_key = static_cast<uint32_t>(s_result[0]);
       t_take = s_result[1];
+      tally(e0, tid);
     } else {
+      constexpr int kPer = static_cast<int>(kDsListCap / kDsThreads);
+      static_assert(kDsListCap % kDsThreads == 0, "list entries per thread");
+      uint64_t ent[kPer];
+      ent[0] = e0;
+#pragma unroll
+      for (int q = 1; q < kPer; ++q) {
+        const int32_t i = tid + q * kDsThreads;
+        ent[q] = i < c_len ? __ldcg(g_list_c + i) : 0ull;
+      }
       SelectState sl = InitState(k_list, c_len);
       for (int pass = 0; pass < kNumPasses; ++pass) {
         for (int i = tid; i < kRadix; i += kDsThreads) s_hist[i] = 0;
@@ -1462,18 +1474,12 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       }
       t_key = sl.prefix;  // sl.mask covers every bit after the three passes
       t_take = sl.kneed;
+#pragma unroll
+      for (int q = 0; q < kPer; ++q) tally(ent[q], tid + q * kDsThreads);
     }
     mark(11);
     // The final state: every key of the row above the list's threshold key t_key is selected, and
     // the first t_take equal to it; carries as the eq-list path's.
-    int32_t cge = 0;  // gt count | eq count << 16, of the list entries of parts before this one
-#pragma unroll
-    for (int q = 0; q < kPer; ++q) {
-      const uint32_t key = static_cast<uint32_t>(ent[q] >> 32);
-      if (tid + q * kDsThreads < c_len && static_cast<int32_t>(static_cast<uint32_t>(ent[q])) < part) {
-        cge += key > t_key ? 1 : (key == t_key ? 1 << 16 : 0);
-      }
-    }
     for (int32_t q = tid + kDsThreads; q < part; q += kDsThreads) gt1 += static_cast<int32_t>(__ldcg(g_cnt + 2 * q));
     ListCarries(gt1, cge, reinterpret_cast<int64_t*>(s_dwarp), &carry_g, &carry_e);
     st.prefix = t_key;
