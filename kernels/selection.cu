@@ -1330,9 +1330,10 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   // largest score has at most kDsListCap keys (the usual case: the bucket is 1/2048 of the score
   // range, wherever the scores sit), each block appends that bucket's keys (full key and part) to
   // the row's list and stores its count above the bucket; after one barrier every block selects in
-  // the list (three radix passes in shared memory) and derives its carries — the whole selection
-  // with two row barriers, the radix passes' one histogram pass and barrier fewer than the eq-list
-  // path. Uniform over the row's blocks (the same coarse histogram).
+  // the list (ranked directly, or three radix passes in shared memory for more than kDsThreads
+  // keys) and derives its carries — the whole selection with two row barriers, one histogram pass
+  // and one barrier fewer than the eq-list path. Uniform over the row's blocks (the same coarse
+  // histogram).
   SelectState st = InitState(static_cast<int32_t>(kk), n);
   if (!selecting) st.done = 1;
   bool coarse_path = false;
