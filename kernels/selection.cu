@@ -1062,6 +1062,19 @@ __device__ __forceinline__ void ListCarries(int32_t gt1, int32_t cge, int64_t* s
   *carry_e = static_cast<int32_t>((total >> 16) & 0xFFFF);
 }
 
+// AdvanceState from one of a row's global histograms (complete: read after the barrier that follows
+// its flushes) with one 16-byte load a thread, a single L2 round trip: thread t's four bins in
+// descending digit order are words kRadix-1-4t … kRadix-4-4t, the (kRadix/4 - 1 - t)-th uint4
+// reversed.
+__device__ __forceinline__ SelectState AdvanceStateFromRowHist(SelectState st, int pass, const uint32_t* hist,
+                                                               int32_t* s_warp, int32_t* s_result) {
+  static_assert(kDsThreads * 4 == kRadix, "one uint4 of the histogram per thread");
+  const uint4 w = __ldcg(reinterpret_cast<const uint4*>(hist) + (kRadix / 4 - 1 - static_cast<int>(threadIdx.x)));
+  const int32_t c[4] = {static_cast<int32_t>(w.w), static_cast<int32_t>(w.z), static_cast<int32_t>(w.y),
+                        static_cast<int32_t>(w.x)};
+  return AdvanceStateFromCounts<kDsThreads>(st, pass, c, s_warp, s_result);
+}
+
 struct DsArgs {
   DecodeSelectArgs a;
   uint8_t* ws;
@@ -1339,10 +1352,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   bool coarse_path = false;
   int32_t c_digit = 0, c_above = 0, c_len = 0;  // the coarse bucket, keys above it, keys in it
   if (!st.done && coarse_inv > 0.0f) {
-    const uint4 w = __ldcg(reinterpret_cast<const uint4*>(g_hist_c) + (kRadix / 4 - 1 - tid));
-    const int32_t c[4] = {static_cast<int32_t>(w.w), static_cast<int32_t>(w.z), static_cast<int32_t>(w.y),
-                          static_cast<int32_t>(w.x)};
-    AdvanceStateFromCounts<kDsThreads>(st, 0, c, s_warp, s_result);  // only s_result is used
+    AdvanceStateFromRowHist(st, 0, g_hist_c, s_warp, s_result);  // only s_result is used
     c_digit = s_result[0];
     c_above = s_result[1];
     c_len = s_result[2];
@@ -1354,13 +1364,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   for (int pass = 0; pass < kNumPasses && !coarse_path; ++pass) {
     int32_t bucket = 0;  // keys in the chosen digit bucket (the new eq count)
     if (!st.done) {  // uniform over the row's blocks
-      // One 16-byte load a thread (a single L2 round trip): thread t's four bins in descending
-      // digit order are words kRadix-1-4t … kRadix-4-4t, i.e. the (kRadix/4 - 1 - t)-th uint4 reversed.
-      static_assert(kDsThreads * 4 == kRadix, "one uint4 of the histogram per thread");
-      const uint4 w = __ldcg(reinterpret_cast<const uint4*>(g_hist + pass * kRadix) + (kRadix / 4 - 1 - tid));
-      const int32_t c[4] = {static_cast<int32_t>(w.w), static_cast<int32_t>(w.z), static_cast<int32_t>(w.y),
-                            static_cast<int32_t>(w.x)};
-      st = AdvanceStateFromCounts<kDsThreads>(st, pass, c, s_warp, s_result);
+      st = AdvanceStateFromRowHist(st, pass, g_hist + pass * kRadix, s_warp, s_result);
       bucket = s_result[2];  // AdvanceState's last barrier made it visible; rewritten only by the next call
     }
     mark(5 + 3 * pass);

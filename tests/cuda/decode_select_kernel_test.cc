@@ -85,13 +85,16 @@ class DecodeSelectTest : public ::testing::Test {
     std::vector<int32_t> seq(static_cast<size_t>(rows)), pos(static_cast<size_t>(rows));
     std::vector<int64_t> slot(static_cast<size_t>(rows)), offsets(static_cast<size_t>(rows));
     std::vector<uint8_t> dense(static_cast<size_t>(rows), 0);
+    auto slot_of = [&](int64_t r, int64_t p) {
+      return static_cast<int64_t>(tables[r * max_blocks + p / kBlockSize]) * kBlockSize + p % kBlockSize;
+    };
     int64_t next = 0, score_total = 0;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t len = sc.lengths[r];
       for (int64_t b = 0; b < (len + kBlockSize - 1) / kBlockSize; ++b) tables[r * max_blocks + b] = perm[next++];
       seq[r] = static_cast<int32_t>(r);
       pos[r] = static_cast<int32_t>(len - 1);
-      slot[r] = static_cast<int64_t>(tables[r * max_blocks + pos[r] / kBlockSize]) * kBlockSize + pos[r] % kBlockSize;
+      slot[r] = slot_of(r, pos[r]);
       dense[r] = r == sc.dense_row ? 1 : 0;
       offsets[r] = score_total;
       score_total += len + 5;  // a gap after each row catches overruns
@@ -111,9 +114,6 @@ class DecodeSelectTest : public ::testing::Test {
       const std::vector<float> kf = RandomFloats(keys.size(), seed + 1);
       for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(zero_slot[i / di] ? 0.0f : kf[i]);
     }
-    auto slot_of = [&](int64_t r, int64_t p) {
-      return static_cast<int64_t>(tables[r * max_blocks + p / kBlockSize]) * kBlockSize + p % kBlockSize;
-    };
     for (int64_t r = 0; r < static_cast<int64_t>(sc.distinct.size()); ++r) {
       const int32_t d = sc.distinct[r];
       if (d <= 0) continue;
