@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -425,6 +427,188 @@ TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
       if (!dense[r]) {
         ASSERT_FALSE(std::isnan(want[offsets[r] + pos[r]])) << "row " << r << " unwritten";
       }
+    }
+  }
+}
+
+// IndexerScoresFiltered (the warpgroup kernel's filtered mode, without sums) against the stored
+// scores of the same inputs: each row's list holds exactly the (position, score bits) whose score
+// reaches the row's threshold, and its count says how many. The thresholds are scores themselves
+// (ties at the threshold are kept), the row's maximum, NaN (nothing kept) and low quantiles.
+// A sigmoid block whose rows all have T ≥ W / 2 scores only the candidates whose bound reaches T
+// (indexer_math::SigmoidBound), any other block every candidate: the first row block's thresholds
+// are asserted to allow the bound (standard, wide and narrow score spreads, bf16 and fp8 keys), the
+// negative-bias case's to forbid it everywhere, and the second row block mixes both.
+TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
+  GSA_REQUIRE_GPU();
+  if (!WarpgroupKernelRuns(4)) GTEST_SKIP() << "the filtered mode runs the warpgroup (wgmma) kernel: compute capability 9.0";
+  const uint64_t seed = gsa::testing::FreshSeed();
+  SCOPED_TRACE(seed);
+  struct Variant {
+    const char* name;
+    bool fp8;
+    float q_scale;  // the queries' scale: the spread of each head's z
+    float bias_lo, bias_hi;
+    bool bound;  // whether the first row block's thresholds allow the bound (asserted)
+  };
+  const Variant variants[] = {
+      {"bf16 keys", false, 1.0f, -0.5f, 0.5f, true},
+      {"fp8 keys", true, 1.0f, -0.5f, 0.5f, true},
+      {"wide spread (queries x6)", false, 6.0f, -0.5f, 0.5f, true},
+      {"narrow spread (queries x0.02, bias 0.3): most scores within the bound's margin", false, 0.02f, 0.3f, 0.3f,
+       true},
+      {"negative bias (-3): every threshold below W / 2", false, 1.0f, -3.0f, -3.0f, false},
+  };
+  constexpr int32_t bs = 64, di = 64, nh = 4;
+  // Sequence 0: 48 rows at the end of a 32K context; sequence 1: 40 rows at 1000 … 1039 (the second
+  // row block holds both: a run boundary inside it).
+  const int64_t ctx0 = 32768, rows0 = 48, rows1 = 40, pos1 = 1000;
+  const int32_t max_blocks = static_cast<int32_t>(ctx0 / bs);
+  const int64_t num_blocks = 2 * max_blocks;
+  std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::shuffle(perm.begin(), perm.end(), rng);
+  const std::vector<int32_t> tables(perm.begin(), perm.end());
+  const int64_t num_slots = num_blocks * bs;
+  const std::vector<float> keys_f = RandomFloats(static_cast<size_t>(num_slots * di), seed + 1);
+  std::vector<bf16> keys(keys_f.size());
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(keys_f[i]);
+  std::vector<uint8_t> codes(keys.size());
+  std::vector<float> scales(static_cast<size_t>(num_slots));
+  for (int64_t sl = 0; sl < num_slots; ++sl) {
+    float amax = 0.0f;
+    for (int i = 0; i < di; ++i) amax = std::max(amax, std::fabs(keys_f[sl * di + i]));
+    scales[sl] = kernels::Fp8KeyScale(amax);
+    for (int i = 0; i < di; ++i) codes[sl * di + i] = kernels::Fp8KeyCode(keys_f[sl * di + i], scales[sl]);
+  }
+  std::vector<int32_t> seq, pos;
+  std::vector<uint8_t> dense;
+  for (int64_t i = 0; i < rows0; ++i) {
+    seq.push_back(0);
+    pos.push_back(static_cast<int32_t>(ctx0 - rows0 + i));
+    dense.push_back(0);
+  }
+  for (int64_t i = 0; i < rows1; ++i) {
+    seq.push_back(1);
+    pos.push_back(static_cast<int32_t>(pos1 + i));
+    dense.push_back(0);
+  }
+  const int64_t rows = static_cast<int64_t>(seq.size());
+  const int64_t stride = nh * di + nh, off_wi = nh * di;
+  int64_t total = 0;
+  const std::vector<int64_t> offsets = PackedOffsets(pos, dense, 3, &total);
+  auto d_keys = Upload(keys);
+  auto d_codes = Upload(codes);
+  auto d_scales = Upload(scales);
+  auto d_tables = Upload(tables);
+  auto d_seq = Upload(seq);
+  auto d_pos = Upload(pos);
+  auto d_dense = Upload(dense);
+  auto d_off = Upload(offsets);
+  for (const Variant& v : variants) {
+    SCOPED_TRACE(v.name);
+    std::vector<float> proj = RandomProj(rows, stride, off_wi, nh, seed + 2);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < off_wi; ++i) proj[r * stride + i] *= v.q_scale;
+    }
+    const std::vector<float> bias = RandomFloats(nh, seed + 3, v.bias_lo, v.bias_hi);
+    auto d_proj = Upload(proj);
+    auto d_bias = Upload(bias);
+    kernels::IndexerScoresArgs a;
+    a.proj = d_proj.get();
+    a.proj_stride = stride;
+    a.off_qi = 0;
+    a.off_wi = off_wi;
+    a.bias = d_bias.get();
+    if (v.fp8) {
+      a.ki_fp8 = d_codes.get();
+      a.ki_scale = d_scales.get();
+    } else {
+      a.ki_cache = d_keys.get();
+    }
+    a.paged = {d_tables.get(), max_blocks, bs};
+    a.rows.seq = d_seq.get();
+    a.rows.position = d_pos.get();
+    a.rows.dense = d_dense.get();
+    a.n_indexer_heads = nh;
+    a.d_indexer = di;
+    a.score_offset = d_off.get();
+    a.row_begin = 0;
+    a.row_count = rows;
+    a.max_candidates = ctx0;
+    a.sequence_runs = 2;
+    a.kernel = kernels::IndexerScoresArgs::Kernel::kWarpgroup;
+    // The stored scores.
+    auto buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
+    ASSERT_TRUE(buf.ok());
+    ASSERT_EQ(cudaMemset(buf->get(), 0xFF, buf->bytes()), cudaSuccess);
+    a.scores = buf->get();
+    ASSERT_EQ(kernels::IndexerScores(a, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto stored = buf->ToHost();
+    ASSERT_TRUE(stored.ok());
+
+    // Thresholds: a score of the row at a rank that cycles with the row (1%, 3%, 10%, the maximum,
+    // NaN, 30%, 40%, 0.5%); the first row block takes only the first four kinds.
+    std::vector<float2> ts(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<float> sorted(stored->begin() + offsets[r], stored->begin() + offsets[r] + pos[r] + 1);
+      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+      const int64_t n = static_cast<int64_t>(sorted.size());
+      const int kind = static_cast<int>(r < 32 ? r % 4 : r % 8);
+      const double share[8] = {0.01, 0.03, 0.10, 0.0, -1.0, 0.30, 0.40, 0.005};
+      float thr = std::numeric_limits<float>::quiet_NaN();
+      if (share[kind] >= 0.0) thr = sorted[static_cast<size_t>(std::min<int64_t>(n - 1, share[kind] * n))];
+      ts[static_cast<size_t>(r)] = make_float2(thr, 0.0f);
+      if (r < 32 && !std::isnan(thr)) {
+        float w_sum = 0.0f;
+        for (int j = 0; j < nh; ++j) w_sum += proj[r * stride + off_wi + j];
+        if (v.bound) {
+          ASSERT_GE(thr, 0.5f * w_sum) << "row " << r << ": the test means this block to take the bound";
+        } else {
+          ASSERT_LT(thr, 0.5f * w_sum) << "row " << r << ": the test means this block to score in full";
+        }
+      }
+    }
+    auto d_ts = Upload(ts);
+    auto d_count = DeviceBuffer<int32_t>::Allocate(static_cast<size_t>(rows));
+    ASSERT_TRUE(d_count.ok());
+    ASSERT_EQ(cudaMemset(d_count->get(), 0, d_count->bytes()), cudaSuccess);
+    ASSERT_EQ(cudaMemset(buf->get(), 0xFF, buf->bytes()), cudaSuccess);
+    kernels::IndexerFilter f;
+    f.thr_shift = d_ts.get();
+    f.count = d_count->get();
+    f.list_cap = INT32_MAX;
+    ASSERT_EQ(kernels::IndexerScoresFiltered(a, f, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto lists = buf->ToHost();
+    auto counts = d_count->ToHost();
+    ASSERT_TRUE(lists.ok() && counts.ok());
+    for (int64_t r = 0; r < rows; ++r) {
+      SCOPED_TRACE(::testing::Message() << "row " << r << ", threshold " << ts[static_cast<size_t>(r)].x);
+      const float thr = ts[static_cast<size_t>(r)].x;
+      std::vector<std::pair<int32_t, uint32_t>> want, got;
+      for (int32_t p = 0; p <= pos[r]; ++p) {
+        const float x = (*stored)[static_cast<size_t>(offsets[r] + p)];
+        if (x >= thr) {
+          uint32_t bits;
+          std::memcpy(&bits, &x, sizeof(bits));
+          want.emplace_back(p, bits);
+        }
+      }
+      ASSERT_EQ((*counts)[static_cast<size_t>(r)], static_cast<int32_t>(want.size()));
+      // The list as PrefillListOf lays it out in the row's region (8-byte aligned entries).
+      const uintptr_t at = reinterpret_cast<uintptr_t>(buf->get() + offsets[r]);
+      const int64_t skip = (at & 7u) != 0 ? 1 : 0;
+      ASSERT_LE(static_cast<int64_t>(want.size()), (pos[r] + 1 - skip) / 2) << "the test's list must fit";
+      for (size_t e = 0; e < want.size(); ++e) {
+        int32_t entry[2];
+        std::memcpy(entry, lists->data() + offsets[r] + skip + 2 * static_cast<int64_t>(e), sizeof(entry));
+        got.emplace_back(entry[0], static_cast<uint32_t>(entry[1]));
+      }
+      std::sort(got.begin(), got.end());
+      ASSERT_EQ(got, want) << "the list differs from the scores at or above the threshold";
     }
   }
 }
