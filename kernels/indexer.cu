@@ -282,16 +282,6 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1)
   // Each warp's kept scores of one tile (at most its 16 candidates × 32 rows).
   __shared__ uint2 s_keep[kFilter ? kWgGroups * 4 : 1][kFilter ? kWgCols / 8 * 32 : 1];
   __shared__ double2 s_stat[kStats ? kWgGroups * 4 : 1][kStats ? kWgRows : 1];
-  // Filtered without sums, sigmoid (kBound): per row and head pair the bound's terms
-  // {w β rs, w (a + β b)} of both heads, and {w c} of both, the row's lowered threshold and its
-  // position (indexer_math::SigmoidBound); each warp's queue of the tile's candidates whose bound
-  // reached the threshold (the four heads' products, row << 24 | position), scored exactly.
-  constexpr bool kBound = kMode == WgMode::kFilter && !kRelu;
-  constexpr int kQueue = 64;
-  __shared__ float4 s_bm[kBound ? kWgRows * kWgHeads / 2 : 1];
-  __shared__ float4 s_bc[kBound ? kWgRows * kWgHeads / 2 : 1];
-  __shared__ float4 s_qx[kBound ? kWgGroups * 4 : 1][kBound ? kQueue : 1];
-  __shared__ uint32_t s_qm[kBound ? kWgGroups * 4 : 1][kBound ? kQueue : 1];
   constexpr int kKPad = WgKPad<D_I>();
   constexpr int kPart = WgPartBytes<D_I>();
   const int64_t r0 = a.row_begin + static_cast<int64_t>(blockIdx.y) * kWgRows;
@@ -379,13 +369,9 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1)
       *reinterpret_cast<uint32_t*>(smem + part * kPart + off1) = parts[part][1];
     }
   }
-  bool bound_ok = true;  // kBound: whether this thread's row (if any) has a bound
   if (threadIdx.x < kWgRows * kWgHeads / 2) {
     const int row = threadIdx.x / (kWgHeads / 2), j0 = 2 * (threadIdx.x % (kWgHeads / 2));
     float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    // kBound: a dead row's bound terms are zeros and its position -1 (nothing passes).
-    float4 bm = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 bc = make_float4(0.0f, 0.0f, __int_as_float(0x7FC00000), __int_as_float(-1));
     if (row < nrows && s_rows[row].pos >= 0) {
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
@@ -395,41 +381,11 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1)
           v[2 + u] = kRelu ? a.bias[j0 + u] : a.bias[j0 + u] * indexer_math::kNegLog2e;
         }
       }
-      if constexpr (kBound) {
-        float w_sum = 0.0f;
-        bool w_ok = true;
-        for (int j = 0; j < nh; ++j) {
-          const float w = a.proj[(r0 + row) * a.proj_stride + a.off_wi + j];
-          w_ok = w_ok && w >= 0.0f;
-          w_sum += w;
-        }
-        const float thr = s_ts[row].x;
-        const indexer_math::SigmoidBound b = indexer_math::SigmoidBoundFor(thr, w_sum);
-        // A NaN threshold keeps nothing either way.
-        bound_ok = isnan(thr) || (w_ok && b.ok);
-        const float rs = rsqrtf(static_cast<float>(D_I));
-        float m[2], n[2], c[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const float w = v[u], bias = j0 + u < nh ? a.bias[j0 + u] : 0.0f;
-          m[u] = w * b.beta * rs;
-          n[u] = w * fmaf(b.beta, bias, b.a);
-          c[u] = w * b.c;
-        }
-        bm = make_float4(m[0], n[0], m[1], n[1]);
-        bc = make_float4(c[0], c[1], indexer_math::SigmoidBoundThreshold(thr), __int_as_float(s_rows[row].pos));
-      }
     }
     s_wb[threadIdx.x] = make_float4(v[0], v[1], v[2], v[3]);
-    if constexpr (kBound) {
-      s_bm[threadIdx.x] = bm;
-      s_bc[threadIdx.x] = bc;
-    }
   }
   wgmma::FenceProxyAsyncShared();
-  // kBound: the bound's path when every row of the block has one (block-uniform), else every score
-  // is computed in full as in the other modes.
-  const bool use_bound = kBound ? __syncthreads_and(bound_ok) != 0 : (__syncthreads(), false);
+  __syncthreads();
 
   const int wg = threadIdx.x >> 7;
   const int warp = (threadIdx.x >> 5) & 3;  // within the warpgroup
@@ -556,95 +512,8 @@ __global__ void __launch_bounds__(kWgThreads, D_I <= 64 ? 2 : 1)
       const int64_t c_lo = block_c0 + static_cast<int64_t>(wt) * kWgCand + 16 * warp + g;
       const int64_t c = (t & 1) ? c_lo + 8 : c_lo;
       const int64_t c_pos = pos_of(c);
-      uint32_t col_mask = 0xFFFFu;  // the columns the full path scores
-      if (kBound && use_bound) {
-        // The lane's pair is (row 2i + t / 2, candidate c), as in the full path below; its bound is
-        // the sum of the two lanes' halves (this lane's heads of both candidates, its neighbour's of
-        // both). Bit i of `pend`: the lane's pair of column i reached the row's lowered threshold.
-        const int32_t own_pos = static_cast<int32_t>(c_pos);
-        const bool own_hi = (t & 1) != 0;
-        uint32_t pend = 0;
-#pragma unroll
-        for (int i = 0; i < kWgCols / 8; ++i) {
-          const int row = 2 * i + (t >> 1);
-          const float4 bm = s_bm[row * (kWgHeads / 2) + (t & 1)];
-          const float4 bc = s_bc[row * (kWgHeads / 2) + (t & 1)];
-          // fp8: the key's scale goes into the slope (a bound needs no bitwise product).
-          const float m0l = kFp8 ? bm.x * scale[0] : bm.x, m1l = kFp8 ? bm.z * scale[0] : bm.z;
-          const float m0h = kFp8 ? bm.x * scale[1] : bm.x, m1h = kFp8 ? bm.z * scale[1] : bm.z;
-          const float hl = fmaxf(bc.x, fmaf(acc[4 * i + 0], m0l, bm.y)) + fmaxf(bc.y, fmaf(acc[4 * i + 1], m1l, bm.w));
-          const float hh = fmaxf(bc.x, fmaf(acc[4 * i + 2], m0h, bm.y)) + fmaxf(bc.y, fmaf(acc[4 * i + 3], m1h, bm.w));
-          // Each lane sends the half its neighbour's pair needs.
-          const float sum = (own_hi ? hh : hl) + __shfl_xor_sync(0xffffffffu, own_hi ? hl : hh, 1);
-          const bool pass = sum >= bc.z;  // liveness: checked when the queue is scored
-          pend |= static_cast<uint32_t>(pass) << i;
-          // Loads of at most four columns ahead: hoisting all 32 of the terms' loads spilled.
-          if (i % 4 == 3) asm volatile("" ::: "memory");
-        }
-        // Queue slots: the lanes' pairs in lane order, each lane's in column order.
-        const int n_own = __popc(pend);
-        int incl = n_own;
-#pragma unroll
-        for (int d = 1; d < 32; d *= 2) {
-          const int y = __shfl_up_sync(0xffffffffu, incl, d);
-          if (lane >= d) incl += y;
-        }
-        const int total = __shfl_sync(0xffffffffu, incl, 31);
-        const int base = incl - n_own;
-        const uint32_t pend_nb = __shfl_xor_sync(0xffffffffu, pend, 1);
-        const int base_nb = __shfl_xor_sync(0xffffffffu, base, 1);
-        const int wq = threadIdx.x >> 5;
-        if (total <= kQueue) {  // warp-uniform
-#pragma unroll
-          for (int i = 0; i < kWgCols / 8; ++i) {
-            const uint32_t below = (1u << i) - 1u;
-            // The products as the full path forms them (fp8: times the candidate's scale).
-            auto x_of = [&](int k, int cand) { return kFp8 ? acc[4 * i + k] * scale[cand] : acc[4 * i + k]; };
-            if ((pend >> i) & 1u) {
-              const int e = base + __popc(pend & below);
-              reinterpret_cast<float2*>(&s_qx[wq][e])[t & 1] =
-                  own_hi ? make_float2(x_of(2, 1), x_of(3, 1)) : make_float2(x_of(0, 0), x_of(1, 0));
-              s_qm[wq][e] = (static_cast<uint32_t>(2 * i + (t >> 1)) << 24) | static_cast<uint32_t>(own_pos);
-            }
-            if ((pend_nb >> i) & 1u) {
-              reinterpret_cast<float2*>(&s_qx[wq][base_nb + __popc(pend_nb & below)])[t & 1] =
-                  own_hi ? make_float2(x_of(0, 0), x_of(1, 0)) : make_float2(x_of(2, 1), x_of(3, 1));
-            }
-          }
-          __syncwarp();
-          // Scored as the full path scores them: term(…, 0) then term(…, lo) for each lane's two
-          // heads, then the two halves' sum (which commutes): the same bits.
-          for (int e = lane; e < total + (32 - total % 32) % 32; e += 32) {
-            bool keep = false;
-            uint32_t meta = 0;
-            float x = 0.0f;
-            if (e < total) {
-              const float4 xv = s_qx[wq][e];
-              meta = s_qm[wq][e];
-              const int row = static_cast<int>(meta >> 24);
-              const float4 w01 = s_wb[row * (kWgHeads / 2)], w23 = s_wb[row * (kWgHeads / 2) + 1];
-              const float s01 = indexer_math::SigmoidHeadTerm(
-                  xv.y, rs_e, w01.w, w01.y, indexer_math::SigmoidHeadTerm(xv.x, rs_e, w01.z, w01.x, 0.0f));
-              const float s23 = indexer_math::SigmoidHeadTerm(
-                  xv.w, rs_e, w23.w, w23.y, indexer_math::SigmoidHeadTerm(xv.z, rs_e, w23.z, w23.x, 0.0f));
-              x = s01 + s23;
-              keep = row >= i0 && row < i1 && static_cast<int32_t>(meta & 0xFFFFFFu) <= s_rows[row].pos &&
-                     x >= s_ts[row].x;
-            }
-            const uint32_t b = __ballot_sync(0xffffffffu, keep);
-            if (keep) s_keep[wq][kept + __popc(b & ((1u << lane) - 1u))] = make_uint2(meta, __float_as_uint(x));
-            kept += __popc(b);
-          }
-          __syncwarp();
-          continue;
-        }
-        // More than the queue holds (a row's scores crowding at its threshold): the full path, on
-        // the columns where some pair passed.
-        col_mask = __reduce_or_sync(0xffffffffu, pend);
-      }
 #pragma unroll
       for (int i = 0; i < kWgCols / 8; ++i) {
-        if (kBound && ((col_mask >> i) & 1u) == 0u) continue;  // warp-uniform
         const int row = 2 * i + (t >> 1);
         const float4 wb = s_wb[row * (kWgHeads / 2) + (t & 1)];
         const RowOut ro = s_rows[row];

@@ -235,46 +235,6 @@ __device__ __forceinline__ float SigmoidHeadTerm(float x, float rs_e, float b_e,
   return fmaf(w, IndexerSigmoidOfExponent(fmaf(x, rs_e, b_e)), acc);
 }
 
-// A cheap upper bound of a sigmoid row's score, for the filtered prefill indexer (kernels/indexer.cu):
-// with the row's weights w_j ≥ 0 summing to W and its threshold T, the line ℓ(z) = a + βz tangent
-// to σ at ζ = logit(T / W) — the z at which every head would put the score at T — and the floor
-// c = σ(z_c), z_c where ℓ crosses σ below zero, give max(c, ℓ(z)) ≥ σ(z) for every z: σ is concave
-// on [0, ∞), so a tangent there lies above it; on (−∞, 0] it is convex, so ℓ − σ is concave there,
-// ℓ ≥ σ from z_c to 0, and below z_c σ(z) < c. Hence Σ_j w_j max(c, ℓ(z_j)) ≥ the score, and a
-// score whose bound is below T (less a margin for the roundings of both) cannot reach it. The
-// tangent needs ζ ≥ 0, i.e. T ≥ W / 2; `ok` is false otherwise (and for W not positive or not
-// finite), and the caller scores such rows exactly.
-struct SigmoidBound {
-  float a = 0.0f, beta = 0.0f, c = 0.0f;
-  bool ok = false;
-};
-__device__ __forceinline__ SigmoidBound SigmoidBoundFor(float threshold, float w_sum) {
-  SigmoidBound b;
-  const float r = threshold / w_sum;
-  if (!(w_sum > 0.0f) || !isfinite(w_sum) || !(r >= 0.5f)) return b;
-  const float s = fminf(r, 1.0f - 1.0f / 65536.0f);  // σ(ζ); ζ ≤ ~11 keeps the line's terms small
-  const float zeta = logf(s / (1.0f - s));
-  b.beta = s * (1.0f - s);
-  b.a = s - b.beta * zeta;
-  // ℓ − σ is concave on (−∞, 0] and ≥ 0 at 0: bisect for its crossing, keeping hi where ℓ ≥ σ
-  // (any hi at or above the crossing gives a valid floor; 14 halvings put it within 0.004).
-  float lo = -64.0f, hi = 0.0f;
-  for (int it = 0; it < 14; ++it) {
-    const float m = 0.5f * (lo + hi);
-    if (b.a + b.beta * m >= __fdividef(1.0f, 1.0f + __expf(-m)) + 1e-6f) {
-      hi = m;
-    } else {
-      lo = m;
-    }
-  }
-  b.c = __fdividef(1.0f, 1.0f + __expf(-hi)) + 1e-5f;
-  b.ok = true;
-  return b;
-}
-// The bound's margin: a score is scored exactly when its bound reaches T − T / 1024 (the bound's
-// and the score's fp32 roundings are ~1e-6 of W, T ≥ W / 2).
-__device__ __forceinline__ float SigmoidBoundThreshold(float threshold) { return threshold - threshold * (1.0f / 1024.0f); }
-
 // One head's term w · φ(z) with z = (dot · key scale) · rsqrt(D_I) + b, added to acc. bf16 keys
 // (kScaled false) have scale exactly 1, so skipping the product changes no bit. For sigmoid, the
 // products with kNegLog2e are loop-invariant where this is called in a loop over candidates.

@@ -3,7 +3,8 @@
 // supported d_indexer, both activations; outputs poisoned, every element checked; each row scored
 // alone equals it scored in the chunk, bit for bit (paired and single-row tensor-core paths); the
 // warpgroup (wgmma) kernel passes every check the per-warp kernel does and gives its scores bit for
-// bit.
+// bit; its filtered mode (IndexerScoresFiltered) lists exactly the scores at or above each row's
+// threshold.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -431,14 +432,13 @@ TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
   }
 }
 
-// IndexerScoresFiltered (the warpgroup kernel's filtered mode, without sums) against the stored
-// scores of the same inputs: each row's list holds exactly the (position, score bits) whose score
-// reaches the row's threshold, and its count says how many. The thresholds are scores themselves
-// (ties at the threshold are kept), the row's maximum, NaN (nothing kept) and low quantiles.
-// A sigmoid block whose rows all have T ≥ W / 2 scores only the candidates whose bound reaches T
-// (indexer_math::SigmoidBound), any other block every candidate: the first row block's thresholds
-// are asserted to allow the bound (standard, wide and narrow score spreads, bf16 and fp8 keys), the
-// negative-bias case's to forbid it everywhere, and the second row block mixes both.
+// IndexerScoresFiltered (the warpgroup kernel's filtered mode, without sums, as PrefillSelect runs
+// it) against the stored scores of the same inputs: each row's list holds exactly the (position,
+// score bits) whose score reaches the row's threshold, in any order, and its count says how many.
+// The thresholds are scores of the row themselves (ties at the threshold are kept), its maximum and
+// NaN (nothing kept); bf16 and fp8 keys, wide and narrow score spreads (most of a row's scores
+// within 1e-3 of its threshold), biases that put every threshold below half the weights' sum; two
+// sequences, one of which begins inside the second row block (a run boundary inside a block).
 TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
   GSA_REQUIRE_GPU();
   if (!WarpgroupKernelRuns(4)) GTEST_SKIP() << "the filtered mode runs the warpgroup (wgmma) kernel: compute capability 9.0";
@@ -449,15 +449,13 @@ TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
     bool fp8;
     float q_scale;  // the queries' scale: the spread of each head's z
     float bias_lo, bias_hi;
-    bool bound;  // whether the first row block's thresholds allow the bound (asserted)
   };
   const Variant variants[] = {
-      {"bf16 keys", false, 1.0f, -0.5f, 0.5f, true},
-      {"fp8 keys", true, 1.0f, -0.5f, 0.5f, true},
-      {"wide spread (queries x6)", false, 6.0f, -0.5f, 0.5f, true},
-      {"narrow spread (queries x0.02, bias 0.3): most scores within the bound's margin", false, 0.02f, 0.3f, 0.3f,
-       true},
-      {"negative bias (-3): every threshold below W / 2", false, 1.0f, -3.0f, -3.0f, false},
+      {"bf16 keys", false, 1.0f, -0.5f, 0.5f},
+      {"fp8 keys", true, 1.0f, -0.5f, 0.5f},
+      {"wide spread (queries x6)", false, 6.0f, -0.5f, 0.5f},
+      {"narrow spread (queries x0.02, bias 0.3)", false, 0.02f, 0.3f, 0.3f},
+      {"negative bias (-3): every threshold below half the weights' sum", false, 1.0f, -3.0f, -3.0f},
   };
   constexpr int32_t bs = 64, di = 64, nh = 4;
   // Sequence 0: 48 rows at the end of a 32K context; sequence 1: 40 rows at 1000 … 1039 (the second
@@ -561,15 +559,6 @@ TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
       float thr = std::numeric_limits<float>::quiet_NaN();
       if (share[kind] >= 0.0) thr = sorted[static_cast<size_t>(std::min<int64_t>(n - 1, share[kind] * n))];
       ts[static_cast<size_t>(r)] = make_float2(thr, 0.0f);
-      if (r < 32 && !std::isnan(thr)) {
-        float w_sum = 0.0f;
-        for (int j = 0; j < nh; ++j) w_sum += proj[r * stride + off_wi + j];
-        if (v.bound) {
-          ASSERT_GE(thr, 0.5f * w_sum) << "row " << r << ": the test means this block to take the bound";
-        } else {
-          ASSERT_LT(thr, 0.5f * w_sum) << "row " << r << ": the test means this block to score in full";
-        }
-      }
     }
     auto d_ts = Upload(ts);
     auto d_count = DeviceBuffer<int32_t>::Allocate(static_cast<size_t>(rows));
