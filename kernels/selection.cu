@@ -1106,7 +1106,7 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
   // A programmatic dependent (Hopper and later): nothing is read or written before the kernels
   // before it have finished. It never calls PdlLaunchDependents: letting the sparse attention's
   // blocks be scheduled early (to wait on SMs this kernel leaves) made the decode step slower,
-  // 2.98 -> 3.13 ms at 128K batch 4 (decode-select-trigger-tried.json).
+  // 2.98 -> 3.13 ms at 128K batch 4 (pdl-trigger-tried.json).
   PdlWaitForPrerequisites();
   const DecodeSelectArgs& a = d.a;
   const IndexerScoresArgs& ia = a.index;
