@@ -292,8 +292,11 @@ TEST_P(EngineTest, CancellingMidStreamFreesEveryBlock) {
 
 TEST_P(EngineTest, APassedDeadlineEndsTheRequestAndFreesItsBlocks) {
   auto e = MakeEngine(model_dir_);
-  GenerateRequest r = Req(Prompt(30, 4), 400);
-  r.deadline = std::chrono::steady_clock::now() + 30ms;
+  // Every token the context holds (30 + 482 = 512) against a 3 ms deadline: no machine runs 482
+  // steps in 3 ms (with 400 tokens and 30 ms, a fast or lightly loaded one finished them first and
+  // the request ended by its length).
+  GenerateRequest r = Req(Prompt(30, 4), 482);
+  r.deadline = std::chrono::steady_clock::now() + 3ms;
   auto s = e->Submit(r);
   ASSERT_TRUE(s.ok());
   Collected c = Drain(**s);
