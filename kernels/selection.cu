@@ -1437,18 +1437,25 @@ __global__ void __launch_bounds__(kDsThreads, D_I <= 64 ? 2 : 1) DecodeSelectKer
       if (tid < padded) s_keys[tid] = tid < c_len ? mine : 0u;
       __syncthreads();
       if (tid < c_len) {
-        int32_t above = 0, equal = 0, equal_before = 0;  // equal_before: equal keys at entries < tid
+        // A count per lane of the 4-key loads, summed at the end: eight short dependent chains
+        // instead of two (or three, with an index test per key) through every key.
+        int32_t above4[4] = {0, 0, 0, 0}, equal4[4] = {0, 0, 0, 0};
         for (int32_t j = 0; j < padded; j += 4) {
           const uint4 x = *reinterpret_cast<const uint4*>(s_keys + j);
-          above += (x.x > mine) + (x.y > mine) + (x.z > mine) + (x.w > mine);
-          equal += (x.x == mine) + (x.y == mine) + (x.z == mine) + (x.w == mine);
-          equal_before += (x.x == mine && j < tid) + (x.y == mine && j + 1 < tid) + (x.z == mine && j + 2 < tid) +
-                          (x.w == mine && j + 3 < tid);
+          const uint32_t xs[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            above4[c] += xs[c] > mine;
+            equal4[c] += xs[c] == mine;
+          }
         }
-        // The threshold's first entry writes (one writer, however many entries equal it).
-        if (above < k_list && k_list <= above + equal && equal_before == 0) {
-          s_result[0] = static_cast<int32_t>(mine);
-          s_result[1] = k_list - above;
+        const int32_t above = above4[0] + above4[1] + above4[2] + above4[3];
+        const int32_t equal = equal4[0] + equal4[1] + equal4[2] + equal4[3];
+        // Every entry equal to the threshold key finds the same two values: each writes them with
+        // an atomic exchange (the same result whichever lands last, and no unordered plain writes).
+        if (above < k_list && k_list <= above + equal) {
+          atomicExch(&s_result[0], static_cast<int32_t>(mine));
+          atomicExch(&s_result[1], k_list - above);
         }
       }
       __syncthreads();
