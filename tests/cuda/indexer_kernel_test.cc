@@ -313,6 +313,93 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
 // 128K-token prompt, so row groups straddle the runs. Both kernels, every split of the candidates
 // over blocks, bitwise equal (poisoned gaps included); the per-warp kernel is checked against the
 // CPU in the test above.
+// Two sequences' paged indexer keys: max_blocks blocks of bs slots each, the block tables a shuffle
+// of all 2 · max_blocks blocks (sequence s: entries [s · max_blocks, …)), random bf16 keys, and the
+// same keys as e4m3 codes with per-slot scales (the cache's quantizer).
+struct PagedKeys {
+  std::vector<int32_t> tables;
+  std::vector<bf16> keys;
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+};
+PagedKeys RandomPagedKeys(int32_t max_blocks, int32_t bs, int32_t di, uint64_t seed) {
+  PagedKeys pk;
+  const int64_t num_blocks = 2 * int64_t{max_blocks};
+  pk.tables.resize(static_cast<size_t>(num_blocks));
+  std::iota(pk.tables.begin(), pk.tables.end(), 0);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::shuffle(pk.tables.begin(), pk.tables.end(), rng);
+  const int64_t num_slots = num_blocks * bs;
+  const std::vector<float> keys_f = RandomFloats(static_cast<size_t>(num_slots * di), seed + 1);
+  pk.keys.resize(keys_f.size());
+  for (size_t i = 0; i < keys_f.size(); ++i) pk.keys[i] = ToBf16(keys_f[i]);
+  pk.codes.resize(keys_f.size());
+  pk.scales.resize(static_cast<size_t>(num_slots));
+  for (int64_t sl = 0; sl < num_slots; ++sl) {
+    float amax = 0.0f;
+    for (int i = 0; i < di; ++i) amax = std::max(amax, std::fabs(keys_f[sl * di + i]));
+    pk.scales[sl] = kernels::Fp8KeyScale(amax);
+    for (int i = 0; i < di; ++i) pk.codes[sl * di + i] = kernels::Fp8KeyCode(keys_f[sl * di + i], pk.scales[sl]);
+  }
+  return pk;
+}
+
+// A chunk's device inputs for the indexer: the paged keys (both forms), the rows (sequence,
+// position, dense) and their score offsets, packed 3 floats apart; Args() points an
+// IndexerScoresArgs at them (qI at column 0 of each projection row, wI at off_wi).
+struct DeviceChunk {
+  DeviceChunk(const PagedKeys& pk, const std::vector<int32_t>& seq, const std::vector<int32_t>& pos,
+              const std::vector<uint8_t>& dense)
+      : offsets(PackedOffsets(pos, dense, 3, &total)),
+        keys(Upload(pk.keys)),
+        codes(Upload(pk.codes)),
+        scales(Upload(pk.scales)),
+        tables(Upload(pk.tables)),
+        d_seq(Upload(seq)),
+        d_pos(Upload(pos)),
+        d_dense(Upload(dense)),
+        d_off(Upload(offsets)) {}
+
+  kernels::IndexerScoresArgs Args(const float* proj, int64_t stride, int64_t off_wi, const float* bias, int32_t nh,
+                                  int32_t di, bool fp8, bool relu, int32_t max_blocks, int32_t bs,
+                                  int64_t max_candidates, int32_t runs) const {
+    kernels::IndexerScoresArgs a;
+    a.proj = proj;
+    a.proj_stride = stride;
+    a.off_qi = 0;
+    a.off_wi = off_wi;
+    a.bias = bias;
+    if (fp8) {
+      a.ki_fp8 = codes.get();
+      a.ki_scale = scales.get();
+    } else {
+      a.ki_cache = keys.get();
+    }
+    a.paged = {tables.get(), max_blocks, bs};
+    a.rows.seq = d_seq.get();
+    a.rows.position = d_pos.get();
+    a.rows.dense = d_dense.get();
+    a.n_indexer_heads = nh;
+    a.d_indexer = di;
+    a.relu = relu;
+    a.score_offset = d_off.get();
+    a.row_begin = 0;
+    a.row_count = static_cast<int64_t>(offsets.size());
+    a.max_candidates = max_candidates;
+    a.sequence_runs = runs;
+    return a;
+  }
+
+  int64_t total = 0;  // floats the score buffer needs
+  std::vector<int64_t> offsets;
+  DeviceBuffer<bf16> keys;
+  DeviceBuffer<uint8_t> codes;
+  DeviceBuffer<float> scales;
+  DeviceBuffer<int32_t> tables, d_seq, d_pos;
+  DeviceBuffer<uint8_t> d_dense;
+  DeviceBuffer<int64_t> d_off;
+};
+
 TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
   GSA_REQUIRE_GPU();
   if (!WarpgroupKernelRuns(4)) GTEST_SKIP() << "the warpgroup (wgmma) kernel needs compute capability 9.0";
@@ -323,24 +410,7 @@ TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
     constexpr int32_t bs = 64, di = 64, nh = 4;
     const int64_t ctx0 = 131072, rows0 = 320, rows1 = 40;
     const int32_t max_blocks = static_cast<int32_t>(ctx0 / bs);
-    const int64_t num_blocks = 2 * max_blocks;
-    std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
-    std::iota(perm.begin(), perm.end(), 0);
-    std::mt19937 rng(static_cast<uint32_t>(seed));
-    std::shuffle(perm.begin(), perm.end(), rng);
-    const std::vector<int32_t> tables(perm.begin(), perm.end());  // sequence s: blocks [s·max_blocks, …)
-    const int64_t num_slots = num_blocks * bs;
-    const std::vector<float> keys_f = RandomFloats(static_cast<size_t>(num_slots * di), seed + 1);
-    std::vector<bf16> keys(keys_f.size());
-    for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(keys_f[i]);
-    std::vector<uint8_t> codes(keys.size());
-    std::vector<float> scales(static_cast<size_t>(num_slots));
-    for (int64_t sl = 0; sl < num_slots; ++sl) {
-      float amax = 0.0f;
-      for (int i = 0; i < di; ++i) amax = std::max(amax, std::fabs(keys_f[sl * di + i]));
-      scales[sl] = kernels::Fp8KeyScale(amax);
-      for (int i = 0; i < di; ++i) codes[sl * di + i] = kernels::Fp8KeyCode(keys_f[sl * di + i], scales[sl]);
-    }
+    const PagedKeys pk = RandomPagedKeys(max_blocks, bs, di, seed);
     std::vector<int32_t> seq, pos;
     std::vector<uint8_t> dense;
     for (int32_t p = 0; p < rows1; ++p) {
@@ -357,45 +427,16 @@ TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
       dense.push_back(0);
     }
     const int64_t rows = static_cast<int64_t>(seq.size());
-    const int64_t stride = nh * di + nh, off_qi = 0, off_wi = nh * di;
+    const int64_t stride = nh * di + nh, off_wi = nh * di;
     const std::vector<float> proj = RandomProj(rows, stride, off_wi, nh, seed + 2);
     const std::vector<float> bias = RandomFloats(nh, seed + 3, -0.5, 0.5);
-    int64_t total = 0;
-    const std::vector<int64_t> offsets = PackedOffsets(pos, dense, 3, &total);
-    auto d_keys = Upload(keys);
-    auto d_codes = Upload(codes);
-    auto d_scales = Upload(scales);
-    auto d_tables = Upload(tables);
-    auto d_seq = Upload(seq);
-    auto d_pos = Upload(pos);
-    auto d_dense = Upload(dense);
+    const DeviceChunk chunk(pk, seq, pos, dense);
+    const int64_t total = chunk.total;
+    const std::vector<int64_t>& offsets = chunk.offsets;
     auto d_proj = Upload(proj);
     auto d_bias = Upload(bias);
-    auto d_off = Upload(offsets);
-    kernels::IndexerScoresArgs a;
-    a.proj = d_proj.get();
-    a.proj_stride = stride;
-    a.off_qi = off_qi;
-    a.off_wi = off_wi;
-    a.bias = d_bias.get();
-    if (fp8_relu) {
-      a.ki_fp8 = d_codes.get();
-      a.ki_scale = d_scales.get();
-    } else {
-      a.ki_cache = d_keys.get();
-    }
-    a.paged = {d_tables.get(), max_blocks, bs};
-    a.rows.seq = d_seq.get();
-    a.rows.position = d_pos.get();
-    a.rows.dense = d_dense.get();
-    a.n_indexer_heads = nh;
-    a.d_indexer = di;
-    a.relu = fp8_relu;
-    a.score_offset = d_off.get();
-    a.row_begin = 0;
-    a.row_count = rows;
-    a.max_candidates = ctx0;
-    a.sequence_runs = 3;
+    const kernels::IndexerScoresArgs a =
+        chunk.Args(d_proj.get(), stride, off_wi, d_bias.get(), nh, di, fp8_relu, fp8_relu, max_blocks, bs, ctx0, 3);
     auto run = [&](kernels::IndexerScoresArgs::Kernel kernel, int32_t tiles, std::vector<float>* out) {
       auto buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
       ASSERT_TRUE(buf.ok());
@@ -462,24 +503,7 @@ TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
   // row block holds both: a run boundary inside it).
   const int64_t ctx0 = 32768, rows0 = 48, rows1 = 40, pos1 = 1000;
   const int32_t max_blocks = static_cast<int32_t>(ctx0 / bs);
-  const int64_t num_blocks = 2 * max_blocks;
-  std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
-  std::iota(perm.begin(), perm.end(), 0);
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  std::shuffle(perm.begin(), perm.end(), rng);
-  const std::vector<int32_t> tables(perm.begin(), perm.end());
-  const int64_t num_slots = num_blocks * bs;
-  const std::vector<float> keys_f = RandomFloats(static_cast<size_t>(num_slots * di), seed + 1);
-  std::vector<bf16> keys(keys_f.size());
-  for (size_t i = 0; i < keys.size(); ++i) keys[i] = ToBf16(keys_f[i]);
-  std::vector<uint8_t> codes(keys.size());
-  std::vector<float> scales(static_cast<size_t>(num_slots));
-  for (int64_t sl = 0; sl < num_slots; ++sl) {
-    float amax = 0.0f;
-    for (int i = 0; i < di; ++i) amax = std::max(amax, std::fabs(keys_f[sl * di + i]));
-    scales[sl] = kernels::Fp8KeyScale(amax);
-    for (int i = 0; i < di; ++i) codes[sl * di + i] = kernels::Fp8KeyCode(keys_f[sl * di + i], scales[sl]);
-  }
+  const PagedKeys pk = RandomPagedKeys(max_blocks, bs, di, seed);
   std::vector<int32_t> seq, pos;
   std::vector<uint8_t> dense;
   for (int64_t i = 0; i < rows0; ++i) {
@@ -494,16 +518,9 @@ TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
   }
   const int64_t rows = static_cast<int64_t>(seq.size());
   const int64_t stride = nh * di + nh, off_wi = nh * di;
-  int64_t total = 0;
-  const std::vector<int64_t> offsets = PackedOffsets(pos, dense, 3, &total);
-  auto d_keys = Upload(keys);
-  auto d_codes = Upload(codes);
-  auto d_scales = Upload(scales);
-  auto d_tables = Upload(tables);
-  auto d_seq = Upload(seq);
-  auto d_pos = Upload(pos);
-  auto d_dense = Upload(dense);
-  auto d_off = Upload(offsets);
+  const DeviceChunk chunk(pk, seq, pos, dense);
+  const int64_t total = chunk.total;
+  const std::vector<int64_t>& offsets = chunk.offsets;
   for (const Variant& v : variants) {
     SCOPED_TRACE(v.name);
     std::vector<float> proj = RandomProj(rows, stride, off_wi, nh, seed + 2);
@@ -513,29 +530,8 @@ TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
     const std::vector<float> bias = RandomFloats(nh, seed + 3, v.bias_lo, v.bias_hi);
     auto d_proj = Upload(proj);
     auto d_bias = Upload(bias);
-    kernels::IndexerScoresArgs a;
-    a.proj = d_proj.get();
-    a.proj_stride = stride;
-    a.off_qi = 0;
-    a.off_wi = off_wi;
-    a.bias = d_bias.get();
-    if (v.fp8) {
-      a.ki_fp8 = d_codes.get();
-      a.ki_scale = d_scales.get();
-    } else {
-      a.ki_cache = d_keys.get();
-    }
-    a.paged = {d_tables.get(), max_blocks, bs};
-    a.rows.seq = d_seq.get();
-    a.rows.position = d_pos.get();
-    a.rows.dense = d_dense.get();
-    a.n_indexer_heads = nh;
-    a.d_indexer = di;
-    a.score_offset = d_off.get();
-    a.row_begin = 0;
-    a.row_count = rows;
-    a.max_candidates = ctx0;
-    a.sequence_runs = 2;
+    kernels::IndexerScoresArgs a =
+        chunk.Args(d_proj.get(), stride, off_wi, d_bias.get(), nh, di, v.fp8, false, max_blocks, bs, ctx0, 2);
     a.kernel = kernels::IndexerScoresArgs::Kernel::kWarpgroup;
     // The stored scores.
     auto buf = DeviceBuffer<float>::Allocate(static_cast<size_t>(total));
