@@ -335,7 +335,9 @@ TEST_F(ServerTest, AClientThatCancelsMidStreamFreesItsBlocks) {
 }
 
 TEST_F(ServerTest, ADeadlineEndsTheCallAndFreesItsBlocks) {
-  StreamResult s = Stream(Ids({5, 6, 7}, 480), 40ms);
+  // Every token max_model_len leaves (3 + 509 = 512) against a 5 ms deadline: with 480 tokens
+  // against 40 ms, CI's machine once generated them all first (34.5 ms; finish reason length).
+  StreamResult s = Stream(Ids({5, 6, 7}, 509), 5ms);
   EXPECT_EQ(s.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   for (int i = 0; i < 200 && server_->engine().Stats().cache_blocks_used != 0; ++i) {
     std::this_thread::sleep_for(10ms);
