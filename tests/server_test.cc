@@ -478,10 +478,16 @@ TEST_F(ServerTest, AttentionStatsComeOnTheFinalMessageOfGenerateAndInComplete) {
 }
 
 TEST_F(ServerTest, DrainFinishesInFlightRequestsAndRefusesNewOnes) {
-  // 500 tokens (~65 ms here) keep the request running well past the moment the drain is seen to
-  // have begun (health NOT_SERVING), when a new call is made; a fixed 20 ms sleep against a
-  // 150-token request used to race the request's end under load.
-  constexpr int kTokens = 500;  // + the 3-token prompt ≤ max_model_len 512
+  // 1020 tokens (~75 ms on CI's 2-core machine, where 480 took 35 ms) keep the request running well
+  // past the moment the drain is seen to have begun (health NOT_SERVING), when a new call is made;
+  // a fixed 20 ms sleep against a 150-token request used to race the request's end under load. The
+  // suite's model has 1024 positions; this server lets one request use them all (its cache of
+  // 2048 tokens holds them).
+  server_.reset();
+  ServerOptions o = Options(model_dir_);
+  o.engine.max_model_len = 1024;
+  StartServer(o);
+  constexpr int kTokens = 1020;  // + the 3-token prompt ≤ max_model_len 1024
   StreamResult in_flight;
   std::thread t([&] { in_flight = Stream(Ids({5, 6, 7}, kTokens)); });
   while (server_->in_flight() == 0) std::this_thread::sleep_for(1ms);
