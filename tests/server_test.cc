@@ -478,11 +478,11 @@ TEST_F(ServerTest, AttentionStatsComeOnTheFinalMessageOfGenerateAndInComplete) {
 }
 
 TEST_F(ServerTest, DrainFinishesInFlightRequestsAndRefusesNewOnes) {
-  // 1020 tokens (~75 ms on CI's 2-core machine, where 480 took 35 ms) keep the request running well
-  // past the moment the drain is seen to have begun (health NOT_SERVING), when a new call is made;
-  // a fixed 20 ms sleep against a 150-token request used to race the request's end under load. The
-  // suite's model has 1024 positions; this server lets one request use them all (its cache of
-  // 2048 tokens holds them).
+  // 1020 tokens (about twice 500's time; CI's 2-core machine made 480 in 35 ms) keep the request
+  // running well past the moment the drain is seen to have begun (health NOT_SERVING), when a new
+  // call is made; a fixed 20 ms sleep against a 150-token request used to race the request's end
+  // under load. The suite's model has 1024 positions; this server lets one request use them all
+  // (its cache of 2048 tokens holds them).
   server_.reset();
   ServerOptions o = Options(model_dir_);
   o.engine.max_model_len = 1024;

@@ -308,11 +308,6 @@ TEST(IndexerKernel, ScoresMatchCpuForDecodeAndCausalPrefillRows) {
   }
 }
 
-// A prefill chunk at 128K as the engine sends it (kAuto with the chunk's sequence runs, which picks
-// the warpgroup kernel where it runs): 40 rows of a short prompt, a dense row, then 320 rows of a
-// 128K-token prompt, so row groups straddle the runs. Both kernels, every split of the candidates
-// over blocks, bitwise equal (poisoned gaps included); the per-warp kernel is checked against the
-// CPU in the test above.
 // Two sequences' paged indexer keys: max_blocks blocks of bs slots each, the block tables a shuffle
 // of all 2 · max_blocks blocks (sequence s: entries [s · max_blocks, …)), random bf16 keys, and the
 // same keys as e4m3 codes with per-slot scales (the cache's quantizer).
@@ -400,6 +395,11 @@ struct DeviceChunk {
   DeviceBuffer<int64_t> d_off;
 };
 
+// A prefill chunk at 128K as the engine sends it (kAuto with the chunk's sequence runs, which picks
+// the warpgroup kernel where it runs): 40 rows of a short prompt, a dense row, then 320 rows of a
+// 128K-token prompt, so row groups straddle the runs. Both kernels, every split of the candidates
+// over blocks, bitwise equal (poisoned gaps included); the per-warp kernel is checked against the
+// CPU in the test above.
 TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
   GSA_REQUIRE_GPU();
   if (!WarpgroupKernelRuns(4)) GTEST_SKIP() << "the warpgroup (wgmma) kernel needs compute capability 9.0";
@@ -477,8 +477,8 @@ TEST(IndexerKernel, WarpgroupKernelEqualsPerWarpOnA128KPrefillChunk) {
 // it) against the stored scores of the same inputs: each row's list holds exactly the (position,
 // score bits) whose score reaches the row's threshold, in any order, and its count says how many.
 // The thresholds are scores of the row themselves (ties at the threshold are kept), its maximum and
-// NaN (nothing kept); bf16 and fp8 keys, wide and narrow score spreads (most of a row's scores
-// within 1e-3 of its threshold), biases that put every threshold below half the weights' sum; two
+// NaN (nothing kept); bf16 and fp8 keys, wide and narrow score spreads (a narrow row's scores
+// crowd its threshold), strongly negative biases (scores well below half the weights' sum); two
 // sequences, one of which begins inside the second row block (a run boundary inside a block).
 TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
   GSA_REQUIRE_GPU();
@@ -496,7 +496,7 @@ TEST(IndexerKernel, FilteredKernelKeepsExactlyTheScoresAtOrAboveEachThreshold) {
       {"fp8 keys", true, 1.0f, -0.5f, 0.5f},
       {"wide spread (queries x6)", false, 6.0f, -0.5f, 0.5f},
       {"narrow spread (queries x0.02, bias 0.3)", false, 0.02f, 0.3f, 0.3f},
-      {"negative bias (-3): every threshold below half the weights' sum", false, 1.0f, -3.0f, -3.0f},
+      {"negative bias (-3): scores well below half the weights' sum", false, 1.0f, -3.0f, -3.0f},
   };
   constexpr int32_t bs = 64, di = 64, nh = 4;
   // Sequence 0: 48 rows at the end of a 32K context; sequence 1: 40 rows at 1000 … 1039 (the second
